@@ -1,0 +1,142 @@
+"""Reading and validating an LJSpeech-format corpus: ``metadata.csv`` (``id|text[|normalized_text]``) + ``wavs/``.
+
+Every line is checked. A bad line is skipped and recorded (file, line, id, reason); the corpus is refused only
+when the share of bad lines exceeds ``data.max_bad_share``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import soundfile
+
+
+class CorpusError(ValueError):
+    """The corpus cannot be used; the message says which file and what to do."""
+
+
+@dataclass
+class Utterance:
+    id: str
+    text: str
+    wav_path: Path
+    line: int  # 1-based line in metadata.csv
+
+
+@dataclass
+class BadLine:
+    file: str
+    line: int
+    id: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.id or '-'}: {self.reason}"
+
+
+@dataclass
+class Corpus:
+    root: Path
+    utterances: list[Utterance]
+    bad: list[BadLine] = field(default_factory=list)
+    total_lines: int = 0
+
+    def check_bad_share(self, max_bad_share: float, report_path: Path | None = None) -> None:
+        """Refuse the corpus when too many lines are bad; list the first few problems in the message."""
+        if not self.utterances:
+            raise CorpusError(
+                f"{self.root / 'metadata.csv'}: no usable utterance"
+                + (f"; problems: {'; '.join(map(str, self.bad[:5]))}" if self.bad else "")
+            )
+        share = len(self.bad) / max(self.total_lines, 1)
+        if share > max_bad_share:
+            first = "\n  ".join(map(str, self.bad[:5]))
+            where = f"; the full list is in {report_path}" if report_path else ""
+            raise CorpusError(
+                f"{self.root / 'metadata.csv'}: {len(self.bad)} of {self.total_lines} lines are bad "
+                f"({share:.0%}), more than data.max_bad_share={max_bad_share:.0%}{where}. First problems:\n  "
+                f"{first}\nFix these lines, or raise data.max_bad_share to train on the rest."
+            )
+
+
+def read_corpus(root: str | Path) -> Corpus:
+    """Parse and validate ``root/metadata.csv``; never raises for a bad line, only for a missing corpus."""
+    root = Path(root)
+    meta = root / "metadata.csv"
+    if not root.is_dir():
+        raise CorpusError(f"{root}: no such corpus directory (expected metadata.csv and wavs/ inside)")
+    if not meta.is_file():
+        raise CorpusError(f"{meta}: missing; a corpus is a directory with metadata.csv and wavs/<id>.wav")
+    raw_lines = meta.read_bytes().split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()  # the trailing newline
+    utterances: list[Utterance] = []
+    bad: list[BadLine] = []
+    seen: dict[str, int] = {}
+    total = 0
+    for number, raw in enumerate(raw_lines, start=1):
+        raw = raw.rstrip(b"\r")
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]  # a UTF-8 byte-order mark
+        if not raw.strip():
+            continue  # blank lines are not utterances
+        total += 1
+
+        def reject(reason: str, uid: str = "") -> None:
+            bad.append(BadLine(str(meta), number, uid, reason))
+
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            reject(f"not UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); save the file as UTF-8")
+            continue
+        fields = line.split("|")
+        if len(fields) not in (2, 3):
+            reject(f"expected 2 or 3 '|'-separated columns (id|text[|normalized text]), found {len(fields)}")
+            continue
+        uid = fields[0].strip()
+        text = (fields[2] if len(fields) == 3 and fields[2].strip() else fields[1]).strip()
+        if not uid:
+            reject("empty id")
+            continue
+        if not text:
+            reject("empty text", uid)
+            continue
+        if uid in seen:
+            reject(f"duplicate id (first on line {seen[uid]})", uid)
+            continue
+        seen[uid] = number
+        wav = root / "wavs" / f"{uid}.wav"
+        if not wav.is_file():
+            reject(f"missing audio file {wav}", uid)
+            continue
+        try:
+            info = soundfile.info(str(wav))
+        except Exception as exc:  # soundfile raises several types for broken files
+            reject(f"unreadable audio file {wav} ({type(exc).__name__}: {exc})", uid)
+            continue
+        if info.frames == 0:
+            reject(f"zero-length audio file {wav}", uid)
+            continue
+        utterances.append(Utterance(uid, text, wav, number))
+    return Corpus(root, utterances, bad, total)
+
+
+def write_report(path: Path, corpus: Corpus, extra: list[BadLine] | None = None) -> None:
+    """A human-readable list of skipped lines plus a JSON twin for tools."""
+    bad = corpus.bad + list(extra or [])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"corpus: {corpus.root}",
+        f"lines: {corpus.total_lines}, usable: {corpus.total_lines - len(bad)}, skipped: {len(bad)}",
+        *map(str, bad),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.with_suffix(".json").write_text(
+        json.dumps({"corpus": str(corpus.root), "lines": corpus.total_lines, "skipped": [asdict(b) for b in bad]},
+                   ensure_ascii=False, indent=1),
+        encoding="utf-8",
+    )

@@ -1,0 +1,284 @@
+"""From a corpus directory to normalized, length-bucketed training batches.
+
+Log-mel features are computed once per utterance and cached on disk under a key of the audio settings, so a
+change of any audio setting never reuses stale features. Mels are normalized per channel with the training
+set's mean and std; padding uses the normalized log floor (the value of silence), not zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..config import Config
+from .audio import LOG_MEL_FLOOR, AudioError, MelExtractor, load_wav, trim_silence
+from .corpus import BadLine, Corpus, CorpusError, read_corpus, write_report
+from .text import SymbolTable
+
+log = logging.getLogger(__name__)
+
+LOG_FLOOR = math.log(LOG_MEL_FLOOR)  # the log-mel of silence
+
+
+@dataclass
+class MelStats:
+    mean: torch.Tensor  # (n_mels,)
+    std: torch.Tensor  # (n_mels,)
+
+    def normalize(self, mel: torch.Tensor) -> torch.Tensor:
+        return (mel - self.mean[:, None]) / self.std[:, None]
+
+    def denormalize(self, mel: torch.Tensor) -> torch.Tensor:
+        return mel * self.std.to(mel)[:, None] + self.mean.to(mel)[:, None]
+
+    @property
+    def pad_value(self) -> torch.Tensor:
+        return (LOG_FLOOR - self.mean) / self.std
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MelStats":
+        return cls(torch.tensor(data["mean"]), torch.tensor(data["std"]))
+
+
+def audio_cache_key(config: Config) -> str:
+    return hashlib.sha1(json.dumps(asdict(config.audio), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _safe_name(uid: str) -> str:
+    return uid if re.fullmatch(r"[\w.-]+", uid) else hashlib.sha1(uid.encode()).hexdigest()
+
+
+class FeatureCache:
+    """``<cache_dir>/<audio settings key>/<id>.npy``; a manifest of wav size and mtime detects changed audio."""
+
+    def __init__(self, cache_dir: Path, config: Config):
+        self.dir = cache_dir / audio_cache_key(config)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "audio.json").write_text(json.dumps(asdict(config.audio), indent=1))
+        self.manifest_path = self.dir / "manifest.json"
+        try:
+            self.manifest = json.loads(self.manifest_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            self.manifest = {}
+        self.audio = config.audio
+        self.extractor = MelExtractor.from_config(config.audio)
+        self.dirty = False
+
+    def path(self, uid: str) -> Path:
+        return self.dir / f"{_safe_name(uid)}.npy"
+
+    def get(self, uid: str, wav_path: Path) -> np.ndarray:
+        stat = wav_path.stat()
+        stamp = [stat.st_size, stat.st_mtime_ns]
+        path = self.path(uid)
+        if self.manifest.get(uid) == stamp and path.is_file():
+            return np.load(path)
+        wav = trim_silence(load_wav(wav_path, self.audio.sample_rate), top_db=self.audio.trim_db,
+                           frame_length=self.audio.win_length, hop_length=self.audio.hop_length)
+        if wav.size == 0 or not np.any(wav):
+            raise AudioError(f"{wav_path}: the audio is silent")
+        if wav.size <= self.audio.n_fft // 2:
+            raise AudioError(f"{wav_path}: too short after trimming silence ({wav.size} samples)")
+        mel = self.extractor(wav).numpy().astype(np.float32)
+        tmp = path.with_name(path.name + ".tmp.npy")
+        np.save(tmp, mel)
+        os.replace(tmp, path)
+        self.manifest[uid] = stamp
+        self.dirty = True
+        return mel
+
+    def save(self) -> None:
+        if self.dirty:
+            tmp = self.manifest_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.manifest))
+            os.replace(tmp, self.manifest_path)
+            self.dirty = False
+
+
+class MelTextDataset(torch.utils.data.Dataset):
+    """(text ids, normalized mel (n_mels, frames)) pairs; mels are read from the feature cache on demand."""
+
+    def __init__(self, ids: list[str], texts: list[str], mel_paths: list[Path], frames: list[int],
+                 symbols: SymbolTable, stats: MelStats):
+        self.ids, self.texts, self.mel_paths, self.frames = ids, texts, mel_paths, frames
+        self.symbols, self.stats = symbols, stats
+        self.encoded = [torch.tensor(symbols.encode(t), dtype=torch.long) for t in texts]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mel = torch.from_numpy(np.load(self.mel_paths[index]))
+        return self.encoded[index], self.stats.normalize(mel)
+
+
+@dataclass
+class Batch:
+    text: torch.Tensor  # (B, N) long, padded with the pad id
+    text_lengths: torch.Tensor  # (B,) long
+    mel: torch.Tensor  # (B, n_mels, T) normalized, T a multiple of r, padded with the log floor
+    mel_lengths: torch.Tensor  # (B,) long
+    gate: torch.Tensor  # (B, T) 1.0 from the last real frame on
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(*(t.to(device, non_blocking=True) for t in
+                       (self.text, self.text_lengths, self.mel, self.mel_lengths, self.gate)))
+
+    def __len__(self) -> int:
+        return self.text.shape[0]
+
+
+class Collate:
+    def __init__(self, pad_id: int, pad_value: torch.Tensor, r: int):
+        self.pad_id, self.pad_value, self.r = pad_id, pad_value, r
+
+    def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> Batch:
+        text_lengths = torch.tensor([len(t) for t, _ in items], dtype=torch.long)
+        mel_lengths = torch.tensor([m.shape[1] for _, m in items], dtype=torch.long)
+        n_max = int(text_lengths.max())
+        t_max = int(math.ceil(int(mel_lengths.max()) / self.r) * self.r)
+        n_mels = items[0][1].shape[0]
+        text = torch.full((len(items), n_max), self.pad_id, dtype=torch.long)
+        mel = self.pad_value[None, :, None].repeat(len(items), 1, t_max)
+        for i, (t, m) in enumerate(items):  # a loop over batch items, not tensor elements
+            text[i, : len(t)] = t
+            mel[i, :, : m.shape[1]] = m
+        frame = torch.arange(t_max)[None, :]
+        gate = (frame >= (mel_lengths[:, None] - 1)).float()
+        assert mel.shape[1] == n_mels
+        return Batch(text, text_lengths, mel, mel_lengths, gate)
+
+
+class BucketBatchSampler:
+    """Batches of similar length: shuffle, cut into pools of ``pool`` batches, sort each pool by length.
+
+    The order of epoch ``e`` depends only on (seed, e), so a resumed run that knows its epoch and position
+    replays exactly the batches an uninterrupted run would have seen.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, pool: int = 16):
+        self.lengths, self.batch_size, self.seed, self.pool = lengths, batch_size, seed, pool
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        span = self.batch_size * self.pool
+        batches: list[list[int]] = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start:start + span], key=lambda i: self.lengths[i])
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        return batches
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+def eval_batches(dataset: MelTextDataset, batch_size: int) -> Iterator[list[int]]:
+    order = sorted(range(len(dataset)), key=lambda i: dataset.frames[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+@dataclass
+class PreparedData:
+    corpus_dir: Path
+    symbols: SymbolTable
+    stats: MelStats
+    train: MelTextDataset
+    val: MelTextDataset
+    skipped: list[BadLine]
+    report_path: Path | None
+
+
+def resolve_corpus_dir(config: Config) -> Path:
+    """The configured corpus, or the demo corpus (built on first use)."""
+    if config.data.corpus:
+        return Path(config.data.corpus)
+    from .demo import build_demo_corpus, default_demo_dir
+
+    out = default_demo_dir(config.data.demo_lang, config.data.demo_size)
+    if not (out / "metadata.csv").is_file():
+        log.info("building the demo corpus in %s (once)", out)
+    return build_demo_corpus(out, lang=config.data.demo_lang, size=config.data.demo_size)
+
+
+def prepare_data(config: Config, run_dir: Path | None = None) -> PreparedData:
+    """Read and validate the corpus, compute or load features, split, build symbols and mel statistics."""
+    corpus_dir = resolve_corpus_dir(config)
+    corpus: Corpus = read_corpus(corpus_dir)
+    report_path = run_dir / "data_report.txt" if run_dir else None
+    if report_path:
+        write_report(report_path, corpus)
+    corpus.check_bad_share(config.data.max_bad_share, report_path)
+
+    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else corpus_dir / ".smart_tuner_cache"
+    cache = FeatureCache(cache_dir, config)
+    extra: list[BadLine] = []
+    usable, frames = [], []
+    for utt in corpus.utterances:
+        try:
+            mel = cache.get(utt.id, utt.wav_path)
+        except AudioError as exc:
+            extra.append(BadLine(str(corpus_dir / "metadata.csv"), utt.line, utt.id, str(exc)))
+            continue
+        if mel.shape[1] > config.data.max_frames:
+            extra.append(BadLine(str(corpus_dir / "metadata.csv"), utt.line, utt.id,
+                                 f"too long: {mel.shape[1]} frames > data.max_frames={config.data.max_frames}"))
+            continue
+        usable.append(utt)
+        frames.append(mel.shape[1])
+    cache.save()
+    corpus.bad += extra
+    if report_path:
+        write_report(report_path, corpus)
+    kept = Corpus(corpus.root, usable, corpus.bad, corpus.total_lines)
+    kept.check_bad_share(config.data.max_bad_share, report_path)
+    for bad in corpus.bad:
+        log.warning("skipped %s", bad)
+    if len(usable) < 2:
+        raise CorpusError(f"{corpus_dir / 'metadata.csv'}: need at least 2 usable utterances, found {len(usable)}")
+
+    symbols = SymbolTable.from_texts([u.text for u in usable], lowercase=config.data.lowercase)
+    n_val = min(config.data.val_size, max(1, len(usable) // 5))
+    val_ids = set(random.Random(config.data.split_seed).sample(sorted(u.id for u in usable), n_val))
+    split = {True: ([], []), False: ([], [])}
+    for utt, n in zip(usable, frames):
+        split[utt.id in val_ids][0].append(utt)
+        split[utt.id in val_ids][1].append(n)
+
+    train_utts, train_frames = split[False]
+    # Per-channel statistics of the training mels (sum and sum of squares, one pass).
+    total = torch.zeros(config.audio.n_mels, dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    count = 0
+    for utt in train_utts:
+        mel = torch.from_numpy(np.load(cache.path(utt.id))).double()
+        total += mel.sum(1)
+        total_sq += (mel * mel).sum(1)
+        count += mel.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(1e-8).sqrt().clamp_min(1e-3)
+    stats = MelStats(mean.float(), std.float())
+
+    def dataset(utts: list, n: list[int]) -> MelTextDataset:
+        return MelTextDataset([u.id for u in utts], [u.text for u in utts], [cache.path(u.id) for u in utts],
+                              n, symbols, stats)
+
+    return PreparedData(corpus_dir, symbols, stats, dataset(train_utts, train_frames),
+                        dataset(*split[True]), corpus.bad, report_path)

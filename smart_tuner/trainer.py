@@ -144,7 +144,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = value
 
-    def _apply(self, requests: list[tuple[Hook, Decision]]) -> set[str]:
+    def _apply(self, requests: list[tuple[Hook, Decision]], step: int) -> set[str]:
         """Resolve requests per control by hook priority, apply the winners, record every request."""
         actions: set[str] = set()
         by_control: dict[str, list[tuple[Hook, Decision]]] = {}
@@ -154,8 +154,8 @@ class Trainer:
             by_control.setdefault(decision.control, []).append((hook, decision))
         for control, asks in by_control.items():
             winner = max(range(len(asks)), key=lambda i: asks[i][0].priority)  # ties: the first hook
+            old = {"lr": self.lr, "ga_weight": self.ga_weight}.get(control)
             for i, (hook, decision) in enumerate(asks):
-                old = {"lr": self.lr, "ga_weight": self.ga_weight}.get(control)
                 applied = i == winner
                 if applied:
                     if control == "lr":
@@ -164,7 +164,7 @@ class Trainer:
                         self.ga_weight = float(decision.value)
                     else:
                         actions.add(control)
-                self._record(Event(self.step, hook.name, control, old, decision.value, decision.reason,
+                self._record(Event(step, hook.name, control, old, decision.value, decision.reason,
                                    decision.trigger, applied))
         return actions
 
@@ -224,7 +224,7 @@ class Trainer:
                 if not safe:  # the trainer's own guard: non-finite values never reach the weights
                     requests.append((_TRAINER, Decision("skip_update", None, "non-finite loss or gradient",
                                                         stats.grad_norm)))
-                actions = self._apply(requests)
+                actions = self._apply(requests, stats.step)
                 if "skip_update" not in actions:
                     self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -244,7 +244,7 @@ class Trainer:
                     losses_since_eval = []
                     self._write_metrics(last_eval)
                     requests = [(h, d) for h in self.hooks for d in h.on_eval(last_eval)]
-                    actions = self._apply(requests)
+                    actions = self._apply(requests, self.step)
                     if self.best_val_loss is None or last_eval.val_loss < self.best_val_loss:
                         self.best_val_loss = last_eval.val_loss
                         self.save_checkpoint("best.pt")

@@ -1,0 +1,32 @@
+# Two commands on a fresh machine:  `make demo` (the main job on the demo corpus)  and  `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# torch first, pinned: on a CPU machine pip takes the local CPU wheel; an unpinned torch would pull CUDA packages.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup demo train test test-all bench clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+# The main job: train the demo preset on the embedded eSpeak NG corpus (built on first use).
+demo: setup
+	$(BIN)/python -m smart_tuner train --config objectives/demo.yaml
+
+# The test suite (what CI runs): fast tests plus the few marked slow.
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python benchmarks/align_demo.py
+
+clean-venv:
+	rm -rf $(VENV)

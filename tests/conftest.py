@@ -1,0 +1,40 @@
+"""Shared fixtures: small real corpora (eSpeak NG speech through the real data path) and tiny configs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Two processes of two threads would oversubscribe these 2-core machines; tests run one at a time.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from smart_tuner.config import build_config, merge  # noqa: E402
+from smart_tuner.data.demo import build_demo_corpus  # noqa: E402
+
+TINY_MODEL = {
+    "embedding_dim": 16, "encoder_channels": 16, "encoder_lstm_dim": 8, "attention_rnn_dim": 32,
+    "decoder_rnn_dim": 32, "attention_dim": 16, "location_filters": 4, "location_kernel": 7,
+    "prenet_dims": [16, 16], "postnet_channels": 16, "r": 4, "max_decoder_steps": 60,
+}
+
+
+@pytest.fixture(scope="session")
+def corpus_en(tmp_path_factory):
+    return build_demo_corpus(tmp_path_factory.mktemp("corpus") / "en", lang="en", size=24)
+
+
+@pytest.fixture(scope="session")
+def corpus_ru(tmp_path_factory):
+    return build_demo_corpus(tmp_path_factory.mktemp("corpus") / "ru", lang="ru", size=16)
+
+
+def tiny_config(corpus, tmp_path, **sections):
+    """A config that trains in well under a second per step: tiny model, small batches, frequent evaluation."""
+    base = {
+        "preset": "demo",
+        "data": {"corpus": str(corpus), "val_size": 4, "val_infer": 2, "cache_dir": str(tmp_path / "cache")},
+        "model": dict(TINY_MODEL),
+        "train": {"batch_size": 4, "max_steps": 8, "eval_every": 4, "seed": 3, "num_threads": 2},
+    }
+    return build_config(merge(base, sections))

@@ -1,0 +1,147 @@
+"""Real training runs on small real corpora: loss goes down, resume is exact, hooks steer the controls."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from smart_tuner.checkpoint import load as load_checkpoint
+from smart_tuner.hooks import Decision, Hook
+from smart_tuner.trainer import Trainer, TrainingError, load_for_inference
+
+from .conftest import tiny_config
+
+
+class Recorder(Hook):
+    name = "recorder"
+
+    def __init__(self):
+        self.steps = []
+        self.evals = []
+        self.events = []
+
+    def on_step(self, stats):
+        self.steps.append(stats)
+        return []
+
+    def on_eval(self, stats):
+        self.evals.append(stats)
+        return []
+
+    def on_event(self, event):
+        self.events.append(event)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_short_training_lowers_the_loss(corpus_en, tmp_path):
+    config = tiny_config(corpus_en, tmp_path, preset="demo",
+                         model={"embedding_dim": 32, "encoder_channels": 32, "encoder_lstm_dim": 16,
+                                "attention_rnn_dim": 64, "decoder_rnn_dim": 64, "attention_dim": 32},
+                         train={"max_steps": 60, "eval_every": 10, "lr": 2e-3})
+    recorder = Recorder()
+    result = Trainer(config, tmp_path / "run", hooks=[recorder], progress=False).fit()
+    assert result.status == "completed" and result.step == 60
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [10, 20, 30, 40, 50, 60]
+    def window_mean(key, steps):
+        return sum(getattr(s, key) for s in steps) / len(steps)
+
+    # Training loss falls; mel loss itself falls only once attention aligns (see benchmarks/align_demo.py).
+    assert window_mean("loss", recorder.steps[-10:]) < 0.8 * window_mean("loss", recorder.steps[:10])
+    assert window_mean("gate", recorder.steps[-10:]) < 0.5 * window_mean("gate", recorder.steps[:10])
+    assert metrics[-1]["val_gate"] < metrics[0]["val_gate"]
+    for key in ("diagonality", "focus", "monotonicity", "coverage", "infer_diagonality", "lr", "val_mel"):
+        assert all(0 <= m[key] < math.inf for m in metrics), key
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_resume_continues_exactly(corpus_en, tmp_path):
+    config = tiny_config(corpus_en, tmp_path, train={"max_steps": 12, "eval_every": 4})
+    full = Recorder()
+    Trainer(config, tmp_path / "full", hooks=[full], progress=False).fit()
+
+    first_part = tiny_config(corpus_en, tmp_path, train={"max_steps": 8, "eval_every": 4})
+    Trainer(first_part, tmp_path / "split", progress=False).fit()
+    resumed = Recorder()
+    result = Trainer(config, tmp_path / "split", hooks=[resumed], resume=True, progress=False).fit()
+
+    assert result.step == 12
+    assert [s.step for s in resumed.steps] == [9, 10, 11, 12]
+    assert [s.loss for s in resumed.steps] == [s.loss for s in full.steps[8:]]
+    assert [s.grad_norm for s in resumed.steps] == [s.grad_norm for s in full.steps[8:]]
+    split_metrics = read_jsonl(tmp_path / "split" / "metrics.jsonl")
+    full_metrics = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    assert [m["step"] for m in split_metrics] == [4, 8, 12]
+    assert split_metrics[-1]["val_loss"] == full_metrics[-1]["val_loss"]
+
+
+def test_refuses_to_overwrite_or_resume_nothing(corpus_en, tmp_path):
+    config = tiny_config(corpus_en, tmp_path, train={"max_steps": 4})
+    Trainer(config, tmp_path / "run", progress=False).fit()
+    with pytest.raises(TrainingError, match="--resume"):
+        Trainer(config, tmp_path / "run", progress=False)
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        Trainer(config, tmp_path / "empty", resume=True, progress=False)
+
+
+class AskLr(Hook):
+    def __init__(self, name, priority, value, at_step):
+        self.name, self.priority, self.value, self.at_step = name, priority, value, at_step
+
+    def on_step(self, stats):
+        return [Decision("lr", self.value, f"{self.name} wants it", stats.loss)] if stats.step == self.at_step else []
+
+
+class AskGaWeight(Hook):
+    name = "ga"
+
+    def on_eval(self, stats):
+        return [Decision("ga_weight", 7.5, "test", stats.diagonality)] if stats.step == 4 else []
+
+
+def test_hooks_steer_controls_by_priority_and_every_request_is_an_event(corpus_en, tmp_path):
+    config = tiny_config(corpus_en, tmp_path, train={"max_steps": 8, "eval_every": 4})
+    recorder = Recorder()
+    low, high = AskLr("plateau", 10, 5e-4, 3), AskLr("emergency", 100, 1e-4, 3)
+    trainer = Trainer(config, tmp_path / "run", hooks=[low, high, AskGaWeight(), recorder], progress=False)
+    trainer.fit()
+    assert trainer.lr == 1e-4
+    assert all(g["lr"] == 1e-4 for g in trainer.optimizer.param_groups)
+    events = read_jsonl(tmp_path / "run" / "events.jsonl")
+    lr_events = [e for e in events if e["control"] == "lr"]
+    assert {(e["source"], e["applied"]) for e in lr_events} == {("plateau", False), ("emergency", True)}
+    assert all(e["step"] == 3 and e["old"] == config.train.lr for e in lr_events)
+    assert [s.lr for s in recorder.steps[:4]] == [config.train.lr] * 3 + [1e-4]
+    # The new guided-attention weight reaches the loss of the following steps.
+    after = [s for s in recorder.steps if s.step > 4]
+    assert after and all(s.ga_weight == 7.5 for s in after)
+    for s in after:
+        assert s.loss == pytest.approx(s.mel + s.postnet + s.gate + 7.5 * s.ga, rel=1e-5)
+    assert len(recorder.events) == len(events)
+
+
+def test_cyrillic_corpus_trains_and_the_checkpoint_stands_alone(corpus_ru, tmp_path):
+    corpus = tmp_path / "ru"
+    shutil.copytree(corpus_ru, corpus)
+    config = tiny_config(corpus, tmp_path, train={"max_steps": 4, "eval_every": 4})
+    result = Trainer(config, tmp_path / "run", progress=False).fit()
+    assert result.status == "completed"
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")  # weights_only=True inside
+    assert any("\u0400" <= c <= "\u04ff" for c in state["symbols"]["symbols"])
+    shutil.rmtree(corpus)
+    model, symbols, stats, loaded_config = load_for_inference(tmp_path / "run" / "checkpoints" / "last.pt")
+    ids = torch.tensor([symbols.encode("привет, мир.")])
+    assert symbols.decode(ids[0].tolist()) == "привет, мир."
+    out = model.infer(ids, torch.tensor([ids.shape[1]]), max_steps=5)
+    assert torch.isfinite(stats.denormalize(out.mel_postnet[0])).all()
+    assert loaded_config.model.r == config.model.r

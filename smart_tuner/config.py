@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,26 @@ import yaml
 
 class ConfigError(ValueError):
     """A config file, key or value is wrong; the message says which and what to do."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; hyperparameters are written that way, so read it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` with exponent floats; the only YAML reader of the project."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass
@@ -251,7 +272,7 @@ def parse_set_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=0.001")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
         if key == "preset":
@@ -284,7 +305,7 @@ def read_yaml(path: str | Path) -> Any:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     try:
-        return yaml.safe_load(text)
+        return yaml_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
@@ -307,9 +328,13 @@ def load_config_file(path: str | Path, sets: list[str] | None = None) -> Config:
     """Read a config (or objective) file, apply ``--set`` items, and check everything."""
     overrides = config_overrides_from_file(path)
     try:
-        return build_config(merge(overrides, parse_set_overrides(sets or [])))
+        build_config(overrides)  # the file alone first, so that its errors name the file
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    try:
+        return build_config(merge(overrides, parse_set_overrides(sets or [])))
+    except ConfigError as exc:
+        raise ConfigError(f"--set: {exc}" if not str(exc).startswith("--set") else str(exc)) from None
 
 
 def to_yaml(config: Config) -> str:

@@ -88,16 +88,17 @@ def read_corpus(root: str | Path) -> Corpus:
         def reject(reason: str, uid: str = "") -> None:
             bad.append(BadLine(str(meta), number, uid, reason))
 
+        # The id is read before anything else so that every problem is reported with it.
+        uid = raw.split(b"|", 1)[0].decode("utf-8", errors="replace").strip()
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            reject(f"not UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); save the file as UTF-8")
+            reject(f"not UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); save the file as UTF-8", uid)
             continue
         fields = line.split("|")
         if len(fields) not in (2, 3):
-            reject(f"expected 2 or 3 '|'-separated columns (id|text[|normalized text]), found {len(fields)}")
+            reject(f"expected 2 or 3 '|'-separated columns (id|text[|normalized text]), found {len(fields)}", uid)
             continue
-        uid = fields[0].strip()
         text = (fields[2] if len(fields) == 3 and fields[2].strip() else fields[1]).strip()
         if not uid:
             reject("empty id")

@@ -125,6 +125,91 @@ class TrainConfig:
 
 
 @dataclass
+class LrAdapterConfig:
+    """Learning-rate adapter: plateau (torch's ReduceLROnPlateau semantics), emergency, recovery."""
+
+    enabled: bool = True
+    patience: int = 10  # evaluations without improvement of the validation loss before a reduction
+    factor: float = 0.5  # plateau reduction
+    threshold: float = 1e-4  # relative improvement that counts (torch's threshold_mode="rel")
+    cooldown: int = 0  # evaluations to wait after a reduction
+    min_lr: float = 1e-8
+    max_lr: float = 0.0  # upper bound; 0: twice train.lr
+    emergency_factor: float = 0.1  # multiplies the rate on a non-finite loss, a huge loss or gradient
+    loss_limit: float = 1e6  # a loss above this is an emergency
+    grad_limit: float = 1000.0  # a gradient norm (before clipping) above this is an emergency
+    max_emergencies: int = 3  # consecutive emergencies before a rollback is asked for
+    recovery_steps: int = 50  # healthy steps before each climb back toward the rate before the emergency
+    recovery_factor: float = 2.0  # each climb multiplies the rate by this, up to its pre-emergency value
+
+
+@dataclass
+class GaAdapterConfig:
+    """Guided-attention weight adapter, driven by validation diagonality at each evaluation."""
+
+    enabled: bool = True
+    metric: str = "diagonality"  # diagonality (teacher-forced) | infer_diagonality (free-running)
+    critical: float = 0.1
+    critical_boost: float = 2.0
+    critical_cap: float = 20.0
+    low: float = 0.3
+    low_boost: float = 1.2
+    low_cap: float = 10.0
+    high: float = 0.7
+    decay: float = 0.95
+    floor: float = 1.0
+
+
+@dataclass
+class GradAdapterConfig:
+    """Gradient health: vanishing gradients trigger a rollback (non-finite ones are never applied)."""
+
+    enabled: bool = True
+    vanish_eps: float = 1e-8
+    vanish_patience: int = 10  # consecutive steps with a gradient norm below vanish_eps
+
+
+@dataclass
+class AdaptersConfig:
+    lr: LrAdapterConfig = field(default_factory=LrAdapterConfig)
+    ga: GaAdapterConfig = field(default_factory=GaAdapterConfig)
+    grad: GradAdapterConfig = field(default_factory=GradAdapterConfig)
+    max_rollbacks: int = 3  # a run that needs more rollbacks ends as failed
+
+
+@dataclass
+class FaultsConfig:
+    """Deliberate faults, to test the adapters and a set-up: 1-based steps."""
+
+    nan_loss_at: list[int] = field(default_factory=list)
+    inf_grad_at: list[int] = field(default_factory=list)
+
+
+@dataclass
+class TelegramConfig:
+    token: str | None = None  # secret: prefer SMART_TUNER_TELEGRAM_TOKEN; never written anywhere
+    chat_id: str | None = None  # or SMART_TUNER_TELEGRAM_CHAT_ID
+    api_url: str | None = None  # or SMART_TUNER_TELEGRAM_API_URL; default https://api.telegram.org
+    summary_every: int = 10  # evaluations between summary messages; 0: none
+    send_photos: bool = True  # alignment images with summaries and emergencies
+    timeout: float = 10.0  # seconds per HTTP request
+    max_retries: int = 4  # per message, for 429 and 5xx answers and network errors
+    queue_size: int = 64  # pending messages; when full, new alerts are dropped with a log line
+
+
+@dataclass
+class AlertsConfig:
+    telegram: TelegramConfig = field(default_factory=TelegramConfig)
+
+
+@dataclass
+class DebugConfig:
+    enabled: bool = True
+    buffer_steps: int = 200  # steps kept in the ring buffer
+    max_bundles: int = 20  # debug bundles written per run at most
+
+
+@dataclass
 class Config:
     preset: str = "demo"
     data: DataConfig = field(default_factory=DataConfig)
@@ -132,9 +217,16 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain data for config.yaml, checkpoints and trackers: secrets are left out."""
+        data = dataclasses.asdict(self)
+        data["alerts"]["telegram"]["token"] = None
+        return data
 
 
 # Presets are overrides on the dataclass defaults (which are the paper's sizes).
@@ -166,7 +258,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-SECTIONS = ("data", "audio", "model", "loss", "train")
+SECTIONS = ("data", "audio", "model", "loss", "train", "adapters", "faults", "alerts", "debug")
 
 
 def _describe(value: Any) -> str:
@@ -207,6 +299,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 
 def _apply_section(obj: Any, section: str, values: Any) -> None:
+    """Set the fields of dataclass ``obj`` (dotted name ``section``) from a mapping; nested sections recurse."""
     if not isinstance(values, dict):
         raise ConfigError(f"{section}: expected a mapping of keys to values, got {_describe(values)}")
     hints = typing.get_type_hints(type(obj))
@@ -215,7 +308,23 @@ def _apply_section(obj: Any, section: str, values: Any) -> None:
         key = f"{section}.{name}"
         if name not in names:
             raise ConfigError(f"unknown key {key!r}; known keys in {section!r}: {', '.join(names)}")
-        setattr(obj, name, _coerce(key, value, hints[name]))
+        if dataclasses.is_dataclass(hints[name]):
+            _apply_section(getattr(obj, name), key, value)
+        else:
+            setattr(obj, name, _coerce(key, value, hints[name]))
+
+
+def config_keys(obj: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the config, e.g. ``adapters.lr.patience`` (for docs and search-space checks)."""
+    obj = obj if obj is not None else Config()
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += config_keys(value, f"{prefix}{f.name}.")
+        elif f.name != "preset":
+            keys.append(f"{prefix}{f.name}")
+    return keys
 
 
 def build_config(overrides: dict[str, Any] | None = None) -> Config:
@@ -257,6 +366,25 @@ def validate(config: Config) -> None:
         (config.data.demo_lang in ("en", "ru"), "data.demo_lang must be en or ru"),
         (config.audio.fmax <= config.audio.sample_rate / 2, "audio.fmax must be <= audio.sample_rate / 2"),
         (config.audio.win_length <= config.audio.n_fft, "audio.win_length must be <= audio.n_fft"),
+        (config.adapters.lr.patience >= 0, "adapters.lr.patience must be >= 0"),
+        (0 < config.adapters.lr.factor < 1, "adapters.lr.factor must be within (0, 1)"),
+        (0 < config.adapters.lr.emergency_factor < 1, "adapters.lr.emergency_factor must be within (0, 1)"),
+        (config.adapters.lr.max_lr == 0 or config.adapters.lr.max_lr >= config.adapters.lr.min_lr,
+         "adapters.lr.max_lr must be 0 (twice train.lr) or >= adapters.lr.min_lr"),
+        (config.adapters.lr.max_emergencies >= 1, "adapters.lr.max_emergencies must be >= 1"),
+        (config.adapters.lr.recovery_factor > 1, "adapters.lr.recovery_factor must be > 1"),
+        (config.adapters.ga.metric in ("diagonality", "infer_diagonality"),
+         "adapters.ga.metric must be diagonality or infer_diagonality"),
+        (config.adapters.ga.critical <= config.adapters.ga.low <= config.adapters.ga.high,
+         "adapters.ga thresholds must satisfy critical <= low <= high"),
+        (config.adapters.ga.critical_boost >= 1 and config.adapters.ga.low_boost >= 1,
+         "adapters.ga boosts must be >= 1"),
+        (0 < config.adapters.ga.decay <= 1, "adapters.ga.decay must be within (0, 1]"),
+        (config.adapters.ga.floor >= 0, "adapters.ga.floor must be >= 0"),
+        (config.adapters.grad.vanish_patience >= 1, "adapters.grad.vanish_patience must be >= 1"),
+        (config.adapters.max_rollbacks >= 0, "adapters.max_rollbacks must be >= 0"),
+        (config.debug.buffer_steps >= 1, "debug.buffer_steps must be >= 1"),
+        (config.alerts.telegram.queue_size >= 1, "alerts.telegram.queue_size must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -279,18 +407,23 @@ def parse_set_overrides(items: list[str]) -> dict[str, Any]:
             nested["preset"] = value
             continue
         parts = key.split(".")
-        if len(parts) != 2:
-            raise ConfigError(f"--set {item!r}: keys look like section.name, e.g. train.lr")
-        nested.setdefault(parts[0], {})[parts[1]] = value
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(f"--set {item!r}: keys look like section.name, e.g. train.lr or adapters.lr.patience")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is set both as a value and as a section")
+        node[parts[-1]] = value
     return nested
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Section-wise merge of two override mappings; ``extra`` wins."""
+    """Deep merge of two override mappings; ``extra`` wins."""
     merged = copy.deepcopy(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged

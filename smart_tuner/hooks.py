@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Controls a decision may name. "lr" and "ga_weight" carry a value; the others are actions.
-CONTROLS = ("lr", "ga_weight", "skip_update", "stop")
+# Controls a decision may name. "lr" and "ga_weight" carry a value; the others are actions:
+# skip_update (do not apply this step's gradients), rollback (restore the last healthy model and optimizer
+# state), stop (end the run as stopped).
+CONTROLS = ("lr", "ga_weight", "skip_update", "rollback", "stop")
 
 
 @dataclass
@@ -33,6 +35,8 @@ class StepStats:
     ga_weight: float
     finite: bool  # loss and gradient norm are finite
     step_time: float  # seconds of the forward/backward just done
+    diagonality: float = float("nan")  # of this training batch's (teacher-forced) attention
+    module_grad_norms: dict[str, float] = field(default_factory=dict)  # per top-level module, before clipping
 
 
 @dataclass
@@ -87,6 +91,12 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def is_alarm(self) -> bool:
+        """An applied emergency, skipped update or rollback: what debug bundles and alerts react to.
+        By convention an emergency decision's reason starts with "emergency"."""
+        return self.applied and (self.control in ("skip_update", "rollback") or self.reason.startswith("emergency"))
 
 
 @dataclass

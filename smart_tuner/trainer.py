@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from .alignment import alignment_metrics
+from .alignment import alignment_metrics, diagonality
 from .config import Config, from_dict, to_yaml
 from .data.dataset import Batch, BucketBatchSampler, Collate, MelStats, PreparedData, eval_batches, prepare_data
 from .data.text import SymbolTable
@@ -76,6 +76,9 @@ class Trainer:
                                            weight_decay=cfg.weight_decay)
         self.collate = Collate(self.symbols.pad_id, self.stats.pad_value, config.model.r)
         self.sampler = BucketBatchSampler(self.data.train.frames, cfg.batch_size, cfg.seed)
+        # Gradient norms are reported per top-level module (encoder, decoder, postnet).
+        self.module_params = {name: list(module.parameters()) for name, module in self.model.named_children()}
+        self.faults = {"nan_loss": set(config.faults.nan_loss_at), "inf_grad": set(config.faults.inf_grad_at)}
 
         # The controls the trainer alone writes, and the loop position.
         self.lr = cfg.lr
@@ -85,8 +88,14 @@ class Trainer:
         self.batch_in_epoch = 0
         self.best_val_loss: float | None = None
         self.elapsed = 0.0
+        self.rollbacks = 0
+        self.last_event = ""  # shown next to the progress bar
         if resume:
             self._load(last)
+        # The last healthy state, in memory: where a rollback returns to. Refreshed at each evaluation that
+        # follows a stretch without alarms (emergencies, skipped updates, rollbacks).
+        self.healthy = self._snapshot()
+        self.alarm_since_snapshot = False
 
     # ----------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -100,6 +109,7 @@ class Trainer:
             "controls": {"lr": self.lr, "ga_weight": self.ga_weight},
             "best_val_loss": self.best_val_loss,
             "elapsed": self.elapsed,
+            "rollbacks": self.rollbacks,
             "config": self.config.to_dict(),
             "symbols": self.symbols.to_dict(),
             "mel_stats": self.stats.to_dict(),
@@ -116,7 +126,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.lr, self.ga_weight = state["controls"]["lr"], state["controls"]["ga_weight"]
-        self.best_val_loss, self.elapsed = state["best_val_loss"], state["elapsed"]
+        self.best_val_loss, self.elapsed, self.rollbacks = state["best_val_loss"], state["elapsed"], state["rollbacks"]
         self._set_lr(self.lr)
         for hook in self.hooks:
             if hook.name in state["hooks"]:
@@ -137,6 +147,32 @@ class Trainer:
         path = self.ckpt_dir / name
         ckpt.save_atomic(self.state_dict(), path)
         return path
+
+    def _snapshot(self) -> dict:
+        """Model and optimizer state copied to CPU memory (the optimizer's learning rate is not part of it)."""
+        def to_cpu(value):
+            if isinstance(value, torch.Tensor):
+                return value.detach().to("cpu", copy=True)
+            if isinstance(value, dict):
+                return {k: to_cpu(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [to_cpu(v) for v in value]
+            return value
+
+        return {"step": self.step, "model": to_cpu(self.model.state_dict()),
+                "optimizer": to_cpu(self.optimizer.state_dict())}
+
+    def _rollback(self, reason: str) -> None:
+        if self.rollbacks >= self.config.adapters.max_rollbacks:
+            raise TrainingError(f"rollback budget spent ({self.config.adapters.max_rollbacks} rollbacks, "
+                                f"adapters.max_rollbacks) and another was needed: {reason}")
+        self.rollbacks += 1
+        self.model.load_state_dict(self.healthy["model"])
+        self.optimizer.load_state_dict(self.healthy["optimizer"])
+        self._set_lr(self.lr)  # the snapshot's optimizer state carries an old rate: the adapters' one stands
+        self.alarm_since_snapshot = False
+        log.warning("step %d: rolled back to the healthy state of step %d (%d of %d): %s", self.step + 1,
+                    self.healthy["step"], self.rollbacks, self.config.adapters.max_rollbacks, reason)
 
     # ----------------------------------------------------------------------------------------- controls
     def _set_lr(self, value: float) -> None:
@@ -162,6 +198,9 @@ class Trainer:
                         self._set_lr(float(decision.value))
                     elif control == "ga_weight":
                         self.ga_weight = float(decision.value)
+                    elif control == "rollback":
+                        self._rollback(decision.reason)
+                        actions.add(control)
                     else:
                         actions.add(control)
                 self._record(Event(step, hook.name, control, old, decision.value, decision.reason,
@@ -171,6 +210,11 @@ class Trainer:
     def _record(self, event: Event) -> None:
         with open(self.run_dir / "events.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(event.to_dict()) + "\n")
+        if event.is_alarm:
+            self.alarm_since_snapshot = True
+        if event.applied:
+            change = f" {event.old:.3g}>{event.new:.3g}" if event.old is not None and event.new is not None else ""
+            self.last_event = f"{event.step}:{event.source} {event.control}{change}"
         for hook in self.hooks:
             hook.on_event(event)
 
@@ -191,15 +235,26 @@ class Trainer:
         with self.autocast:
             out = self.model(batch.text, batch.text_lengths, batch.mel)
         losses = self.criterion(out, batch.mel, batch.mel_lengths, batch.gate, batch.text_lengths, self.ga_weight)
+        step = self.step + 1
+        loss = losses["loss"] * float("nan") if step in self.faults["nan_loss"] else losses["loss"]
         self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        loss.backward()
+        if step in self.faults["inf_grad"]:
+            next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(float("inf"))
+        module_norms = [torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                        for params in self.module_params.values()]
+        grad_norm = torch.nn.utils.get_total_norm(module_norms)
+        torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), self.config.train.grad_clip, grad_norm)
+        batch_diagonality = diagonality(out.alignments.detach(), batch.text_lengths,
+                                        decoder_steps(batch.mel_lengths, self.config.model.r)).mean()
         # One host sync per step for all statistics together.
-        values = torch.stack([losses[k].detach().float() for k in ("loss", "mel", "postnet", "gate", "ga")]
-                             + [grad_norm.float()]).tolist()
-        finite = all(math.isfinite(v) for v in values)
-        stats = StepStats(self.step + 1, self.epoch, *values, lr=self.lr, ga_weight=self.ga_weight,
-                          finite=finite, step_time=time.perf_counter() - start)
+        values = torch.stack([loss.detach().float()]
+                             + [losses[k].detach().float() for k in ("mel", "postnet", "gate", "ga")]
+                             + [grad_norm.float(), batch_diagonality] + [n.float() for n in module_norms]).tolist()
+        finite = all(math.isfinite(v) for v in values[:6])
+        stats = StepStats(step, self.epoch, *values[:6], lr=self.lr, ga_weight=self.ga_weight, finite=finite,
+                          step_time=time.perf_counter() - start, diagonality=values[6],
+                          module_grad_norms=dict(zip(self.module_params, values[7:])))
         return stats, finite
 
     def fit(self) -> TrainResult:
@@ -221,11 +276,12 @@ class Trainer:
                 batch = self._next_batch()
                 stats, safe = self.train_step(batch)
                 requests = [(h, d) for h in self.hooks for d in h.on_step(stats)]
-                if not safe:  # the trainer's own guard: non-finite values never reach the weights
+                if not safe and not any(d.control == "skip_update" for _, d in requests):
+                    # The trainer's own guard: non-finite values never reach the weights or the optimizer.
                     requests.append((_TRAINER, Decision("skip_update", None, "non-finite loss or gradient",
                                                         stats.grad_norm)))
                 actions = self._apply(requests, stats.step)
-                if "skip_update" not in actions:
+                if not actions & {"skip_update", "rollback"}:
                     self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
@@ -234,8 +290,7 @@ class Trainer:
                     losses_since_eval.append(stats.loss)
                 bar.update(1)
                 if last_eval is None or self.step % 10 == 0:
-                    bar.set_postfix(loss=f"{stats.loss:.3f}", diag=f"{last_eval.diagonality:.2f}" if last_eval
-                                    else "-", lr=f"{self.lr:.2e}", refresh=False)
+                    self._postfix(bar, stats, last_eval, refresh=False)
                 if "stop" in actions:
                     status, reason = "stopped", "a hook asked to stop"
                     break
@@ -245,14 +300,16 @@ class Trainer:
                     self._write_metrics(last_eval)
                     requests = [(h, d) for h in self.hooks for d in h.on_eval(last_eval)]
                     actions = self._apply(requests, self.step)
+                    if not self.alarm_since_snapshot and math.isfinite(last_eval.val_loss):
+                        self.healthy = self._snapshot()
+                    self.alarm_since_snapshot = False
                     if self.best_val_loss is None or last_eval.val_loss < self.best_val_loss:
                         self.best_val_loss = last_eval.val_loss
                         self.save_checkpoint("best.pt")
                     every = cfg.checkpoint_every or cfg.eval_every
                     if self.step % every == 0 or self.step == cfg.max_steps:
                         self.save_checkpoint("last.pt")
-                    bar.set_postfix(loss=f"{stats.loss:.3f}", diag=f"{last_eval.diagonality:.2f}",
-                                    lr=f"{self.lr:.2e}")
+                    self._postfix(bar, stats, last_eval)
                     if "stop" in actions:
                         status, reason = "stopped", "a hook asked to stop"
                         break
@@ -268,6 +325,13 @@ class Trainer:
         for hook in self.hooks:
             hook.on_train_end(result)
         return result
+
+    def _postfix(self, bar: tqdm, stats: StepStats, last_eval: EvalStats | None, refresh: bool = True) -> None:
+        postfix = {"loss": f"{stats.loss:.3f}", "diag": f"{last_eval.diagonality:.2f}" if last_eval else "-",
+                   "lr": f"{self.lr:.2e}"}
+        if self.last_event:
+            postfix["event"] = self.last_event
+        bar.set_postfix(postfix, refresh=refresh)
 
     # ----------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()

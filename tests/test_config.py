@@ -179,12 +179,27 @@ def test_parse_set_without_key_value_form(item):
     assert repr(item) in str(info.value)
 
 
-@pytest.mark.parametrize("item", ["lr=0.1", "train.optim.lr=0.1"])
+@pytest.mark.parametrize("item", ["lr=0.1", "train..lr=0.1"])
 def test_parse_set_key_without_section(item):
     with pytest.raises(ConfigError) as info:
         parse_set_overrides([item])
     assert "section.name" in str(info.value)
     assert repr(item) in str(info.value)
+
+
+def test_nested_set_keys_reach_nested_sections_and_unknown_ones_are_named():
+    config = build_config(parse_set_overrides(["adapters.lr.patience=4", "alerts.telegram.summary_every=2"]))
+    assert config.adapters.lr.patience == 4 and config.alerts.telegram.summary_every == 2
+    with pytest.raises(ConfigError, match="unknown key 'train.optim'"):
+        build_config(parse_set_overrides(["train.optim.lr=0.1"]))
+    with pytest.raises(ConfigError, match="unknown key 'adapters.lr.patienc'"):
+        build_config(parse_set_overrides(["adapters.lr.patienc=3"]))
+
+
+def test_the_telegram_token_never_leaves_memory():
+    config = build_config({"alerts": {"telegram": {"token": "123:SECRET", "chat_id": "42"}}})
+    assert config.alerts.telegram.token == "123:SECRET"
+    assert "SECRET" not in repr(config.to_dict())
 
 
 def test_parse_set_invalid_yaml_value():

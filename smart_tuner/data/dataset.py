@@ -151,7 +151,6 @@ class Collate:
         mel_lengths = torch.tensor([m.shape[1] for _, m in items], dtype=torch.long)
         n_max = int(text_lengths.max())
         t_max = int(math.ceil(int(mel_lengths.max()) / self.r) * self.r)
-        n_mels = items[0][1].shape[0]
         text = torch.full((len(items), n_max), self.pad_id, dtype=torch.long)
         mel = self.pad_value[None, :, None].repeat(len(items), 1, t_max)
         for i, (t, m) in enumerate(items):  # a loop over batch items, not tensor elements
@@ -159,7 +158,6 @@ class Collate:
             mel[i, :, : m.shape[1]] = m
         frame = torch.arange(t_max)[None, :]
         gate = (frame >= (mel_lengths[:, None] - 1)).float()
-        assert mel.shape[1] == n_mels
         return Batch(text, text_lengths, mel, mel_lengths, gate)
 
 

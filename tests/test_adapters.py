@@ -1,0 +1,300 @@
+"""Adapter rules at their boundaries (no model), torch equivalence, state round trips, and real runs with faults."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from smart_tuner import checkpoint as ckpt
+from smart_tuner.adapters import (GradientHealthAdapter, GuidedAttentionAdapter, LearningRateAdapter,
+                                  build_adapters)
+from smart_tuner.config import GaAdapterConfig, GradAdapterConfig, LrAdapterConfig, build_config
+from smart_tuner.hooks import EvalStats, Event, Hook, StepStats
+from smart_tuner.trainer import Trainer
+
+from .conftest import tiny_config
+
+
+def step(n=1, loss=1.0, grad_norm=1.0, lr=1e-3, ga_weight=2.0):
+    return StepStats(step=n, epoch=0, loss=loss, mel=0.4, postnet=0.4, gate=0.1, ga=0.05, grad_norm=grad_norm,
+                     lr=lr, ga_weight=ga_weight, finite=math.isfinite(loss) and math.isfinite(grad_norm),
+                     step_time=0.1)
+
+
+def evaluation(n=1, val_loss=1.0, diagonality=0.5, ga_weight=2.0, infer_diagonality=0.5):
+    return EvalStats(step=n, val_loss=val_loss, val_mel=0.4, val_postnet=0.4, val_gate=0.2, val_ga=0.1,
+                     diagonality=diagonality, focus=0.3, monotonicity=0.9, coverage=0.9,
+                     infer_diagonality=infer_diagonality, infer_focus=0.3, infer_monotonicity=0.9,
+                     infer_coverage=0.9, infer_stop_rate=1.0, lr=1e-3, ga_weight=ga_weight, train_loss=1.0,
+                     elapsed=1.0)
+
+
+def controls(decisions):
+    return {d.control: d.value for d in decisions}
+
+
+# ------------------------------------------------------------------------------------------ learning rate
+@pytest.mark.parametrize("cooldown", [0, 2])
+def test_plateau_matches_torch_reduce_lr_on_plateau(cooldown):
+    cfg = LrAdapterConfig(patience=3, factor=0.5, threshold=0.01, cooldown=cooldown, min_lr=1e-4)
+    adapter = LearningRateAdapter(cfg, initial_lr=1e-2)
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=3,
+                                                           threshold=0.01, threshold_mode="rel",
+                                                           cooldown=cooldown, min_lr=1e-4)
+    rng = random.Random(7)
+    value, losses = 5.0, []
+    for i in range(120):  # falling phases, flat phases, noise, a NaN
+        value *= 0.9 if (i // 15) % 2 == 0 else 1.0
+        losses.append(float("nan") if i == 50 else value * (1 + 0.004 * rng.random()))
+    ours, theirs = [], []
+    lr = 1e-2
+    for i, loss in enumerate(losses):
+        for d in adapter.on_eval(evaluation(i, val_loss=loss)):
+            lr = d.value
+        scheduler.step(loss)
+        ours.append(lr)
+        theirs.append(optimizer.param_groups[0]["lr"])
+    assert ours == pytest.approx(theirs, rel=1e-12)
+    assert min(theirs) < 1e-2  # the sequence did trigger reductions
+    assert theirs[-1] == pytest.approx(1e-4)  # and reached min_lr
+
+
+@pytest.mark.parametrize("loss,grad_norm,emergency", [
+    (1e6, 1.0, False), (1.0000001e6, 1.0, True), (1.0, 1000.0, False), (1.0, 1000.001, True),
+    (float("nan"), 1.0, True), (float("inf"), 1.0, True), (1.0, float("inf"), True), (1.0, float("nan"), True)])
+def test_emergency_boundaries(loss, grad_norm, emergency):
+    adapter = LearningRateAdapter(LrAdapterConfig(), initial_lr=1e-3)
+    decisions = adapter.on_step(step(loss=loss, grad_norm=grad_norm))
+    if emergency:
+        assert controls(decisions) == {"skip_update": None, "lr": pytest.approx(1e-4)}
+        assert all(d.reason.startswith("emergency") for d in decisions)
+    else:
+        assert decisions == []
+
+
+def test_emergencies_never_go_below_min_lr_and_consecutive_ones_ask_for_a_rollback():
+    adapter = LearningRateAdapter(LrAdapterConfig(min_lr=1e-5, max_emergencies=3), initial_lr=1e-3)
+    first = adapter.on_step(step(loss=float("nan")))
+    assert controls(first)["lr"] == pytest.approx(1e-4)
+    second = adapter.on_step(step(loss=float("nan")))
+    assert controls(second)["lr"] == pytest.approx(1e-5) and "rollback" not in controls(second)
+    third = adapter.on_step(step(loss=float("nan")))
+    assert "lr" not in controls(third)  # already at min_lr: nothing to cut
+    assert "rollback" in controls(third) and "skip_update" in controls(third)
+    # The count restarts after a rollback, and a healthy step in between resets it.
+    adapter.on_step(step(loss=float("nan")))
+    adapter.on_step(step())
+    adapter.on_step(step(loss=float("nan")))
+    assert "rollback" not in controls(adapter.on_step(step(loss=float("nan"))))
+
+
+def test_recovery_climbs_back_stepwise_to_the_rate_before_the_emergency():
+    cfg = LrAdapterConfig(recovery_steps=4, recovery_factor=10.0, emergency_factor=0.01)
+    adapter = LearningRateAdapter(cfg, initial_lr=1e-3)
+    adapter.on_step(step(loss=float("nan")))
+    assert adapter.lr == pytest.approx(1e-5)
+    rates = []
+    for i in range(12):
+        decisions = adapter.on_step(step(n=i))
+        rates.append(controls(decisions).get("lr"))
+    assert rates == [None, None, None, pytest.approx(1e-4), None, None, None, pytest.approx(1e-3),
+                     None, None, None, None]
+
+
+def test_max_lr_bounds_the_rate_and_defaults_to_twice_the_initial_rate():
+    assert LearningRateAdapter(LrAdapterConfig(), initial_lr=1e-3).max_lr == pytest.approx(2e-3)
+    adapter = LearningRateAdapter(LrAdapterConfig(max_lr=5e-4), initial_lr=1e-3)
+    assert adapter.lr == pytest.approx(5e-4)
+
+
+def test_a_rollback_by_another_adapter_cuts_the_rate_once_then_recovers():
+    adapter = LearningRateAdapter(LrAdapterConfig(recovery_steps=2), initial_lr=1e-3)
+    adapter.on_event(Event(5, "grad", "rollback", None, None, "emergency: vanishing", 0.0, True))
+    assert controls(adapter.on_step(step()))["lr"] == pytest.approx(1e-4)
+    assert adapter.on_step(step()) == []
+    assert controls(adapter.on_step(step()))["lr"] == pytest.approx(2e-4)
+    # Its own rollbacks and lost requests change nothing more.
+    adapter.on_event(Event(9, "lr", "rollback", None, None, "emergency", 0.0, True))
+    adapter.on_event(Event(9, "grad", "rollback", None, None, "emergency", 0.0, False))
+    assert adapter.on_step(step()) == []
+
+
+# ------------------------------------------------------------------------------------------ guided attention
+@pytest.mark.parametrize("weight,diag,expected", [
+    (2.0, 0.05, 4.0),     # critical: x2
+    (15.0, 0.05, 20.0),   # critical: capped at 20
+    (30.0, 0.05, 30.0),   # above the cap: never lowered by a boost
+    (2.0, 0.1, 2.4),      # exactly critical is "low": x1.2
+    (9.5, 0.2, 10.0),     # low: capped at 10
+    (2.0, 0.3, 2.0),      # exactly low: no change
+    (2.0, 0.7, 2.0),      # exactly high: no change
+    (2.0, 0.71, 1.9),     # high: decay x0.95
+    (1.02, 0.9, 1.0),     # decay stops at the floor
+    (0.0, 0.05, 1.0),     # a zero weight is raised to the floor first
+    (0.5, 0.2, 1.0),
+    (0.5, 0.9, 0.5),      # a low weight is left alone when aligned
+    (2.0, float("nan"), 2.0),
+])
+def test_ga_weight_rules_at_their_boundaries(weight, diag, expected):
+    adapter = GuidedAttentionAdapter(GaAdapterConfig())
+    decisions = adapter.on_eval(evaluation(diagonality=diag, ga_weight=weight))
+    new = controls(decisions).get("ga_weight", weight)
+    assert new == pytest.approx(expected)
+    assert (decisions == []) == (expected == weight)
+
+
+def test_ga_adapter_can_follow_free_running_diagonality():
+    adapter = GuidedAttentionAdapter(GaAdapterConfig(metric="infer_diagonality"))
+    decisions = adapter.on_eval(evaluation(diagonality=0.9, infer_diagonality=0.05))
+    assert controls(decisions) == {"ga_weight": pytest.approx(4.0)}
+
+
+# ------------------------------------------------------------------------------------------ gradient health
+def test_vanishing_gradients_ask_for_a_rollback_after_patience_consecutive_steps():
+    adapter = GradientHealthAdapter(GradAdapterConfig(vanish_eps=1e-8, vanish_patience=3))
+    assert adapter.on_step(step(grad_norm=1e-9)) == [] and adapter.on_step(step(grad_norm=1e-9)) == []
+    assert adapter.on_step(step(grad_norm=1e-8)) == []  # not below eps: the count restarts
+    assert adapter.on_step(step(grad_norm=0.0)) == [] and adapter.on_step(step(grad_norm=0.0)) == []
+    decisions = adapter.on_step(step(grad_norm=0.0))
+    assert controls(decisions) == {"rollback": None} and "vanishing" in decisions[0].reason
+    assert adapter.on_step(step(grad_norm=0.0)) == []  # counting starts over
+
+
+# ------------------------------------------------------------------------------------------ state
+def test_adapter_state_survives_a_checkpoint_file(tmp_path):
+    config = build_config({"adapters": {"lr": {"patience": 1, "recovery_steps": 3}}})
+    adapters = build_adapters(config)
+    lr, ga, grad = adapters
+    lr.on_step(step(loss=float("nan")))
+    for v in (1.0, 1.1, 1.2):
+        lr.on_eval(evaluation(val_loss=v))
+    grad.on_step(step(grad_norm=0.0))
+    ckpt.save_atomic({"format": ckpt.FORMAT, "hooks": {a.name: a.state_dict() for a in adapters}}, tmp_path / "a.pt")
+    state = ckpt.load(tmp_path / "a.pt")["hooks"]  # weights_only=True
+    fresh = build_adapters(config)
+    for adapter in fresh:
+        adapter.load_state_dict(state[adapter.name])
+    assert [a.state_dict() for a in fresh] == [a.state_dict() for a in adapters]
+    # The restored adapters decide exactly as the originals.
+    for original, restored in zip(adapters, fresh):
+        for s in (step(), step(), step(grad_norm=0.0), step()):
+            assert original.on_step(s) == restored.on_step(s)
+    with pytest.raises(KeyError, match="unexpected state"):
+        fresh[0].load_state_dict({"nonsense": 1})
+
+
+def test_disabled_adapters_are_not_built():
+    config = build_config({"adapters": {"lr": {"enabled": False}, "grad": {"enabled": False}}})
+    assert [a.name for a in build_adapters(config)] == ["ga"]
+
+
+# ------------------------------------------------------------------------------------------ real runs
+class StepLog(Hook):
+    name = "log"
+
+    def __init__(self):
+        self.steps = []
+
+    def on_step(self, stats):
+        self.steps.append(stats)
+        return []
+
+
+def read_events(run_dir):
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def all_finite(trainer):
+    params = all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    state = all(torch.isfinite(v).all() for s in trainer.optimizer.state.values() for v in s.values()
+                if isinstance(v, torch.Tensor))
+    return params and state
+
+
+@pytest.mark.parametrize("fault", ["nan_loss_at", "inf_grad_at"])
+def test_faults_are_survived_with_the_rate_cut_and_events_written(corpus_en, tmp_path, fault):
+    config = tiny_config(corpus_en, tmp_path, train={"max_steps": 10, "eval_every": 5},
+                         faults={fault: [3, 7]}, adapters={"lr": {"recovery_steps": 100}})
+    log = StepLog()
+    trainer = Trainer(config, tmp_path / "run", hooks=[*build_adapters(config), log], progress=False)
+    result = trainer.fit()
+    assert result.status == "completed" and result.step == 10
+    assert all_finite(trainer)
+    assert trainer.lr == pytest.approx(config.train.lr * 0.01)
+    events = read_events(tmp_path / "run")
+    skips = [e for e in events if e["control"] == "skip_update" and e["applied"]]
+    cuts = [e for e in events if e["control"] == "lr" and e["source"] == "lr"]
+    assert [e["step"] for e in skips] == [3, 7] and [e["step"] for e in cuts] == [3, 7]
+    assert all(e["reason"].startswith("emergency: non-finite") for e in skips + cuts)
+    assert [s.lr for s in log.steps][2:4] == [config.train.lr, pytest.approx(config.train.lr * 0.1)]
+    assert not log.steps[2].finite and log.steps[3].finite
+
+
+def test_without_adapters_the_trainer_still_never_applies_non_finite_updates(corpus_en, tmp_path):
+    config = tiny_config(corpus_en, tmp_path, train={"max_steps": 5, "eval_every": 5}, faults={"inf_grad_at": [2]})
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    assert trainer.fit().status == "completed"
+    assert all_finite(trainer)
+    events = read_events(tmp_path / "run")
+    assert [(e["source"], e["control"], e["step"]) for e in events] == [("trainer", "skip_update", 2)]
+
+
+def test_consecutive_emergencies_roll_back_and_the_budget_ends_the_run(corpus_en, tmp_path):
+    config = tiny_config(corpus_en, tmp_path, train={"max_steps": 12, "eval_every": 4},
+                         faults={"nan_loss_at": [6, 7, 8]}, adapters={"lr": {"max_emergencies": 3}})
+    trainer = Trainer(config, tmp_path / "ok", hooks=build_adapters(config), progress=False)
+    healthy_step = None
+    original = trainer._rollback
+
+    def spy(reason):
+        nonlocal healthy_step
+        healthy_step = trainer.healthy["step"]
+        original(reason)
+        # After the rollback the model is exactly the healthy snapshot.
+        for name, value in trainer.model.state_dict().items():
+            assert torch.equal(value.cpu(), trainer.healthy["model"][name])
+
+    trainer._rollback = spy
+    result = trainer.fit()
+    assert result.status == "completed" and trainer.rollbacks == 1 and healthy_step == 4
+    rollbacks = [e for e in read_events(tmp_path / "ok") if e["control"] == "rollback"]
+    assert [(e["step"], e["applied"]) for e in rollbacks] == [(8, True)]
+
+    failing = tiny_config(corpus_en, tmp_path, train={"max_steps": 12, "eval_every": 4},
+                          faults={"nan_loss_at": [6, 7, 8]}, adapters={"max_rollbacks": 0})
+    result = Trainer(failing, tmp_path / "fail", hooks=build_adapters(failing), progress=False).fit()
+    assert result.status == "failed" and result.step == 7
+    assert "rollback budget spent" in result.reason and "adapters.max_rollbacks" in result.reason
+    assert (tmp_path / "fail" / "checkpoints" / "last.pt").is_file()
+
+
+def test_vanishing_gradients_roll_back_and_cut_the_rate(corpus_en, tmp_path):
+    # A vanish_eps above any real gradient norm makes every step "vanished".
+    config = tiny_config(corpus_en, tmp_path, train={"max_steps": 6, "eval_every": 3},
+                         adapters={"grad": {"vanish_eps": 1e9, "vanish_patience": 4}, "max_rollbacks": 5})
+    trainer = Trainer(config, tmp_path / "run", hooks=build_adapters(config), progress=False)
+    assert trainer.fit().status == "completed"
+    events = read_events(tmp_path / "run")
+    assert [(e["source"], e["control"], e["step"]) for e in events if e["control"] in ("rollback", "lr")] == [
+        ("grad", "rollback", 4), ("lr", "lr", 5)]
+    assert trainer.lr == pytest.approx(config.train.lr * 0.1)
+
+
+def test_the_ga_adapter_weight_reaches_the_loss(corpus_en, tmp_path):
+    config = tiny_config(corpus_en, tmp_path, train={"max_steps": 8, "eval_every": 4},
+                         adapters={"lr": {"enabled": False}, "grad": {"enabled": False}})
+    log = StepLog()
+    trainer = Trainer(config, tmp_path / "run", hooks=[*build_adapters(config), log], progress=False)
+    trainer.fit()
+    changes = [e for e in read_events(tmp_path / "run") if e["control"] == "ga_weight"]
+    assert changes and changes[0]["step"] == 4 and changes[0]["new"] > changes[0]["old"]  # untrained: low diag
+    after = [s for s in log.steps if s.step > 4]
+    assert all(s.ga_weight == changes[0]["new"] for s in after)
+    for s in after:
+        assert s.loss == pytest.approx(s.mel + s.postnet + s.gate + changes[0]["new"] * s.ga, rel=1e-5)

@@ -14,6 +14,7 @@ import math
 import os
 import random
 import re
+import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -94,7 +95,8 @@ class FeatureCache:
         if wav.size <= self.audio.n_fft // 2:
             raise AudioError(f"{wav_path}: too short after trimming silence ({wav.size} samples)")
         mel = self.extractor(wav).numpy().astype(np.float32)
-        tmp = path.with_name(path.name + ".tmp.npy")
+        # A unique temporary name: several processes (parallel trials) may fill one cache at once.
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp.npy")
         np.save(tmp, mel)
         os.replace(tmp, path)
         self.manifest[uid] = stamp
@@ -103,7 +105,7 @@ class FeatureCache:
 
     def save(self) -> None:
         if self.dirty:
-            tmp = self.manifest_path.with_suffix(".tmp")
+            tmp = self.manifest_path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(self.manifest))
             os.replace(tmp, self.manifest_path)
             self.dirty = False

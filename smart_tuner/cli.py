@@ -64,7 +64,7 @@ def _resolve_run_dir(args: argparse.Namespace, config_path: Path | None) -> Path
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import build_config, load_config_file, merge, parse_set_overrides
-    from .trainer import Trainer
+    from .runner import run_training
 
     sets = list(args.set or [])
     if args.corpus:
@@ -77,8 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         config = build_config(merge({}, parse_set_overrides(sets)))
     run_dir = _resolve_run_dir(args, config_path)
-    trainer = Trainer(config, run_dir, resume=args.resume, progress=not args.no_progress)
-    result = trainer.fit()
+    result = run_training(config, run_dir, resume=args.resume, progress=not args.no_progress)
     last = result.last_eval
     summary = f"{result.status} at step {result.step}: {result.reason}; run dir {result.run_dir}"
     if last:
@@ -110,6 +109,12 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_debug(args: argparse.Namespace) -> int:
+    from .debug import main_debug
+
+    return main_debug(args.run_dir)
+
+
 # ------------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smart_tuner", description=__doc__)
@@ -138,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("corpus")
     check.add_argument("--max-bad-share", type=float, default=0.1)
     check.set_defaults(func=cmd_data_check)
+
+    debug = sub.add_parser("debug", help="print a readable summary of a run's health")
+    debug.add_argument("run_dir")
+    debug.set_defaults(func=cmd_debug)
     return parser
 
 

@@ -94,9 +94,13 @@ class Event:
 
     @property
     def is_alarm(self) -> bool:
-        """An applied emergency, skipped update or rollback: what debug bundles and alerts react to.
-        By convention an emergency decision's reason starts with "emergency"."""
-        return self.applied and (self.control in ("skip_update", "rollback") or self.reason.startswith("emergency"))
+        return is_alarm(self.control, self.reason, self.applied)
+
+
+def is_alarm(control: str, reason: str, applied: bool) -> bool:
+    """An applied emergency, skipped update or rollback: what debug bundles and alerts react to.
+    By convention an emergency decision's reason starts with "emergency"."""
+    return applied and (control in ("skip_update", "rollback") or reason.startswith("emergency"))
 
 
 @dataclass

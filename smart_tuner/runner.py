@@ -1,0 +1,35 @@
+"""One training run with everything that watches and steers it: adapters, debug reporter, alerts.
+
+The ``train`` command and (later) each study trial call :func:`run_training`, so a production run gets exactly
+the hooks a trial had.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .adapters import build_adapters
+from .alerts import TelegramReporter
+from .config import Config
+from .debug import DebugReporter
+from .hooks import Hook, TrainResult
+from .trainer import Trainer
+
+
+def standard_hooks(config: Config) -> list[Hook]:
+    """The enabled adapters, the debug reporter and (when a token is set) Telegram alerts."""
+    hooks: list[Hook] = list(build_adapters(config))
+    if config.debug.enabled:
+        hooks.append(DebugReporter(config.debug))
+    telegram = TelegramReporter.from_config(config)
+    if telegram is not None:
+        hooks.append(telegram)
+    return hooks
+
+
+def run_training(config: Config, run_dir: str | Path, resume: bool = False, extra_hooks: Sequence[Hook] = (),
+                 progress: bool = True) -> TrainResult:
+    trainer = Trainer(config, run_dir, hooks=[*standard_hooks(config), *extra_hooks], resume=resume,
+                      progress=progress)
+    return trainer.fit()

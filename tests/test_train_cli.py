@@ -1,0 +1,47 @@
+"""`train` and `debug` end to end through the command line, with the standard hooks and a fault."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+from .conftest import TINY_MODEL
+
+
+def run_cli(cwd, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "smart_tuner", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300, env=env)
+
+
+def test_train_with_a_fault_then_debug_then_resume(corpus_en, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"config": {
+        "preset": "demo", "model": TINY_MODEL,
+        "data": {"corpus": str(corpus_en), "val_size": 4, "val_infer": 2, "cache_dir": str(tmp_path / "cache")},
+        "train": {"batch_size": 4, "max_steps": 8, "eval_every": 4, "num_threads": 2},
+        "faults": {"nan_loss_at": [6]}}}))
+    run_dir = tmp_path / "run"
+    result = run_cli(tmp_path, "train", "--config", config, "--run-dir", run_dir, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "completed at step 8" in result.stdout
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert {(e["source"], e["control"], e["step"]) for e in events if e["step"] == 6} == {
+        ("lr", "skip_update", 6), ("lr", "lr", 6)}
+    assert (run_dir / "debug" / "6-emergency" / "buffer.json").is_file()
+
+    summary = run_cli(tmp_path, "debug", run_dir)
+    assert summary.returncode == 0, summary.stderr
+    assert "debug/6-emergency" in summary.stdout and "verdict:" in summary.stdout
+
+    resumed = run_cli(tmp_path, "train", "--config", config, "--run-dir", run_dir, "--resume", "--max-steps", 12,
+                      "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "completed at step 12" in resumed.stdout
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [4, 8, 12]
+
+    not_a_run = run_cli(tmp_path, "debug", tmp_path / "cache")
+    assert not_a_run.returncode == 2 and "Traceback" not in not_a_run.stderr

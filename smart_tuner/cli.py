@@ -71,11 +71,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         sets.append(f"data.corpus={args.corpus}")
     if args.max_steps is not None:
         sets.append(f"train.max_steps={args.max_steps}")
-    config_path = Path(args.config) if args.config else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    if config_path:
-        config = load_config_file(config_path, sets)
+    if args.from_study:
+        if args.config:
+            print("error: --config and --from-study exclude each other", file=sys.stderr)
+            return 2
+        from .study import StudyOptions, best_config, open_study_readonly
+
+        study = open_study_readonly(StudyOptions(study=args.from_study, storage=args.storage))
+        best, trial = best_config(study)
+        config = build_config(merge(best.to_dict(), parse_set_overrides(sets)))
+        log.info("production run from study %s, trial %d (value %.4f)", args.from_study, trial.number, trial.value)
+        config_path = Path(f"{args.from_study}-best")
     else:
-        config = build_config(merge({}, parse_set_overrides(sets)))
+        config_path = Path(args.config) if args.config else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+        if config_path:
+            config = load_config_file(config_path, sets)
+        else:
+            config = build_config(merge({}, parse_set_overrides(sets)))
     run_dir = _resolve_run_dir(args, config_path)
     result = run_training(config, run_dir, resume=args.resume, progress=not args.no_progress)
     last = result.last_eval
@@ -109,6 +121,52 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------- study
+def _study_options(args: argparse.Namespace):
+    from .study import StudyOptions
+
+    return StudyOptions(objective=Path(args.objective), study=args.study, storage=args.storage,
+                        sampler=args.sampler, pruner=None if args.pruner in (None, "") else args.pruner,
+                        seed=args.seed, timeout=getattr(args, "timeout", None), trials=getattr(args, "trials", 0),
+                        sets=list(args.set or []), corpus=args.corpus, runs_dir=Path(args.runs_dir),
+                        threads=getattr(args, "threads", 0) or 0, heartbeat_interval=args.heartbeat_interval,
+                        grace_period=args.grace_period)
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from .study import optimize, summary
+
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    study = optimize(_study_options(args), n_jobs=args.n_jobs, gpus=gpus, progress=not args.no_progress)
+    print(summary(study))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .study import _route_optuna_logging, run_worker
+
+    _route_optuna_logging()
+    run_worker(_study_options(args), args.target, args.deadline)
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from .config import to_yaml
+    from .study import StudyOptions, best_config, open_study_readonly
+
+    study = open_study_readonly(StudyOptions(study=args.study, storage=args.storage))
+    config, trial = best_config(study)
+    header = (f"# best trial {trial.number} of study {study.study_name}: value {trial.value:.6g}, diagonality "
+              f"{trial.user_attrs.get('diagonality', float('nan')):.3f}\n"
+              f"# train it: python -m smart_tuner train --config {args.out} --max-steps 100000\n")
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(header + to_yaml(config), encoding="utf-8")
+    tmp.replace(out)
+    print(f"wrote the config of trial {trial.number} (value {trial.value:.4f}) to {out}")
+    return 0
+
+
 def cmd_debug(args: argparse.Namespace) -> int:
     from .debug import main_debug
 
@@ -129,7 +187,49 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="where checkpoints and logs go (default runs/<config>-<time>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir (default: the latest)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--from-study", metavar="NAME", help="train the best config of this study (instead of --config)")
+    train.add_argument("--storage", help="the study's storage URL (default sqlite:///studies/<study>.db)")
     train.set_defaults(func=cmd_train)
+
+    def study_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--objective", default="objectives/demo.yaml", help="objective file (config + search space)")
+        p.add_argument("--study", help="study name (default: the objective file's name)")
+        p.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/<study>.db)")
+        p.add_argument("--sampler", default="tpe", choices=["tpe", "random", "gp", "cmaes"])
+        p.add_argument("--pruner", choices=["median", "hyperband", "sha", "none"],
+                       help="default: the objective file's pruning.pruner")
+        p.add_argument("--seed", type=int, help="sampler seed")
+        p.add_argument("--corpus", help="LJSpeech-format corpus directory (default: the demo corpus)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override the base config of every trial, e.g. train.max_steps=100")
+        p.add_argument("--runs-dir", default="runs", help="trial run directories go to RUNS_DIR/<study>/")
+        p.add_argument("--heartbeat-interval", type=int, default=10,
+                       help="seconds between a running trial's heartbeats in the storage")
+        p.add_argument("--grace-period", type=int, default=60,
+                       help="a trial without a heartbeat for this long is failed and re-queued")
+
+    opt = sub.add_parser("optimize", help="run an Optuna study: each trial trains with the adapters on")
+    study_arguments(opt)
+    opt.add_argument("--trials", type=int, default=10, help="trials to run now (a study continues when re-run)")
+    opt.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    opt.add_argument("--n-jobs", type=int, default=1, help="worker processes on this machine")
+    opt.add_argument("--gpus", help="comma-separated GPU ids: one worker process per GPU")
+    opt.add_argument("--threads", type=int, default=0, help="torch threads per worker (default cores / workers)")
+    opt.add_argument("--no-progress", action="store_true")
+    opt.set_defaults(func=cmd_optimize)
+
+    worker = sub.add_parser("worker", help=argparse.SUPPRESS)  # started by optimize --n-jobs / --gpus
+    study_arguments(worker)
+    worker.add_argument("--target", type=int, required=True)
+    worker.add_argument("--deadline", type=float)
+    worker.add_argument("--threads", type=int, default=0)
+    worker.set_defaults(func=cmd_worker)
+
+    best = sub.add_parser("best", help="write the full training config of a study's best trial")
+    best.add_argument("--study", required=True)
+    best.add_argument("--storage", help="default sqlite:///studies/<study>.db")
+    best.add_argument("--out", default="best.yaml")
+    best.set_defaults(func=cmd_best)
 
     data = sub.add_parser("data", help="corpus tools").add_subparsers(dest="data_command", required=True)
     demo = data.add_parser("demo", help="synthesize the demo corpus with eSpeak NG")

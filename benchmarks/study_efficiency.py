@@ -1,0 +1,96 @@
+"""How many training steps does a study spend before one of its trials is good?
+
+"Good": at some evaluation, validation diagonality >= 0.8 and validation loss <= the final validation loss of the
+reference defaults (the objective file's base config, trained once first). Arms, each over several seeds:
+  (a) TPE + pruning + adapters   (b) TPE + pruning, no adapters   (c) random search, no pruning, no adapters
+Steps are counted over trials in the order they finished, up to the evaluation at which the first good trial
+became good. The reference trial is not enqueued (it would be good by definition). Prints the ratios a/c, b/c.
+Goal: (a) needs <= 1/3 of (c).
+
+Usage: python benchmarks/study_efficiency.py [--seeds 3] [--max-trials 12] [--set train.max_steps=400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from optuna.trial import TrialState  # noqa: E402
+
+from smart_tuner.config import build_config, merge, parse_set_overrides  # noqa: E402
+from smart_tuner.runner import run_training  # noqa: E402
+from smart_tuner.search_space import load_objective  # noqa: E402
+from smart_tuner.study import StudyOptions, optimize  # noqa: E402
+
+NO_ADAPTERS = ["adapters.lr.enabled=false", "adapters.ga.enabled=false", "adapters.grad.enabled=false"]
+ARMS = {
+    "a: tpe+pruning+adapters": ("tpe", None, []),
+    "b: tpe+pruning": ("tpe", None, NO_ADAPTERS),
+    "c: random": ("random", "none", NO_ADAPTERS),
+}
+
+
+def steps_until_good(study, threshold: float, target: float) -> tuple[int | None, int]:
+    """(steps spent until the first good evaluation, or None; steps spent in all)."""
+    trials = sorted((t for t in study.get_trials(deepcopy=False) if t.state.is_finished()),
+                    key=lambda t: t.datetime_complete)
+    spent = 0
+    found = None
+    for trial in trials:
+        metrics_path = Path(trial.user_attrs.get("run_dir", "")) / "metrics.jsonl"
+        evals = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.is_file() else []
+        good = [m["step"] for m in evals if m["diagonality"] >= target and m["val_loss"] <= threshold]
+        if found is None and good:
+            found = spent + good[0]
+        spent += evals[-1]["step"] if evals else 0
+    return found, spent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--objective", default="objectives/demo.yaml")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--max-trials", type=int, default=12, help="trials per study at most")
+    parser.add_argument("--target", type=float, default=0.8)
+    parser.add_argument("--n-jobs", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], help="overrides for every run, e.g. a budget")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    spec = load_objective(args.objective)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        reference = build_config(merge(spec.config, parse_set_overrides(args.set)))
+        result = run_training(reference, tmp / "reference", progress=False)
+        threshold = result.last_eval.val_loss
+        print(f"reference defaults: final validation loss {threshold:.4f}, diagonality "
+              f"{result.last_eval.diagonality:.3f} after {result.step} steps", flush=True)
+        totals: dict[str, list[float]] = {}
+        for arm, (sampler, pruner, extra) in ARMS.items():
+            for seed in range(args.seeds):
+                options = StudyOptions(objective=Path(args.objective), study=f"eff-{arm[0]}-{seed}",
+                                       storage=f"sqlite:///{tmp}/eff-{arm[0]}-{seed}.db", sampler=sampler,
+                                       pruner=pruner, seed=seed, trials=args.max_trials, sets=args.set + extra,
+                                       runs_dir=tmp / "runs", enqueue_reference=False)
+                study = optimize(options, n_jobs=args.n_jobs, progress=False)
+                found, spent = steps_until_good(study, threshold, args.target)
+                pruned = len(study.get_trials(states=(TrialState.PRUNED,)))
+                cost = found if found is not None else spent  # a censored value: at least this much
+                totals.setdefault(arm, []).append(cost)
+                print(f"{arm:<26} seed {seed}: {'good after' if found is not None else 'no good trial in'} "
+                      f"{cost} steps ({len(study.trials)} trials, {pruned} pruned)", flush=True)
+        means = {arm: sum(v) / len(v) for arm, v in totals.items()}
+        for arm, mean in means.items():
+            print(f"{arm:<26} mean steps until a good trial: {mean:.0f}")
+        c = means["c: random"]
+        print(f"ratio a/c = {means['a: tpe+pruning+adapters'] / c:.2f}, b/c = {means['b: tpe+pruning'] / c:.2f} "
+              f"(goal: a/c <= 0.33)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,399 @@
+"""The study: an objective file and an Optuna study -> trials, each a full training run with the adapters.
+
+trial -> params (search space) -> config (base config < --set < params) -> run_training(...) -> value.
+At each evaluation one documented scalar is reported, ``val_postnet + ga_penalty * (1 - diagonality)``: the
+postnet mel loss alone does not show whether attention aligned, so an unaligned trial is penalized. Optuna's
+pruner decides on it after a warm-up; a pruned trial stops through a ``stop`` decision, so its run directory,
+metrics and events stay complete. A run that fails (rollback budget spent) ends its trial as failed with the
+reason; any other exception fails the trial with its traceback in a user attribute. Nothing in a trial crashes
+the study.
+
+Several workers share one study through its storage (SQLite by default; PostgreSQL or any SQLAlchemy URL for
+several machines). RDB storages record heartbeats, so a killed worker's trial is failed and re-queued by
+``RetryHeartbeatStaleTrialCallback``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from .config import Config, ConfigError, build_config, merge, parse_set_overrides
+from .hooks import Decision, EvalStats, Event, Hook, TrainResult
+from .runner import run_training
+from .search_space import ObjectiveSpec, load_objective, make_pruner, params_to_overrides, reference_params, suggest
+
+log = logging.getLogger(__name__)
+# Heartbeats and the retry callback are marked experimental in Optuna; they are what several workers rely on.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+SAMPLERS = ("tpe", "random", "gp", "cmaes")
+PRUNERS = ("median", "hyperband", "sha", "none")
+HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
+GRACE_PERIOD = 60  # a trial without a heartbeat for this long is failed (and re-queued)
+MAX_RETRIES = 2  # re-queues of one killed trial
+
+
+class StudyError(ConfigError):
+    """A study cannot be run or read as asked; the message says what to do."""
+
+
+class TrialFailed(RuntimeError):
+    """The trial's training run ended as failed (for example its rollback budget was spent)."""
+
+
+@dataclass
+class StudyOptions:
+    objective: Path = Path("objectives/demo.yaml")
+    study: str | None = None  # default: the objective file's name
+    storage: str | None = None  # default: sqlite:///studies/<study>.db
+    sampler: str = "tpe"
+    pruner: str | None = None  # default: the objective file's pruning.pruner
+    seed: int | None = None
+    timeout: float | None = None
+    trials: int = 10
+    sets: list[str] = field(default_factory=list)
+    corpus: str | None = None
+    runs_dir: Path = Path("runs")
+    threads: int = 0  # torch threads per worker; 0: cores / workers
+    heartbeat_interval: int = HEARTBEAT_INTERVAL
+    grace_period: int = GRACE_PERIOD
+    enqueue_reference: bool = True  # a new study's first trial is the objective file's base config
+
+    @property
+    def study_name(self) -> str:
+        return self.study or self.objective.stem
+
+
+# ----------------------------------------------------------------------------------------------- storage
+def storage_url(name: str, url: str | None) -> str:
+    if url:
+        return url
+    Path("studies").mkdir(exist_ok=True)
+    return f"sqlite:///studies/{name}.db"
+
+
+def redact_url(url: str) -> str:
+    """A storage URL without its password, for logs and tags."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL,
+                 grace_period: int = GRACE_PERIOD) -> optuna.storages.BaseStorage:
+    """An RDB storage with heartbeats, so that a killed worker's trial is failed and re-queued."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # several processes wait for the lock
+    try:
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+            **kwargs)
+    except Exception as exc:  # SQLAlchemy raises many types for a bad URL or an unreachable server
+        raise StudyError(f"storage {redact_url(url)}: cannot open it ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200]})") from None
+
+
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)  # multivariate by default in Optuna 5
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    raise StudyError(f"--sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+
+
+# ----------------------------------------------------------------------------------------------- reporting
+class OptunaReporter(Hook):
+    """Reports the objective at each evaluation, records trial attributes, asks to stop when pruned."""
+
+    name = "optuna"
+
+    def __init__(self, trial: optuna.Trial, ga_penalty: float):
+        self.trial, self.ga_penalty = trial, ga_penalty
+        self.value: float | None = None
+        self.pruned_at: int | None = None
+        self.event_counts: dict[str, int] = {}
+
+    def objective_value(self, stats: EvalStats) -> float:
+        return stats.val_postnet + self.ga_penalty * (1.0 - stats.diagonality)
+
+    def on_eval(self, stats: EvalStats) -> list[Decision]:
+        value = self.objective_value(stats)
+        if not math.isfinite(value):
+            return []
+        self.value = value
+        self.trial.report(value, stats.step)
+        for key in ("diagonality", "infer_diagonality", "focus", "val_loss", "val_postnet"):
+            self.trial.set_user_attr(key, getattr(stats, key))
+        self.trial.set_user_attr("step", stats.step)
+        if self.trial.should_prune():
+            self.pruned_at = stats.step
+            return [Decision("stop", None, f"pruned by Optuna at step {stats.step}", value)]
+        return []
+
+    def on_event(self, event: Event) -> None:
+        if event.applied and event.source != self.name:
+            key = f"{event.source}.{event.control}"
+            self.event_counts[key] = self.event_counts.get(key, 0) + 1
+
+    def on_train_end(self, result: TrainResult) -> None:
+        self.trial.set_user_attr("events", dict(self.event_counts))
+        self.trial.set_user_attr("status", result.status)
+        self.trial.set_user_attr("reason", result.reason)
+
+
+# ----------------------------------------------------------------------------------------------- objective
+class Objective:
+    def __init__(self, spec: ObjectiveSpec, options: StudyOptions, study_name: str):
+        self.spec, self.options, self.study_name = spec, options, study_name
+        self.base = merge(spec.config, parse_set_overrides(self._sets()))
+        searched = {d.key for d in spec.space}
+        clash = sorted(k for k in _dotted(parse_set_overrides(options.sets)) if k in searched)
+        if clash:
+            log.warning("--set of searched keys %s: each trial's sampled value wins", ", ".join(clash))
+
+    def _sets(self) -> list[str]:
+        sets = list(self.options.sets)
+        if self.options.corpus:
+            sets.append(f"data.corpus={self.options.corpus}")
+        if self.options.threads:
+            sets.append(f"train.num_threads={self.options.threads}")
+        return sets
+
+    def config_for(self, trial: optuna.Trial) -> Config:
+        return build_config(merge(self.base, suggest(trial, self.spec.space)))
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            config = self.config_for(trial)
+            run_dir = self.options.runs_dir / self.study_name / f"trial-{trial.number:04d}"
+            trial.set_user_attr("run_dir", str(run_dir))
+            trial.set_user_attr("config", config.to_dict())
+            reporter = OptunaReporter(trial, self.spec.ga_penalty)
+            result = run_training(config, run_dir, resume=False, extra_hooks=[reporter], progress=False)
+        except optuna.TrialPruned:
+            raise
+        except Exception:
+            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            raise
+        if reporter.pruned_at is not None:
+            raise optuna.TrialPruned(f"pruned at step {reporter.pruned_at}")
+        if result.status == "failed":
+            trial.set_user_attr("failure", result.reason)
+            raise TrialFailed(result.reason)
+        if reporter.value is None:
+            raise TrialFailed("no finite evaluation: the run never produced a value to report")
+        return reporter.value
+
+
+def _dotted(nested: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            keys += _dotted(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+# ----------------------------------------------------------------------------------------------- optimize
+def counted_trials(study: optuna.Study) -> int:
+    """Trials that use the budget: every trial but a failed one that was re-queued (its retry counts)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials} - {None}
+    return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
+
+
+def open_study(options: StudyOptions, spec: ObjectiveSpec, create: bool = True) -> optuna.Study:
+    name = options.study_name
+    url = storage_url(name, options.storage)
+    storage = open_storage(url, options.heartbeat_interval, options.grace_period)
+    max_steps = build_config(merge(spec.config, parse_set_overrides(options.sets))).train.max_steps
+    pruner = make_pruner(spec.pruning, options.pruner, max_steps=max_steps)
+    sampler = make_sampler(options.sampler, options.seed)
+    if create:
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                    direction="minimize", load_if_exists=True)
+        if not study.user_attrs.get("objective"):
+            study.set_user_attr("objective", str(options.objective))
+        if options.enqueue_reference and not study.user_attrs.get("reference_enqueued"):
+            study.set_user_attr("reference_enqueued", True)
+            params, left_out = reference_params(spec)
+            study.enqueue_trial(params, user_attrs={"reference": True}, skip_if_exists=True)
+            if left_out:
+                log.warning("reference defaults outside the search space (sampled instead): %s", ", ".join(left_out))
+        return study
+    try:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        raise StudyError(f"no study {name!r} in {redact_url(url)}; run `optimize --study {name}` first, or "
+                         f"pass --storage") from None
+
+
+def open_study_readonly(options: StudyOptions) -> optuna.Study:
+    """An existing study, for reading results (``best``, ``train --from-study``)."""
+    _route_optuna_logging()
+    url = storage_url(options.study_name, options.storage)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise StudyError(f"no study storage at {url[len('sqlite:///'):]}; run `optimize --study "
+                         f"{options.study_name}` first, or pass --storage")
+    try:
+        return optuna.load_study(study_name=options.study_name, storage=open_storage(url))
+    except KeyError:
+        raise StudyError(f"no study {options.study_name!r} in {redact_url(url)}") from None
+
+
+def run_worker(options: StudyOptions, target: int, deadline: float | None) -> None:
+    """Run trials of the shared study until it holds ``target`` counted trials (or the deadline passes)."""
+    spec = load_objective(options.objective)
+    study = open_study(options, spec)
+    objective = Objective(spec, options, study.study_name)
+    while counted_trials(study) < target and (deadline is None or time.time() < deadline):
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+
+
+def _route_optuna_logging() -> None:
+    # Optuna's own stderr handler would garble progress bars; its records go through ours instead.
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def optimize(options: StudyOptions, n_jobs: int = 1, gpus: list[str] | None = None,
+             progress: bool = True) -> optuna.Study:
+    """Run ``options.trials`` more trials of the study, in ``n_jobs`` worker processes (one per GPU)."""
+    _route_optuna_logging()
+    spec = load_objective(options.objective)
+    if options.sampler not in SAMPLERS:
+        raise StudyError(f"--sampler {options.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if options.pruner is not None and options.pruner not in PRUNERS:
+        raise StudyError(f"--pruner {options.pruner!r}: choose one of {', '.join(PRUNERS)}")
+    study = open_study(options, spec)
+    workers = len(gpus) if gpus else max(1, n_jobs)
+    if not options.threads and not gpus:
+        options.threads = max(1, (os.cpu_count() or 1) // workers)  # threads x processes <= cores
+    objective = Objective(spec, options, study.study_name)
+    # The corpus and its features are prepared once, before any worker starts.
+    from .data.dataset import prepare_data
+
+    prepare_data(build_config(objective.base))
+    # Waiting trials (the enqueued reference, a re-queued killed trial) are among the trials run now.
+    start = counted_trials(study) - len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    target = start + options.trials
+    deadline = time.time() + options.timeout if options.timeout else None
+    log.info("study %s in %s: %d trials so far, running %d more with %d worker(s)", study.study_name,
+             redact_url(storage_url(study.study_name, options.storage)), start, options.trials, workers)
+    bar = tqdm(total=options.trials, desc=f"study {study.study_name}", disable=not progress, dynamic_ncols=True)
+    try:
+        if workers == 1:
+            while counted_trials(study) < target and (deadline is None or time.time() < deadline):
+                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+                _update_bar(bar, study, start)
+        else:
+            _run_worker_processes(options, target, deadline, gpus or [None] * workers, study, bar, start)
+    finally:
+        _update_bar(bar, study, start)
+        bar.close()
+    return study
+
+
+def _update_bar(bar: tqdm, study: optuna.Study, start: int) -> None:
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    bar.n = min(bar.total, max(0, len(finished) - start))
+    best = _best_trial(study)
+    bar.set_postfix(best=f"{best.value:.4f}" if best else "-", refresh=False)
+    bar.refresh()
+
+
+def _run_worker_processes(options: StudyOptions, target: int, deadline: float | None, slots: list[str | None],
+                          study: optuna.Study, bar: tqdm, start: int) -> None:
+    """One process per slot (a GPU id, or None on CPU), each running trials until the study is full."""
+    procs = []
+    for slot in slots:
+        env = dict(os.environ)
+        if slot is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot
+        command = [sys.executable, "-m", "smart_tuner", "worker", "--objective", str(options.objective),
+                   "--study", study.study_name, "--storage", storage_url(study.study_name, options.storage),
+                   "--sampler", options.sampler, "--target", str(target), "--threads", str(options.threads),
+                   "--runs-dir", str(options.runs_dir)]
+        if options.pruner:
+            command += ["--pruner", options.pruner]
+        if options.seed is not None:
+            command += ["--seed", str(options.seed + len(procs))]  # distinct streams per worker
+        if deadline:
+            command += ["--deadline", str(deadline)]
+        if options.corpus:
+            command += ["--corpus", options.corpus]
+        command += ["--heartbeat-interval", str(options.heartbeat_interval),
+                    "--grace-period", str(options.grace_period)]
+        for item in options.sets:
+            command += ["--set", item]
+        procs.append(subprocess.Popen(command, env=env))
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(2.0)
+            _update_bar(bar, study, start)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    failed = [p.returncode for p in procs if p.returncode]
+    if failed:
+        log.warning("%d worker process(es) exited with an error: %s", len(failed), failed)
+
+
+# ----------------------------------------------------------------------------------------------- results
+def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return min(complete, key=lambda t: t.value) if complete else None
+
+
+def summary(study: optuna.Study) -> str:
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name.lower(): sum(t.state == state for t in trials)
+              for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING,
+                            TrialState.WAITING)}
+    lines = [f"study {study.study_name}: {len(trials)} trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)]
+    best = _best_trial(study)
+    if best is None:
+        lines.append("no complete trial yet")
+    else:
+        lines.append(f"best trial {best.number}: value {best.value:.4f}, diagonality "
+                     f"{best.user_attrs.get('diagonality', float('nan')):.3f}, run dir {best.user_attrs.get('run_dir')}")
+        lines += [f"  {key} = {value}" for key, value in sorted(best.params.items())]
+    for t in trials:
+        if t.state == TrialState.FAIL and (t.user_attrs.get("failure") or t.user_attrs.get("traceback")):
+            reason = t.user_attrs.get("failure") or t.user_attrs["traceback"].strip().splitlines()[-1]
+            lines.append(f"trial {t.number} failed: {reason}")
+    return "\n".join(lines)
+
+
+def best_config(study: optuna.Study, objective: Path | None = None) -> tuple[Config, optuna.trial.FrozenTrial]:
+    """The full training config of the best trial: stored with the trial, or rebuilt from its params."""
+    best = _best_trial(study)
+    if best is None:
+        raise StudyError(f"study {study.study_name!r} has no complete trial yet")
+    if "config" in best.user_attrs:
+        return build_config(best.user_attrs["config"]), best
+    path = objective or Path(study.user_attrs.get("objective", ""))
+    spec = load_objective(path)
+    return build_config(merge(spec.config, params_to_overrides(best.params))), best

@@ -1,0 +1,144 @@
+"""The study end to end on a real SQLite storage: trials, reporting, pruning, failures, best config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from smart_tuner.search_space import load_objective, reference_params
+from smart_tuner.study import StudyOptions, best_config, optimize
+
+from .conftest import TINY_MODEL
+
+
+def objective_file(tmp_path, corpus, space=None, pruning=None, train=None, extra=None, name="tiny"):
+    config = {"preset": "demo", "model": TINY_MODEL,
+              "data": {"corpus": str(corpus), "val_size": 4, "val_infer": 2, "cache_dir": str(tmp_path / "cache")},
+              "train": {"batch_size": 4, "max_steps": 20, "eval_every": 10, "num_threads": 2, **(train or {})},
+              **(extra or {})}
+    data = {"config": config,
+            "search_space": space if space is not None else {
+                "train.lr": {"type": "float", "low": 5e-4, "high": 5e-3, "log": True},
+                "loss.ga_weight": {"type": "float", "low": 1.0, "high": 5.0}},
+            "objective": {"ga_penalty": 1.0},
+            "pruning": pruning or {"pruner": "median", "warmup_steps": 10, "startup_trials": 1}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def options(tmp_path, path, **kw):
+    return StudyOptions(objective=path, study=kw.pop("study", "s"), storage=f"sqlite:///{tmp_path}/s.db",
+                        runs_dir=tmp_path / "runs", seed=0, **kw)
+
+
+def test_trials_report_intermediate_values_and_the_first_is_the_reference(corpus_en, tmp_path):
+    path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"})
+    study = optimize(options(tmp_path, path, trials=3), progress=False)
+    trials = study.get_trials()
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(sorted(t.intermediate_values) == [10, 20] for t in trials)
+    assert trials[0].params == pytest.approx(reference_params(load_objective(path))[0])
+    assert trials[0].user_attrs["reference"] is True
+    for t in trials:
+        assert 0 <= t.user_attrs["diagonality"] <= 1 and Path(t.user_attrs["run_dir"]).is_dir()
+        assert t.value == pytest.approx(t.intermediate_values[20])
+    # Re-running continues the same study.
+    study = optimize(options(tmp_path, path, trials=2), progress=False)
+    assert len(study.get_trials()) == 5
+    assert not study.get_trials(states=(TrialState.WAITING,))  # the reference is enqueued once
+
+
+def test_a_deliberately_bad_range_gets_trials_pruned(corpus_en, tmp_path):
+    # Learning rates of 1 and 2 (adapters off): the weights jump around, so the median pruner stops those trials
+    # after the warm-up, compared with the reference (3e-3, the first trial).
+    path = objective_file(tmp_path, corpus_en, train={"max_steps": 40, "lr": 3e-3},
+                          space={"train.lr": {"type": "categorical", "choices": [3e-3, 1.0, 2.0]}},
+                          pruning={"pruner": "median", "warmup_steps": 10, "startup_trials": 1},
+                          extra={"adapters": {"lr": {"enabled": False}, "ga": {"enabled": False}}})
+    study = optimize(options(tmp_path, path, trials=5, sampler="random"), progress=False)
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.COMPLETE and trials[0].params["train.lr"] == pytest.approx(3e-3)
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned, "no trial of the bad range was pruned"
+    for t in pruned:
+        assert t.params["train.lr"] >= 1.0
+        assert min(t.intermediate_values) >= 10  # never before the warm-up
+        assert max(t.intermediate_values) < 40  # stopped early: its run ended at the pruned step
+        run_dir = Path(t.user_attrs["run_dir"])  # a pruned trial keeps what it logged
+        assert (run_dir / "metrics.jsonl").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
+
+
+def test_failed_runs_and_exceptions_fail_their_trial_not_the_study(corpus_en, tmp_path):
+    space = {"faults.nan_loss_at": {"type": "categorical", "choices": [[3, 4, 5, 6, 7, 8]]},
+             "data.corpus": {"type": "categorical", "choices": [str(corpus_en), str(tmp_path / "missing")]}}
+    path = objective_file(tmp_path, corpus_en, space=space, extra={"adapters": {"max_rollbacks": 0}})
+    study = optimize(options(tmp_path, path, trials=4, sampler="random", enqueue_reference=False), progress=False)
+    trials = study.get_trials()
+    assert len(trials) == 4 and all(t.state == TrialState.FAIL for t in trials)
+    rollback_failures = [t for t in trials if "rollback budget spent" in t.user_attrs.get("failure", "")]
+    crashes = [t for t in trials if "CorpusError" in t.user_attrs.get("traceback", "")]
+    assert rollback_failures and crashes and len(rollback_failures) + len(crashes) == 4
+    assert all(t.user_attrs["status"] == "failed" for t in rollback_failures)
+
+
+def run_cli(cwd, *args):
+    return subprocess.run([sys.executable, "-m", "smart_tuner", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_best_then_train_then_resume(corpus_en, tmp_path):
+    path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"})
+    study = optimize(options(tmp_path, path, trials=2), progress=False)
+    config, trial = best_config(study)
+    assert trial.value == min(t.value for t in study.get_trials(states=(TrialState.COMPLETE,)))
+    storage = f"sqlite:///{tmp_path}/s.db"
+    out = tmp_path / "best.yaml"
+    result = run_cli(tmp_path, "best", "--study", "s", "--storage", storage, "--out", out)
+    assert result.returncode == 0, result.stderr
+    written = yaml.safe_load(out.read_text())
+    assert written["train"]["lr"] == pytest.approx(trial.params["train.lr"])
+    assert written["loss"]["ga_weight"] == pytest.approx(trial.params["loss.ga_weight"])
+    assert written["adapters"]["lr"]["patience"] == config.adapters.lr.patience
+    first = run_cli(tmp_path, "train", "--config", out, "--max-steps", 10, "--run-dir", tmp_path / "prod",
+                    "--no-progress")
+    assert first.returncode == 0 and "completed at step 10" in first.stdout, first.stderr
+    again = run_cli(tmp_path, "train", "--config", out, "--max-steps", 20, "--run-dir", tmp_path / "prod",
+                    "--resume", "--no-progress")
+    assert again.returncode == 0 and "completed at step 20" in again.stdout, again.stderr
+    direct = run_cli(tmp_path, "train", "--from-study", "s", "--storage", storage, "--max-steps", 10,
+                     "--run-dir", tmp_path / "direct", "--no-progress")
+    assert direct.returncode == 0 and "completed at step 10" in direct.stdout, direct.stderr
+    missing = run_cli(tmp_path, "best", "--study", "nope", "--storage", storage)
+    assert missing.returncode == 2 and "no study 'nope'" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("dimension,message", [
+    ({"train.lrr": {"type": "float", "low": 1e-4, "high": 1e-3}}, "search_space.train.lrr"),
+    ({"train.lr": {"type": "float", "low": 1e-2, "high": 1e-3}}, "low (0.01) must be < high (0.001)"),
+    ({"train.lr": {"type": "float", "low": 0.0, "high": 1e-3, "log": True}}, "search_space.train.lr"),
+    ({"train.batch_size": {"type": "categorical", "choices": []}}, "search_space.train.batch_size"),
+])
+def test_malformed_search_spaces_are_clear_cli_errors(corpus_en, tmp_path, dimension, message):
+    path = objective_file(tmp_path, corpus_en, space=dimension)
+    result = run_cli(tmp_path, "optimize", "--objective", path, "--trials", 1, "--storage",
+                     f"sqlite:///{tmp_path}/s.db", "--no-progress")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and str(path) in error[0] and message in error[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_sampler_or_storage_is_a_clear_error(corpus_en, tmp_path):
+    path = objective_file(tmp_path, corpus_en)
+    bad = run_cli(tmp_path, "optimize", "--objective", path, "--storage", "postgresql://u:secret@127.0.0.1:1/x",
+                  "--trials", 1, "--no-progress")
+    assert bad.returncode == 2 and "cannot open it" in bad.stderr and "secret" not in bad.stderr
+    assert optuna.__version__  # the storage error came from a real SQLAlchemy connection attempt

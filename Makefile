@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo train test test-all bench clean-venv
+.PHONY: setup demo train test bench clean-venv
 
 setup: $(VENV)/.installed
 
@@ -17,8 +17,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-# The main job: train the demo preset on the embedded eSpeak NG corpus (built on first use).
+# The main job: a 6-trial study on the demo objective and the embedded eSpeak NG corpus (built on first use).
 demo: setup
+	$(BIN)/python -m smart_tuner optimize --trials 6
+
+# One training run of the demo preset.
+train: setup
 	$(BIN)/python -m smart_tuner train --config objectives/demo.yaml
 
 # The test suite (what CI runs): fast tests plus the few marked slow.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import re
 import subprocess
 import sys
@@ -98,14 +99,22 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL,
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # several processes wait for the lock
-    try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
-            **kwargs)
-    except Exception as exc:  # SQLAlchemy raises many types for a bad URL or an unreachable server
-        raise StudyError(f"storage {redact_url(url)}: cannot open it ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:200]})") from None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRIES),
+                **kwargs)
+        except Exception as exc:  # SQLAlchemy raises many types for a bad URL or an unreachable server
+            text = str(exc)
+            # Workers starting at once on an empty database race to create the tables; the loser retries.
+            if attempt < 4 and ("already exists" in text or "UniqueViolation" in text):
+                time.sleep(0.5 + random.random())
+                continue
+            raise StudyError(f"storage {redact_url(url)}: cannot open it ({type(exc).__name__}: "
+                             f"{redact_url(text.splitlines()[0])[:200]})") from None
+    raise AssertionError("unreachable")
 
 
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -162,8 +171,9 @@ class OptunaReporter(Hook):
 
 # ----------------------------------------------------------------------------------------------- objective
 class Objective:
-    def __init__(self, spec: ObjectiveSpec, options: StudyOptions, study_name: str):
+    def __init__(self, spec: ObjectiveSpec, options: StudyOptions, study_name: str, target: int | None = None):
         self.spec, self.options, self.study_name = spec, options, study_name
+        self.target = target  # the study's trial budget (counted trials), for the admission check
         self.base = merge(spec.config, parse_set_overrides(self._sets()))
         searched = {d.key for d in spec.space}
         clash = sorted(k for k in _dotted(parse_set_overrides(options.sets)) if k in searched)
@@ -181,7 +191,22 @@ class Objective:
     def config_for(self, trial: optuna.Trial) -> Config:
         return build_config(merge(self.base, suggest(trial, self.spec.space)))
 
+    def admit(self, trial: optuna.Trial) -> None:
+        """Workers check the budget before they ask for a trial; two may ask at once. Trial numbers are given
+        out in order, so a trial that finds the budget taken by lower numbers leaves as over budget."""
+        if self.target is None:
+            return
+        trials = trial.study.get_trials(deepcopy=False)
+        mine = next(t for t in trials if t.number == trial.number)
+        if _retried_number(mine) is not None:
+            return  # a re-queued killed trial replaces one already counted
+        if _count(t for t in trials if t.number < trial.number) >= self.target:
+            trial.set_user_attr("over_budget", True)
+            trial.study.stop()
+            raise optuna.TrialPruned("over the study's trial budget (another worker took the last slot)")
+
     def __call__(self, trial: optuna.Trial) -> float:
+        self.admit(trial)
         try:
             config = self.config_for(trial)
             run_dir = self.options.runs_dir / self.study_name / f"trial-{trial.number:04d}"
@@ -215,11 +240,21 @@ def _dotted(nested: dict[str, Any], prefix: str = "") -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- optimize
+def _retried_number(trial: optuna.trial.FrozenTrial) -> int | None:
+    return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
+def _count(trials) -> int:
+    """Trials that use the budget: all but over-budget ones and failed ones that were re-queued (the retry
+    counts instead)."""
+    trials = list(trials)
+    retried = {_retried_number(t) for t in trials} - {None}
+    return sum(1 for t in trials if not t.user_attrs.get("over_budget")
+               and not (t.state == TrialState.FAIL and t.number in retried))
+
+
 def counted_trials(study: optuna.Study) -> int:
-    """Trials that use the budget: every trial but a failed one that was re-queued (its retry counts)."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials} - {None}
-    return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
+    return _count(study.get_trials(deepcopy=False))
 
 
 def open_study(options: StudyOptions, spec: ObjectiveSpec, create: bool = True) -> optuna.Study:
@@ -265,7 +300,7 @@ def run_worker(options: StudyOptions, target: int, deadline: float | None) -> No
     """Run trials of the shared study until it holds ``target`` counted trials (or the deadline passes)."""
     spec = load_objective(options.objective)
     study = open_study(options, spec)
-    objective = Objective(spec, options, study.study_name)
+    objective = Objective(spec, options, study.study_name, target)
     while counted_trials(study) < target and (deadline is None or time.time() < deadline):
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
 
@@ -299,6 +334,7 @@ def optimize(options: StudyOptions, n_jobs: int = 1, gpus: list[str] | None = No
     start = counted_trials(study) - len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     target = start + options.trials
     deadline = time.time() + options.timeout if options.timeout else None
+    objective.target = target
     log.info("study %s in %s: %d trials so far, running %d more with %d worker(s)", study.study_name,
              redact_url(storage_url(study.study_name, options.storage)), start, options.trials, workers)
     bar = tqdm(total=options.trials, desc=f"study {study.study_name}", disable=not progress, dynamic_ncols=True)
@@ -368,7 +404,7 @@ def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 
 
 def summary(study: optuna.Study) -> str:
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("over_budget")]
     counts = {state.name.lower(): sum(t.state == state for t in trials)
               for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING,
                             TrialState.WAITING)}

@@ -1,0 +1,300 @@
+"""The Optuna machinery smart_tuner relies on, against a real PostgreSQL server (see ``tests/pg.py``).
+
+* Worker processes share one study through ``RDBStorage``; trial numbers stay unique and nothing is lost or counted
+  twice. ``MaxTrialsCallback`` alone is *not* an exact budget with several workers: it is checked only after a
+  worker's own trial ends, so the trials other workers are running at that moment also complete (overshoot up to
+  workers - 1; with two workers in step, 11 complete trials for a budget of 10 is the usual outcome). An exact budget
+  needs an admission check at the start of the trial (``guard`` mode below).
+* A worker SIGKILLed mid-trial leaves a RUNNING trial whose heartbeat stops. After the grace period, the next
+  worker's ``study.optimize`` (``_run_trial`` calls ``optuna.storages.fail_stale_trials`` before each ``ask``; a
+  bare ``study.ask`` does not) marks it FAIL and ``RetryHeartbeatStaleTrialCallback`` enqueues a WAITING copy with
+  the same parameters, which that worker's ``ask`` pops first.
+* Optuna's tables are created here, before any worker starts: several processes opening ``RDBStorage`` at once on
+  an empty PostgreSQL database race on ``CREATE TABLE`` (``UniqueViolation`` on ``pg_type_typname_nsp_index``).
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from tests.pg import postgres_url  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+HEARTBEAT_INTERVAL = 1  # seconds; RDBStorage takes whole seconds
+GRACE_PERIOD = 3
+TRIAL_SECONDS = 0.2
+
+# A worker process: argv = url, study name, budget N, label, mode (plain | guard | hang), output directory.
+# plain: MaxTrialsCallback(N) only. guard: also prunes (and stops on) a trial beyond the budget, so the count of
+# complete trials is exact. hang: the first trial signals readiness, then sleeps far longer than the test waits.
+WORKER = r'''
+import json, os, sys, time, warnings
+from pathlib import Path
+warnings.simplefilter("ignore")  # ExperimentalWarning: heartbeats, retry callback
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+url, study_name, budget, label, mode, out = sys.argv[1:7]
+budget, out = int(budget), Path(out)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+storage = optuna.storages.RDBStorage(
+    url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
+    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+study = optuna.load_study(study_name=study_name, storage=storage)
+
+
+def within_budget(trial):
+    """Exact admission: trial numbers are assigned under a row lock on the study, so every trial numbered below
+    this one is already committed. Retries of stale trials take over their original's place in the budget; an
+    original is admitted while fewer than ``budget`` originals precede it."""
+    trials = trial.study.get_trials(deepcopy=False)
+    me = next(t for t in trials if t.number == trial.number)
+    if RetryHeartbeatStaleTrialCallback.retried_trial_number(me) is not None:
+        return True
+    originals_before = sum(1 for t in trials if t.number < trial.number
+                           and RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is None)
+    return originals_before < budget
+
+
+def objective(trial):
+    x = trial.suggest_float("x", -10.0, 10.0)
+    trial.set_user_attr("worker", label)
+    if mode == "guard" and not within_budget(trial):
+        trial.study.stop()
+        raise optuna.TrialPruned("over budget")
+    if mode == "hang" and not (out / "ready").exists():
+        (out / "ready").write_text(json.dumps({"number": trial.number, "pid": os.getpid()}))
+        time.sleep(60)
+    time.sleep(TRIAL_SECONDS)
+    with open(out / f"{label}.jsonl", "a") as f:
+        f.write(json.dumps({"number": trial.number, "x": x, "value": x * x}) + "\n")
+    return x * x
+
+
+(out / f"loaded-{label}").touch()
+go = out / "go"
+deadline = time.monotonic() + 60
+while not go.exists():  # start barrier, so that the workers really run side by side
+    if time.monotonic() > deadline:
+        sys.exit("no go signal")
+    time.sleep(0.01)
+study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(budget, states=(TrialState.COMPLETE,))])
+'''.replace("HEARTBEAT_INTERVAL", str(HEARTBEAT_INTERVAL)).replace("GRACE_PERIOD", str(GRACE_PERIOD)) \
+   .replace("TRIAL_SECONDS", str(TRIAL_SECONDS))
+
+
+def make_storage(url):
+    return optuna.storages.RDBStorage(
+        url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+
+
+class Workers:
+    """Worker processes started by one test; ``close`` kills whichever of them are still running."""
+
+    def __init__(self, url, study_name, out: Path):
+        self.url, self.study_name, self.out = url, study_name, out
+        self.script = out / "worker.py"
+        self.script.write_text(WORKER)
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, label, budget, mode, go=True):
+        log = open(self.out / f"{label}.log", "w")
+        self.procs[label] = subprocess.Popen(
+            [sys.executable, str(self.script), self.url, self.study_name, str(budget), label, mode, str(self.out)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.out)
+        log.close()
+        if go:
+            self.go(label)
+
+    def go(self, *labels):
+        """Wait until the workers have loaded the study, then release them together."""
+        wait_for(lambda: all((self.out / f"loaded-{lb}").exists() for lb in labels), 60,
+                 "workers loading the study", self)
+        (self.out / "go").touch()
+
+    def wait(self, label, timeout=60):
+        try:
+            return self.procs[label].wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"worker {label} still running after {timeout} s:\n{self.logs()}")
+
+    def logs(self):
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                         for p in sorted(self.out.glob("*.log")))
+
+    def records(self, label):
+        path = self.out / f"{label}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def close(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def wait_for(condition, timeout, what, workers=None):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}" + (f"\n{workers.logs()}" if workers else ""))
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def study_env(postgres_url, tmp_path):
+    """A fresh study on the session's server (tables created here, once, before any worker starts)."""
+    storage = make_storage(postgres_url)
+    name = f"study-{uuid.uuid4().hex[:8]}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study = optuna.create_study(study_name=name, storage=storage)
+    workers = Workers(postgres_url, name, tmp_path)
+    try:
+        yield study, storage, workers
+    finally:
+        workers.close()
+        storage.remove_session()
+        storage.engine.dispose()
+
+
+def check_consistent(study, workers, labels):
+    """Storage and what the workers' objectives returned agree: unique, gap-free numbers; every complete trial
+    ran exactly once, in one worker, with value x**2; returns the complete trials."""
+    trials = {t.number: t for t in study.get_trials()}
+    assert sorted(trials) == list(range(len(trials))), sorted(trials)
+    assert len({t._trial_id for t in trials.values()}) == len(trials)
+    complete = [t for t in trials.values() if t.state == TrialState.COMPLETE]
+    recorded = {lb: workers.records(lb) for lb in labels}
+    by_number = collections.Counter(r["number"] for recs in recorded.values() for r in recs)
+    assert [n for n, c in by_number.items() if c > 1] == [], "a trial ran twice"
+    assert set(by_number) == {t.number for t in complete}, "storage and workers disagree on the complete trials"
+    for lb, recs in recorded.items():
+        for r in recs:
+            t = trials[r["number"]]
+            assert t.user_attrs["worker"] == lb
+            assert t.params == {"x": r["x"]}
+            assert t.value == pytest.approx(r["x"] ** 2)
+    return complete
+
+
+def overlap(trials_a, trials_b):
+    return any(a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
+               for a in trials_a for b in trials_b)
+
+
+def test_two_workers_share_a_study_max_trials_callback(study_env):
+    """MaxTrialsCallback alone: no trial lost or duplicated; the complete count may exceed N by at most one."""
+    study, _, workers = study_env
+    budget = 12
+    for label in "AB":
+        workers.start(label, budget, "plain", go=False)
+    workers.go("A", "B")
+    for label in "AB":
+        assert workers.wait(label) == 0, workers.logs()
+
+    complete = check_consistent(study, workers, "AB")
+    assert len(complete) == len(study.get_trials()), "every trial completes"
+    assert budget <= len(complete) <= budget + 1, (len(complete), workers.logs())  # overshoot <= workers - 1
+    per_worker = {lb: [t for t in complete if t.user_attrs["worker"] == lb] for lb in "AB"}
+    assert all(per_worker.values()), {lb: len(ts) for lb, ts in per_worker.items()}
+    assert overlap(per_worker["A"], per_worker["B"]), "the two workers ran side by side"
+    assert study.best_value == min(t.value for t in complete)
+
+
+def test_two_workers_exact_budget_with_admission_guard(study_env):
+    """With the admission check at the start of each trial, exactly N trials complete: numbers 0..N-1."""
+    study, _, workers = study_env
+    budget = 12
+    for label in "AB":
+        workers.start(label, budget, "guard", go=False)
+    workers.go("A", "B")
+    for label in "AB":
+        assert workers.wait(label) == 0, workers.logs()
+
+    complete = check_consistent(study, workers, "AB")
+    assert sorted(t.number for t in complete) == list(range(budget)), workers.logs()
+    others = [t for t in study.get_trials() if t.state != TrialState.COMPLETE]
+    assert all(t.state == TrialState.PRUNED and t.number >= budget for t in others), others
+    assert len(others) <= 2  # a worker stops at its first trial beyond the budget
+    per_worker = {lb: [t for t in complete if t.user_attrs["worker"] == lb] for lb in "AB"}
+    assert overlap(per_worker["A"], per_worker["B"]), "the two workers ran side by side"
+
+
+def heartbeat_age(storage, trial_id):
+    """(heartbeat timestamp, its age in seconds by the server's clock, the clock Optuna compares with)."""
+    with storage.engine.connect() as conn:
+        row = conn.execute(sqlalchemy.text(
+            "SELECT heartbeat, EXTRACT(EPOCH FROM (now() - heartbeat)) FROM trial_heartbeats WHERE trial_id = :t"),
+            {"t": trial_id}).one_or_none()
+    return (None, None) if row is None else (row[0], float(row[1]))
+
+
+def test_killed_worker_trial_fails_after_grace_period_and_is_retried(study_env):
+    study, storage, workers = study_env
+    budget = 5
+    workers.start("A", budget, "hang")
+    wait_for(lambda: (workers.out / "ready").exists(), 60, "worker A's first trial", workers)
+    ready = json.loads((workers.out / "ready").read_text())
+    (stale,) = study.get_trials()
+    assert (stale.number, stale.state) == (ready["number"], TrialState.RUNNING)
+    assert ready["pid"] == workers.procs["A"].pid
+
+    # The heartbeat thread of the running trial advances its timestamp about once a second.
+    wait_for(lambda: heartbeat_age(storage, stale._trial_id)[0] is not None, 10, "a first heartbeat", workers)
+    first, _ = heartbeat_age(storage, stale._trial_id)
+    wait_for(lambda: heartbeat_age(storage, stale._trial_id)[0] != first, 10, "the heartbeat to advance", workers)
+    os.kill(workers.procs["A"].pid, signal.SIGKILL)
+    assert workers.wait("A") == -signal.SIGKILL
+    last, age = heartbeat_age(storage, stale._trial_id)
+    assert age < GRACE_PERIOD - 1  # (precondition of the next check)
+
+    # Within the grace period a stale-trial sweep leaves the trial alone.
+    optuna.storages.fail_stale_trials(study)
+    assert [(t.number, t.state) for t in study.get_trials()] == [(stale.number, TrialState.RUNNING)]
+
+    # Nothing beats for the dead worker; wait (server clock) until the trial is past the grace period.
+    wait_for(lambda: heartbeat_age(storage, stale._trial_id)[1] > GRACE_PERIOD + 0.2, 15, "the grace period")
+    assert heartbeat_age(storage, stale._trial_id)[0] == last
+
+    b_started = datetime.datetime.now()
+    workers.start("B", budget, "plain")
+    assert workers.wait("B") == 0, workers.logs()
+
+    trials = study.get_trials()
+    (failed,) = [t for t in trials if t.number == stale.number]
+    assert failed.state == TrialState.FAIL, workers.logs()
+    assert failed.datetime_complete >= b_started  # failed by worker B's optimize, not earlier
+    retries = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is not None]
+    assert len(retries) == 1, retries
+    (retry,) = retries
+    assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == stale.number
+    assert RetryHeartbeatStaleTrialCallback.retry_history(retry) == [stale.number]
+    assert retry.params == failed.params == stale.params  # the same point is evaluated again
+    assert retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["worker"] == "B"
+    assert retry.number == stale.number + 1  # enqueued WAITING by B's sweep, then popped by B's first ask
+
+    complete = check_consistent(study, workers, "B")
+    assert len(complete) == budget
+    assert collections.Counter(t.state for t in trials) == {TrialState.COMPLETE: budget, TrialState.FAIL: 1}
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))

@@ -89,6 +89,7 @@ class Trainer:
         self.best_val_loss: float | None = None
         self.elapsed = 0.0
         self.rollbacks = 0
+        self.stop_reason = ""
         self.last_event = ""  # shown next to the progress bar
         if resume:
             self._load(last)
@@ -202,6 +203,8 @@ class Trainer:
                         self._rollback(decision.reason)
                         actions.add(control)
                     else:
+                        if control == "stop":
+                            self.stop_reason = f"{hook.name}: {decision.reason}"
                         actions.add(control)
                 self._record(Event(step, hook.name, control, old, decision.value, decision.reason,
                                    decision.trigger, applied))
@@ -292,7 +295,7 @@ class Trainer:
                 if last_eval is None or self.step % 10 == 0:
                     self._postfix(bar, stats, last_eval, refresh=False)
                 if "stop" in actions:
-                    status, reason = "stopped", "a hook asked to stop"
+                    status, reason = "stopped", self.stop_reason
                     break
                 if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
                     last_eval = self.evaluate(sum(losses_since_eval) / max(len(losses_since_eval), 1))
@@ -311,7 +314,7 @@ class Trainer:
                         self.save_checkpoint("last.pt")
                     self._postfix(bar, stats, last_eval)
                     if "stop" in actions:
-                        status, reason = "stopped", "a hook asked to stop"
+                        status, reason = "stopped", self.stop_reason
                         break
                 elif cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint("last.pt")

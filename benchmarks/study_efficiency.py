@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -52,41 +54,53 @@ def steps_until_good(study, threshold: float, target: float) -> tuple[int | None
     return found, spent
 
 
+def one_study(job: tuple) -> tuple[str, int, int, bool, int, int]:
+    """Trials one at a time until the first good one (or max_trials); returns (arm, seed, cost, found, ...)."""
+    arm, seed, objective, sets, threads, max_trials, threshold, target, tmp = job
+    logging.basicConfig(level=logging.WARNING)
+    sampler, pruner, extra = ARMS[arm]
+    options = StudyOptions(objective=Path(objective), study=f"eff-{arm[0]}-{seed}",
+                           storage=f"sqlite:///{tmp}/eff-{arm[0]}-{seed}.db", sampler=sampler, pruner=pruner,
+                           seed=seed, trials=1, sets=sets + extra, runs_dir=Path(tmp) / "runs",
+                           enqueue_reference=False, threads=threads)
+    found, spent = None, 0
+    for _ in range(max_trials):
+        study = optimize(options, progress=False)
+        found, spent = steps_until_good(study, threshold, target)
+        if found is not None:
+            break
+    pruned = len(study.get_trials(states=(TrialState.PRUNED,)))
+    cost = found if found is not None else spent  # censored when nothing was good: at least this much
+    return arm, seed, cost, found is not None, len(study.trials), pruned
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--objective", default="objectives/demo.yaml")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-trials", type=int, default=12, help="trials per study at most")
     parser.add_argument("--target", type=float, default=0.8)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    parser.add_argument("--jobs", type=int, default=1, help="studies in parallel (jobs x threads <= cores)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per study (default cores / jobs)")
     parser.add_argument("--set", action="append", default=[], help="overrides for every run, e.g. a budget")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     spec = load_objective(args.objective)
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        reference = build_config(merge(spec.config, parse_set_overrides(args.set)))
-        result = run_training(reference, tmp / "reference", progress=False)
+        reference = build_config(merge(spec.config, parse_set_overrides(args.set + [f"train.num_threads={threads}"])))
+        result = run_training(reference, Path(tmp) / "reference", progress=False)
         threshold = result.last_eval.val_loss
         print(f"reference defaults: final validation loss {threshold:.4f}, diagonality "
               f"{result.last_eval.diagonality:.3f} after {result.step} steps", flush=True)
-        totals: dict[str, list[float]] = {}
-        for arm, (sampler, pruner, extra) in ARMS.items():
-            for seed in range(args.seeds):
-                options = StudyOptions(objective=Path(args.objective), study=f"eff-{arm[0]}-{seed}",
-                                       storage=f"sqlite:///{tmp}/eff-{arm[0]}-{seed}.db", sampler=sampler,
-                                       pruner=pruner, seed=seed, trials=1, sets=args.set + extra,
-                                       runs_dir=tmp / "runs", enqueue_reference=False, threads=args.threads)
-                for _ in range(args.max_trials):  # one trial at a time: stop at the first good one
-                    study = optimize(options, progress=False)
-                    found, spent = steps_until_good(study, threshold, args.target)
-                    if found is not None:
-                        break
-                pruned = len(study.get_trials(states=(TrialState.PRUNED,)))
-                cost = found if found is not None else spent  # a censored value: at least this much
+        jobs = [(arm, seed, args.objective, args.set, threads, args.max_trials, threshold, args.target, tmp)
+                for arm in ARMS for seed in range(args.seeds)]
+        totals: dict[str, list[int]] = {}
+        with ProcessPoolExecutor(args.jobs) as pool:
+            for arm, seed, cost, found, trials, pruned in pool.map(one_study, jobs):
                 totals.setdefault(arm, []).append(cost)
-                print(f"{arm:<26} seed {seed}: {'good after' if found is not None else 'no good trial in'} "
-                      f"{cost} steps ({len(study.trials)} trials, {pruned} pruned)", flush=True)
+                print(f"{arm:<26} seed {seed}: {'good after' if found else 'no good trial in'} {cost} steps "
+                      f"({trials} trials, {pruned} pruned)", flush=True)
         means = {arm: sum(v) / len(v) for arm, v in totals.items()}
         for arm, mean in means.items():
             print(f"{arm:<26} mean steps until a good trial: {mean:.0f}")

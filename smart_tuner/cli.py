@@ -126,7 +126,7 @@ def _study_options(args: argparse.Namespace):
     from .study import StudyOptions
 
     return StudyOptions(objective=Path(args.objective), study=args.study, storage=args.storage,
-                        sampler=args.sampler, pruner=None if args.pruner in (None, "") else args.pruner,
+                        sampler=args.sampler, startup_trials=args.startup_trials, pruner=None if args.pruner in (None, "") else args.pruner,
                         seed=args.seed, timeout=getattr(args, "timeout", None), trials=getattr(args, "trials", 0),
                         sets=list(args.set or []), corpus=args.corpus, runs_dir=Path(args.runs_dir),
                         threads=getattr(args, "threads", 0) or 0, heartbeat_interval=args.heartbeat_interval,
@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--study", help="study name (default: the objective file's name)")
         p.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/<study>.db)")
         p.add_argument("--sampler", default="tpe", choices=["tpe", "random", "gp", "cmaes"])
+        p.add_argument("--startup-trials", type=int, default=5,
+                       help="random trials before TPE/GP/CMA-ES take over (Optuna's default of 10 is long here)")
         p.add_argument("--pruner", choices=["median", "hyperband", "sha", "none"],
                        help="default: the objective file's pruning.pruner")
         p.add_argument("--seed", type=int, help="sampler seed")

@@ -63,6 +63,7 @@ class StudyOptions:
     study: str | None = None  # default: the objective file's name
     storage: str | None = None  # default: sqlite:///studies/<study>.db
     sampler: str = "tpe"
+    startup_trials: int = 5  # random trials before TPE / GP / CMA-ES take over
     pruner: str | None = None  # default: the objective file's pruning.pruner
     seed: int | None = None
     timeout: float | None = None
@@ -117,15 +118,17 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL,
     raise AssertionError("unreachable")
 
 
-def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int | None, startup_trials: int = 5) -> optuna.samplers.BaseSampler:
+    """``startup_trials`` random trials before the model-based samplers take over: Optuna's default of 10 would
+    make a short study (the demo's 6 trials) a random search."""
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)  # multivariate by default in Optuna 5
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)  # multivariate in Optuna 5
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials)
     if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup_trials)
     raise StudyError(f"--sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
 
 
@@ -263,7 +266,7 @@ def open_study(options: StudyOptions, spec: ObjectiveSpec, create: bool = True) 
     storage = open_storage(url, options.heartbeat_interval, options.grace_period)
     max_steps = build_config(merge(spec.config, parse_set_overrides(options.sets))).train.max_steps
     pruner = make_pruner(spec.pruning, options.pruner, max_steps=max_steps)
-    sampler = make_sampler(options.sampler, options.seed)
+    sampler = make_sampler(options.sampler, options.seed, options.startup_trials)
     if create:
         study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
                                     direction="minimize", load_if_exists=True)
@@ -369,7 +372,8 @@ def _run_worker_processes(options: StudyOptions, target: int, deadline: float | 
             env["CUDA_VISIBLE_DEVICES"] = slot
         command = [sys.executable, "-m", "smart_tuner", "worker", "--objective", str(options.objective),
                    "--study", study.study_name, "--storage", storage_url(study.study_name, options.storage),
-                   "--sampler", options.sampler, "--target", str(target), "--threads", str(options.threads),
+                   "--sampler", options.sampler, "--startup-trials", str(options.startup_trials),
+                   "--target", str(target), "--threads", str(options.threads),
                    "--runs-dir", str(options.runs_dir)]
         if options.pruner:
             command += ["--pruner", options.pruner]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -86,7 +87,7 @@ def main() -> None:
         jobs = [(args.config, start, seed, on, args.budget, args.threads, args.target, tmp)
                 for start in args.starts for on in (False, True) for seed in range(args.seeds)]
         results = []
-        with ProcessPoolExecutor(args.jobs) as pool:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for r in pool.map(one_run, jobs):
                 results.append(r)
                 print(f"  {r['start']:<12} seed {r['seed']} adapters {'on ' if r['adapters'] else 'off'}: "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -96,7 +97,7 @@ def main() -> None:
         jobs = [(arm, seed, args.objective, args.set, threads, args.max_trials, threshold, args.target, tmp)
                 for arm in ARMS for seed in range(args.seeds)]
         totals: dict[str, list[int]] = {}
-        with ProcessPoolExecutor(args.jobs) as pool:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for arm, seed, cost, found, trials, pruned in pool.map(one_study, jobs):
                 totals.setdefault(arm, []).append(cost)
                 print(f"{arm:<26} seed {seed}: {'good after' if found else 'no good trial in'} {cost} steps "

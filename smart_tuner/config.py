@@ -477,3 +477,20 @@ def to_yaml(config: Config) -> str:
 def from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a config saved with :meth:`Config.to_dict` (for example from a checkpoint)."""
     return build_config(data)
+
+
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and other leaves stay as they are."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def redact_url(url: str) -> str:
+    """A storage or tracking URL without its password, for logs, summaries and tags."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import random
-import re
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from .config import Config, ConfigError, build_config, merge, parse_set_overrides
+from .config import Config, ConfigError, build_config, flatten, merge, parse_set_overrides, redact_url
 from .hooks import Decision, EvalStats, Event, Hook, TrainResult
 from .runner import run_training
 from .search_space import ObjectiveSpec, load_objective, make_pruner, params_to_overrides, reference_params, suggest
@@ -87,11 +86,6 @@ def storage_url(name: str, url: str | None) -> str:
         return url
     Path("studies").mkdir(exist_ok=True)
     return f"sqlite:///studies/{name}.db"
-
-
-def redact_url(url: str) -> str:
-    """A storage URL without its password, for logs and tags."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
 def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL,
@@ -179,7 +173,7 @@ class Objective:
         self.target = target  # the study's trial budget (counted trials), for the admission check
         self.base = merge(spec.config, parse_set_overrides(self._sets()))
         searched = {d.key for d in spec.space}
-        clash = sorted(k for k in _dotted(parse_set_overrides(options.sets)) if k in searched)
+        clash = sorted(k for k in flatten(parse_set_overrides(options.sets)) if k in searched)
         if clash:
             log.warning("--set of searched keys %s: each trial's sampled value wins", ", ".join(clash))
 
@@ -230,16 +224,6 @@ class Objective:
         if reporter.value is None:
             raise TrialFailed("no finite evaluation: the run never produced a value to report")
         return reporter.value
-
-
-def _dotted(nested: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in nested.items():
-        if isinstance(value, dict):
-            keys += _dotted(value, f"{prefix}{key}.")
-        else:
-            keys.append(f"{prefix}{key}")
-    return keys
 
 
 # ----------------------------------------------------------------------------------------------- optimize

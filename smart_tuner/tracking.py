@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
+from .config import flatten, redact_url
 from .hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
 
 DEFAULT_DIR = Path("mlflow")
@@ -91,16 +91,6 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and other leaves stay as they are."""
-    flat: dict[str, Any] = {}
-    for key, value in nested.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def config_params(*configs: dict[str, Any]) -> list[Param]:
@@ -122,9 +112,6 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _redact(url: str) -> str:
-    # The caller passes a redacted URL; redact again so a password can never reach a tag.
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
 def _now_ms() -> int:
@@ -290,7 +277,7 @@ def start_study_run(client: MlflowClient, experiment_name: str, study_name: str,
                                   max_results=1, order_by=["attributes.start_time ASC"])
     if existing:
         return existing[0].info.run_id
-    tags = {"study": study_name, "storage": _redact(storage_url_redacted), "objective": str(objective_path),
+    tags = {"study": study_name, "storage": redact_url(storage_url_redacted), "objective": str(objective_path),
             STUDY_ROLE_TAG: "study", MLFLOW_RUN_NAME: study_name}
     return client.create_run(experiment_id, tags=tags, run_name=study_name).info.run_id
 

@@ -133,6 +133,9 @@ class LrAdapterConfig:
     factor: float = 0.5  # plateau reduction
     threshold: float = 1e-4  # relative improvement that counts (torch's threshold_mode="rel")
     cooldown: int = 0  # evaluations to wait after a reduction
+    # Plateau counting starts at the first evaluation whose diagonality reaches this (0: from the first one):
+    # before attention aligns, the validation loss often rises while the model learns to use it.
+    plateau_from_diagonality: float = 0.5
     min_lr: float = 1e-8
     max_lr: float = 0.0  # upper bound; 0: twice train.lr
     emergency_factor: float = 0.1  # multiplies the rate on a non-finite loss, a huge loss or gradient

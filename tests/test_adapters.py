@@ -65,6 +65,24 @@ def test_plateau_matches_torch_reduce_lr_on_plateau(cooldown):
     assert theirs[-1] == pytest.approx(1e-4)  # and reached min_lr
 
 
+def test_plateau_waits_for_alignment():
+    cfg = LrAdapterConfig(patience=1, factor=0.5, plateau_from_diagonality=0.6)
+    adapter = LearningRateAdapter(cfg, initial_lr=1e-2)
+    # Rising loss while attention is still unaligned: no reduction, however long it lasts.
+    for i in range(10):
+        assert adapter.on_eval(evaluation(i, val_loss=1.0 + i, diagonality=0.59)) == []
+    # From the first aligned evaluation the plateau rule counts, with the best value taken from there on.
+    assert adapter.on_eval(evaluation(10, val_loss=20.0, diagonality=0.6)) == []
+    assert adapter.on_eval(evaluation(11, val_loss=19.0, diagonality=0.3)) == []  # improvement: counts even if diag dips
+    assert adapter.on_eval(evaluation(12, val_loss=19.5, diagonality=0.9)) == []
+    assert controls(adapter.on_eval(evaluation(13, val_loss=19.5, diagonality=0.9))) == {"lr": pytest.approx(5e-3)}
+    state = adapter.state_dict()
+    assert state["plateau_started"] is True
+    fresh = LearningRateAdapter(cfg, initial_lr=1e-2)
+    fresh.load_state_dict(state)
+    assert fresh.plateau_started and fresh.lr == pytest.approx(5e-3)
+
+
 @pytest.mark.parametrize("loss,grad_norm,emergency", [
     (1e6, 1.0, False), (1.0000001e6, 1.0, True), (1.0, 1000.0, False), (1.0, 1000.001, True),
     (float("nan"), 1.0, True), (float("inf"), 1.0, True), (1.0, float("inf"), True), (1.0, float("nan"), True)])

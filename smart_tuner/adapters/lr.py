@@ -2,7 +2,8 @@
 
 The rate it asks for is ``clamp(base_lr * scale, min_lr, max_lr)``:
 - ``base_lr`` follows torch's ``ReduceLROnPlateau`` (mode "min", threshold_mode "rel") on the validation loss,
-  counted in evaluations, never on single batches;
+  counted in evaluations, never on single batches, and only from the first evaluation whose diagonality reaches
+  ``plateau_from_diagonality`` (before attention aligns, a rising validation loss is not a plateau);
 - ``scale`` (<= 1) is cut by ``emergency_factor`` on an emergency (a non-finite loss, a loss above
   ``loss_limit`` or a gradient norm before clipping above ``grad_limit``; that update is also skipped) and
   climbs back by ``recovery_factor`` after every ``recovery_steps`` healthy steps, up to 1, i.e. to the rate
@@ -31,7 +32,7 @@ class LearningRateAdapter(Adapter):
     name = "lr"
     priority = 100
     state_fields = ("base_lr", "scale", "best", "num_bad_evals", "cooldown_counter", "consecutive_emergencies",
-                    "healthy_steps", "pending_cut")
+                    "healthy_steps", "pending_cut", "plateau_started")
 
     def __init__(self, cfg: LrAdapterConfig, initial_lr: float):
         self.cfg = cfg
@@ -44,6 +45,7 @@ class LearningRateAdapter(Adapter):
         self.consecutive_emergencies = 0
         self.healthy_steps = 0
         self.pending_cut = False  # a rollback asked for by someone else: cut at the next step
+        self.plateau_started = cfg.plateau_from_diagonality <= 0.0
 
     @property
     def lr(self) -> float:
@@ -98,6 +100,10 @@ class LearningRateAdapter(Adapter):
         return []
 
     def on_eval(self, stats: EvalStats) -> list[Decision]:
+        if not self.plateau_started:
+            if not stats.diagonality >= self.cfg.plateau_from_diagonality:
+                return []
+            self.plateau_started = True
         current = stats.val_loss
         # torch's rule: NaN never counts as an improvement.
         if current < self.best * (1.0 - self.cfg.threshold):

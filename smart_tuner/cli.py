@@ -10,6 +10,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .config import DEFAULT_ARTIFACT_DIR
+
 log = logging.getLogger("smart_tuner")
 
 DEFAULT_CONFIG = Path("objectives/demo.yaml")
@@ -79,7 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         study = open_study_readonly(StudyOptions(study=args.from_study, storage=args.storage))
         best, trial = best_config(study)
-        config = build_config(merge(best.to_dict(), parse_set_overrides(sets)))
+        origin = {"tracking": {"source_study": study.study_name, "source_trial": trial.number}}
+        config = build_config(merge(merge(best.to_dict(), origin), parse_set_overrides(sets)))
         log.info("production run from study %s, trial %d (value %.4f)", args.from_study, trial.number, trial.value)
         config_path = Path(f"{args.from_study}-best")
     else:
@@ -89,7 +92,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             config = build_config(merge({}, parse_set_overrides(sets)))
     run_dir = _resolve_run_dir(args, config_path)
-    result = run_training(config, run_dir, resume=args.resume, progress=not args.no_progress)
+    hooks = []
+    if config.tracking.enabled:
+        from .tracking import open_tracking, train_reporter
+
+        hooks.append(train_reporter(open_tracking(args.tracking_uri), config, run_dir))
+    result = run_training(config, run_dir, resume=args.resume, extra_hooks=hooks, progress=not args.no_progress)
     last = result.last_eval
     summary = f"{result.status} at step {result.step}: {result.reason}; run dir {result.run_dir}"
     if last:
@@ -130,7 +138,8 @@ def _study_options(args: argparse.Namespace):
                         seed=args.seed, timeout=getattr(args, "timeout", None), trials=getattr(args, "trials", 0),
                         sets=list(args.set or []), corpus=args.corpus, runs_dir=Path(args.runs_dir),
                         threads=getattr(args, "threads", 0) or 0, heartbeat_interval=args.heartbeat_interval,
-                        grace_period=args.grace_period)
+                        grace_period=args.grace_period, tracking_uri=args.tracking_uri,
+                        mlflow_parent=getattr(args, "mlflow_parent", None), artifact_dir=Path(args.artifact_dir))
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
@@ -156,6 +165,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 
     study = open_study_readonly(StudyOptions(study=args.study, storage=args.storage))
     config, trial = best_config(study)
+    config.tracking.source_study, config.tracking.source_trial = study.study_name, trial.number
     header = (f"# best trial {trial.number} of study {study.study_name}: value {trial.value:.6g}, diagonality "
               f"{trial.user_attrs.get('diagonality', float('nan')):.3f}\n"
               f"# train it: python -m smart_tuner train --config {args.out} --max-steps 100000\n")
@@ -165,6 +175,24 @@ def cmd_best(args: argparse.Namespace) -> int:
     tmp.replace(out)
     print(f"wrote the config of trial {trial.number} (value {trial.value:.4f}) to {out}")
     return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from .dashboard import cmd_dashboard as run
+
+    return run(args)
+
+
+def cmd_mlflow_ui(args: argparse.Namespace) -> int:
+    from .dashboard import cmd_mlflow_ui as run
+
+    return run(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import cmd_report as run
+
+    return run(args)
 
 
 def cmd_debug(args: argparse.Namespace) -> int:
@@ -189,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--from-study", metavar="NAME", help="train the best config of this study (instead of --config)")
     train.add_argument("--storage", help="the study's storage URL (default sqlite:///studies/<study>.db)")
+    train.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db)")
     train.set_defaults(func=cmd_train)
 
     def study_arguments(p: argparse.ArgumentParser) -> None:
@@ -209,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds between a running trial's heartbeats in the storage")
         p.add_argument("--grace-period", type=int, default=60,
                        help="a trial without a heartbeat for this long is failed and re-queued")
+        p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db)")
+        p.add_argument("--artifact-dir", default=str(DEFAULT_ARTIFACT_DIR),
+                       help="Optuna artifact store for the trials' preview images and audio (the dashboard reads it)")
 
     opt = sub.add_parser("optimize", help="run an Optuna study: each trial trains with the adapters on")
     study_arguments(opt)
@@ -225,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--target", type=int, required=True)
     worker.add_argument("--deadline", type=float)
     worker.add_argument("--threads", type=int, default=0)
+    worker.add_argument("--mlflow-parent", help="the study's parent MLflow run")
     worker.set_defaults(func=cmd_worker)
 
     best = sub.add_parser("best", help="write the full training config of a study's best trial")
@@ -245,6 +278,27 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("corpus")
     check.add_argument("--max-bad-share", type=float, default=0.1)
     check.set_defaults(func=cmd_data_check)
+
+    dash = sub.add_parser("dashboard", help="browse a study in optuna-dashboard (with the trials' images)")
+    dash.add_argument("--study", help="study name: its default storage sqlite:///studies/<study>.db")
+    dash.add_argument("--storage", help="Optuna storage URL (instead of --study)")
+    dash.add_argument("--port", type=int, default=8080)
+    dash.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
+    dash.add_argument("--artifact-dir", default=str(DEFAULT_ARTIFACT_DIR),
+                      help="the study's artifact store (where trials upload their images)")
+    dash.set_defaults(func=cmd_dashboard)
+
+    ui = sub.add_parser("mlflow-ui", help="open the MLflow UI on the store the runs used")
+    ui.add_argument("--tracking-uri", help="default $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
+    ui.set_defaults(func=cmd_mlflow_ui)
+
+    report = sub.add_parser("report", help="write a self-contained HTML report of a study")
+    report.add_argument("--study", required=True)
+    report.add_argument("--storage", help="default sqlite:///studies/<study>.db")
+    report.add_argument("--out", default="report.html")
+    report.set_defaults(func=cmd_report)
 
     debug = sub.add_parser("debug", help="print a readable summary of a run's health")
     debug.add_argument("run_dir")

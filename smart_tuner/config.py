@@ -25,6 +25,9 @@ from typing import Any
 import yaml
 
 
+DEFAULT_ARTIFACT_DIR = Path("studies/artifacts")  # the studies' Optuna artifact store (trial previews)
+
+
 class ConfigError(ValueError):
     """A config file, key or value is wrong; the message says which and what to do."""
 
@@ -213,6 +216,19 @@ class DebugConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """MLflow tracking of a run (the store comes from --tracking-uri / MLFLOW_TRACKING_URI, never from here:
+    a server URL may hold credentials)."""
+
+    enabled: bool = True
+    experiment: str = ""  # MLflow experiment of `train` runs; "": the source study's name, else "train"
+    log_every: int = 10  # steps per batched metric write
+    log_checkpoint: bool = True  # upload the run's best checkpoint at its end (`train` runs)
+    source_study: str = ""  # set by `best` / `train --from-study`: where this config came from (run tags)
+    source_trial: int = -1
+
+
+@dataclass
 class Config:
     preset: str = "demo"
     data: DataConfig = field(default_factory=DataConfig)
@@ -224,6 +240,7 @@ class Config:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for config.yaml, checkpoints and trackers: secrets are left out."""
@@ -261,7 +278,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-SECTIONS = ("data", "audio", "model", "loss", "train", "adapters", "faults", "alerts", "debug")
+SECTIONS = ("data", "audio", "model", "loss", "train", "adapters", "faults", "alerts", "debug", "tracking")
 
 
 def _describe(value: Any) -> str:
@@ -388,6 +405,7 @@ def validate(config: Config) -> None:
         (config.adapters.max_rollbacks >= 0, "adapters.max_rollbacks must be >= 0"),
         (config.debug.buffer_steps >= 1, "debug.buffer_steps must be >= 1"),
         (config.alerts.telegram.queue_size >= 1, "alerts.telegram.queue_size must be >= 1"),
+        (config.tracking.log_every >= 1, "tracking.log_every must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:

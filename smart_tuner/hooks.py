@@ -63,10 +63,14 @@ class EvalStats:
     train_loss: float  # mean training loss since the previous evaluation
     elapsed: float  # seconds of training so far (evaluations excluded)
     alignment: Any = field(default=None, repr=False)  # (D, N) CPU tensor of one validation sentence
+    # Denormalized log-mels (n_mels, frames), CPU: "target" and "teacher_forced" (postnet output) of the sentence
+    # of ``alignment``; "free_running" of the first free-running sentence, cut at its stop. For previews.
+    mels: dict[str, Any] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("alignment")
+        data.pop("mels")
         return data
 
 

@@ -1,4 +1,5 @@
-"""Images for people: the alignment heatmap (debug bundles, alerts, trackers), rendered off-screen to PNG.
+"""Images for people: the alignment heatmap and mel spectrograms (previews, debug bundles, alerts), rendered
+off-screen to PNG.
 
 Figures are built with ``matplotlib.figure.Figure`` directly, not pyplot: pyplot keeps a global list of open
 figures, and alerts render on a worker thread while the debug reporter renders on the training thread.
@@ -26,6 +27,32 @@ def alignment_png(alignment: torch.Tensor, title: str = "") -> bytes:
     if title:
         ax.set_title(title)
     fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+MEL_PANELS = {"target": "target", "teacher_forced": "predicted (teacher-forced)",
+              "free_running": "predicted (free-running)"}
+
+
+def mel_png(mels: dict[str, torch.Tensor], title: str = "") -> bytes:
+    """PNG bytes of log-mels (n_mels, frames) stacked top to bottom: target, then predictions, on one colour
+    scale so that they compare."""
+    panels = [(MEL_PANELS.get(k, k), v.detach().float().cpu().numpy()) for k, v in mels.items()]
+    low = min(float(p.min()) for _, p in panels)
+    high = max(float(p.max()) for _, p in panels)
+    fig = Figure(figsize=(7, 1.9 * len(panels) + 0.4), dpi=80)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, (label, data) in zip(axes, panels):
+        image = ax.imshow(data, aspect="auto", origin="lower", interpolation="none", vmin=low, vmax=high)
+        ax.set_ylabel("mel bin")
+        ax.set_title(label, fontsize=9)
+    axes[-1].set_xlabel("frame")
+    fig.colorbar(image, ax=list(axes))
+    if title:
+        fig.suptitle(title)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -14,12 +14,14 @@ from .alerts import TelegramReporter
 from .config import Config
 from .debug import DebugReporter
 from .hooks import Hook, TrainResult
+from .previews import PreviewWriter
 from .trainer import Trainer
 
 
 def standard_hooks(config: Config) -> list[Hook]:
-    """The enabled adapters, the debug reporter and (when a token is set) Telegram alerts."""
+    """The enabled adapters, the preview writer, the debug reporter and (when a token is set) Telegram alerts."""
     hooks: list[Hook] = list(build_adapters(config))
+    hooks.append(PreviewWriter(config))  # before the trackers: they upload what it rendered
     if config.debug.enabled:
         hooks.append(DebugReporter(config.debug))
     telegram = TelegramReporter.from_config(config)

@@ -19,8 +19,10 @@ import logging
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -32,7 +34,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from .config import Config, ConfigError, build_config, flatten, merge, parse_set_overrides, redact_url
+from .config import DEFAULT_ARTIFACT_DIR, Config, ConfigError, build_config, flatten, merge, parse_set_overrides, redact_url
 from .hooks import Decision, EvalStats, Event, Hook, TrainResult
 from .runner import run_training
 from .search_space import ObjectiveSpec, load_objective, make_pruner, params_to_overrides, reference_params, suggest
@@ -74,6 +76,9 @@ class StudyOptions:
     heartbeat_interval: int = HEARTBEAT_INTERVAL
     grace_period: int = GRACE_PERIOD
     enqueue_reference: bool = True  # a new study's first trial is the objective file's base config
+    tracking_uri: str | None = None  # MLflow store; default $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db
+    mlflow_parent: str | None = None  # the study's parent MLflow run (given to worker processes)
+    artifact_dir: Path = DEFAULT_ARTIFACT_DIR  # Optuna artifact store: the trials' preview images and audio
 
     @property
     def study_name(self) -> str:
@@ -168,9 +173,12 @@ class OptunaReporter(Hook):
 
 # ----------------------------------------------------------------------------------------------- objective
 class Objective:
-    def __init__(self, spec: ObjectiveSpec, options: StudyOptions, study_name: str, target: int | None = None):
+    def __init__(self, spec: ObjectiveSpec, options: StudyOptions, study_name: str, target: int | None = None,
+                 tracker: Any = None):
         self.spec, self.options, self.study_name = spec, options, study_name
         self.target = target  # the study's trial budget (counted trials), for the admission check
+        self.tracker = tracker  # a tracking.StudyTracker, or None when tracking is off
+        self.artifact_store: optuna.artifacts.FileSystemArtifactStore | None = None
         self.base = merge(spec.config, parse_set_overrides(self._sets()))
         searched = {d.key for d in spec.space}
         clash = sorted(k for k in flatten(parse_set_overrides(options.sets)) if k in searched)
@@ -204,26 +212,74 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.admit(trial)
+        mlflow_run = None
         try:
             config = self.config_for(trial)
             run_dir = self.options.runs_dir / self.study_name / f"trial-{trial.number:04d}"
             trial.set_user_attr("run_dir", str(run_dir))
             trial.set_user_attr("config", config.to_dict())
             reporter = OptunaReporter(trial, self.spec.ga_penalty)
-            result = run_training(config, run_dir, resume=False, extra_hooks=[reporter], progress=False)
+            hooks: list[Hook] = [reporter]
+            if self.tracker is not None and config.tracking.enabled:
+                mlflow_run = self.tracker.reporter(trial.number, config, trial.params, reporter.objective_value)
+                hooks.append(mlflow_run)
+            try:
+                result = run_training(config, run_dir, resume=False, extra_hooks=hooks, progress=False)
+            finally:
+                if mlflow_run is not None and mlflow_run.run_id:
+                    trial.set_user_attr("mlflow_run_id", mlflow_run.run_id)
+                self._upload_previews(trial, run_dir)
         except optuna.TrialPruned:
             raise
-        except Exception:
+        except Exception as exc:
             trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            if mlflow_run is not None:
+                mlflow_run.set_outcome("fail", f"{type(exc).__name__}: {exc}")
             raise
         if reporter.pruned_at is not None:
+            if mlflow_run is not None:
+                mlflow_run.set_outcome("pruned", f"pruned at step {reporter.pruned_at}")
             raise optuna.TrialPruned(f"pruned at step {reporter.pruned_at}")
         if result.status == "failed":
             trial.set_user_attr("failure", result.reason)
+            if mlflow_run is not None:
+                mlflow_run.set_outcome("fail", result.reason)
             raise TrialFailed(result.reason)
         if reporter.value is None:
+            if mlflow_run is not None:
+                mlflow_run.set_outcome("fail", "no finite evaluation")
             raise TrialFailed("no finite evaluation: the run never produced a value to report")
+        if mlflow_run is not None:
+            mlflow_run.set_outcome("complete", result.reason)
         return reporter.value
+
+    def _upload_previews(self, trial: optuna.Trial, run_dir: Path) -> None:
+        """The run's alignment images (and the last mel image and audio) into the study's artifact store, where
+        optuna-dashboard shows them with the trial. Best effort: a full disk must not fail a finished trial."""
+        from .previews import list_previews
+
+        previews = list_previews(run_dir)
+        if not previews:
+            return
+        try:
+            if self.artifact_store is None:
+                self.options.artifact_dir.mkdir(parents=True, exist_ok=True)
+                self.artifact_store = optuna.artifacts.FileSystemArtifactStore(self.options.artifact_dir)
+            uploads = [(step, files["alignment.png"]) for step, files in previews if "alignment.png" in files]
+            last_step, last = previews[-1]
+            uploads += [(last_step, last[name]) for name in ("mel.png", "audio.wav") if name in last]
+            with tempfile.TemporaryDirectory() as tmp:
+                for step, path in uploads:
+                    named = Path(tmp) / f"{path.stem}_step{step:06d}{path.suffix}"  # the dashboard lists names
+                    shutil.copyfile(path, named)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        optuna.artifacts.upload_artifact(
+                            artifact_store=self.artifact_store, file_path=str(named), study_or_trial=trial,
+                            mimetype="audio/wav" if path.suffix == ".wav" else "image/png")
+        except Exception as exc:
+            log.warning("trial %d: uploading previews to %s failed: %s", trial.number, self.options.artifact_dir,
+                        exc)
 
 
 # ----------------------------------------------------------------------------------------------- optimize
@@ -288,6 +344,7 @@ def run_worker(options: StudyOptions, target: int, deadline: float | None) -> No
     spec = load_objective(options.objective)
     study = open_study(options, spec)
     objective = Objective(spec, options, study.study_name, target)
+    objective.tracker = _tracker(options, objective, study.study_name)
     while counted_trials(study) < target and (deadline is None or time.time() < deadline):
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
 
@@ -313,6 +370,9 @@ def optimize(options: StudyOptions, n_jobs: int = 1, gpus: list[str] | None = No
     if not options.threads and not gpus:
         options.threads = max(1, (os.cpu_count() or 1) // workers)  # threads x processes <= cores
     objective = Objective(spec, options, study.study_name)
+    objective.tracker = _tracker(options, objective, study.study_name)
+    if objective.tracker is not None:
+        options.mlflow_parent = objective.tracker.parent_run_id  # the workers nest their trials under it
     # The corpus and its features are prepared once, before any worker starts.
     from .data.dataset import prepare_data
 
@@ -335,7 +395,36 @@ def optimize(options: StudyOptions, n_jobs: int = 1, gpus: list[str] | None = No
     finally:
         _update_bar(bar, study, start)
         bar.close()
+        if objective.tracker is not None:
+            _finish_tracking(objective.tracker, study)
     return study
+
+
+def _tracker(options: StudyOptions, objective: Objective, study_name: str) -> Any:
+    """The study's MLflow tracker, or None when the base config turns tracking off."""
+    if not build_config(objective.base).tracking.enabled:
+        return None
+    from .tracking import StudyTracker, open_tracking
+
+    client = open_tracking(options.tracking_uri)
+    return StudyTracker(client, study_name, storage_url(study_name, options.storage), options.objective,
+                        parent_run_id=options.mlflow_parent)
+
+
+def _finish_tracking(tracker: Any, study: optuna.Study) -> None:
+    """Close the study's parent run with its summary; upload the best trial's final checkpoint."""
+    try:
+        trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("over_budget")]
+        best = _best_trial(study)
+        summary = {"trials": len(trials), **{f"trials_{state.name.lower()}": sum(t.state == state for t in trials)
+                                              for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}}
+        if best is not None:
+            summary.update(best_value=best.value, best_trial=str(best.number),
+                           best_diagonality=best.user_attrs.get("diagonality"), best_params=best.params)
+        tracker.finish(summary, best.user_attrs.get("mlflow_run_id") if best else None,
+                       best.user_attrs.get("run_dir") if best else None)
+    except Exception as exc:  # the study itself is safe in its storage; tracking is best effort
+        log.warning("MLflow: closing the study run failed: %s: %s", type(exc).__name__, exc)
 
 
 def _update_bar(bar: tqdm, study: optuna.Study, start: int) -> None:
@@ -368,7 +457,11 @@ def _run_worker_processes(options: StudyOptions, target: int, deadline: float | 
         if options.corpus:
             command += ["--corpus", options.corpus]
         command += ["--heartbeat-interval", str(options.heartbeat_interval),
-                    "--grace-period", str(options.grace_period)]
+                    "--grace-period", str(options.grace_period), "--artifact-dir", str(options.artifact_dir)]
+        if options.tracking_uri:
+            command += ["--tracking-uri", options.tracking_uri]
+        if options.mlflow_parent:
+            command += ["--mlflow-parent", options.mlflow_parent]
         for item in options.sets:
             command += ["--set", item]
         procs.append(subprocess.Popen(command, env=env))

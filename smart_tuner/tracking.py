@@ -1,10 +1,12 @@
-"""MLflow tracking: one parent run per study, one nested run per training run, fed by a hook.
+"""MLflow tracking: one parent run per study, one nested run per trial, a run of its own per `train`.
 
 :class:`MlflowReporter` is an ordinary :class:`~smart_tuner.hooks.Hook` that never returns decisions. It
-buffers per-step metrics and writes them with one ``log_batch`` call every ``log_every`` steps (one HTTP or SQL
-round trip per metric per step would cost more than a tiny model's step), logs evaluation metrics and a thinned
-series of alignment heatmaps, counts the adapters' applied events, and on the end of training uploads the run's
-``events.jsonl`` / ``metrics.jsonl`` and sets the run's final status.
+buffers per-step metrics and writes them with one asynchronous ``log_batch`` every ``log_every`` steps (one HTTP
+or SQL round trip per metric per step would cost more than a tiny model's step), logs evaluation metrics, uploads
+the previews the :class:`~smart_tuner.previews.PreviewWriter` rendered (alignment and mel PNGs, a Griffin-Lim
+WAV), counts the adapters' applied events as metric series, and at the end uploads the run's ``events.jsonl`` /
+``metrics.jsonl`` and sets the run's final status. :class:`StudyTracker` holds a study's parent run and makes one
+reporter per trial; :func:`train_reporter` makes the reporter of a production run.
 
 Every call goes through an explicit :class:`mlflow.MlflowClient`; nothing here touches MLflow's global state
 (``mlflow.set_tracking_uri``, active runs), so several studies or trials may track in one process.
@@ -13,9 +15,9 @@ Every call goes through an explicit :class:`mlflow.MlflowClient`; nothing here t
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,11 +28,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from .config import flatten, redact_url
+from .config import ConfigError, flatten, redact_url
 from .hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
+from .previews import list_previews
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DIR = Path("mlflow")
 SECRET_PARAMS = {"alerts.telegram.token"}
+MLFLOW_RUN_FILE = "mlflow_run_id.txt"  # in a run dir: the MLflow run that `train --resume` continues
 
 # StepStats field -> metric name. Training-batch values carry no prefix except diagonality, which would
 # otherwise collide with the validation diagonality of the evaluations.
@@ -118,50 +124,70 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _is_thinned_in(number: int) -> bool:
-    """Evaluation numbers 1, 2, 4, 8, ...: a heatmap series that stays short however long the run."""
-    return number >= 1 and number & (number - 1) == 0
-
-
 # ----------------------------------------------------------------------------------------------- reporter
 class MlflowReporter(Hook):
-    """A training run as an MLflow run (nested under the study's run when ``parent_run_id`` is given)."""
+    """A training run as an MLflow run (nested under the study's run when ``parent_run_id`` is given).
+
+    Tracking is best effort: the first MLflow error is logged as a warning and ends tracking for this run; the
+    training goes on. Metric batches are written asynchronously (``synchronous=False``) and waited for at the end.
+    """
 
     name = "mlflow"
 
     def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str | None = None,
                  run_name: str | None = None, tags: dict[str, str] | None = None,
                  params: dict[str, Any] | None = None, log_every: int = 10,
-                 artifact_every: Callable[[int], bool] = _is_thinned_in,
-                 objective_fn: Callable[[EvalStats], float] | None = None, log_checkpoint: bool = False):
+                 objective_fn: Callable[[EvalStats], float] | None = None, log_checkpoint: bool = False,
+                 resume_run_id: str | None = None, synchronous: bool = False):
         if log_every < 1:
             raise ValueError("log_every must be >= 1")
         self.client, self.experiment_id, self.parent_run_id = client, experiment_id, parent_run_id
         self.run_name, self.tags, self.params = run_name, dict(tags or {}), dict(params or {})
-        self.log_every, self.artifact_every = log_every, artifact_every
-        self.objective_fn, self.log_checkpoint = objective_fn, log_checkpoint
-        self.run_id: str | None = None
+        self.log_every, self.objective_fn, self.log_checkpoint = log_every, objective_fn, log_checkpoint
+        self.synchronous = synchronous
+        self.run_id: str | None = resume_run_id
+        self.resumed = resume_run_id is not None
         self.run_dir: Path | None = None
+        self.broken = False  # an MLflow error ended tracking for this run
+        self.ended = False
         self.buffer: list[Metric] = []
         self.steps_buffered = 0
-        self.evals = 0
-        self.last_alignment: tuple[int, Any] | None = None  # (step, tensor) of an evaluation not yet drawn
+        self.pending: list[Any] = []  # async batch operations not waited for yet
+        self.uploaded_previews: set[int] = set()
         self.event_counts: dict[str, int] = {}
         self.trajectories: dict[str, list[tuple[int, float]]] = {"lr": [], "ga_weight": []}
 
+    def _safely(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.broken:
+            return None
+        try:
+            return fn(*args)
+        except Exception as exc:  # tracking must never end a training run
+            self.broken = True
+            log.warning("MLflow tracking stopped for this run (%s failed: %s: %s)", what, type(exc).__name__,
+                        str(exc).splitlines()[0][:300] if str(exc) else "")
+            return None
+
     # ------------------------------------------------------------------------------------- hook
     def on_train_start(self, info: RunInfo) -> None:
+        self.run_dir = Path(info.run_dir)
+        self._safely("starting the run", self._start, info)
+
+    def _start(self, info: RunInfo) -> None:
+        if self.resumed:
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.set_tag(self.run_id, "resumed_at_step", str(info.start_step))
+            return
         tags = {**self.tags, "run_dir": str(info.run_dir), "device": info.device}
         if self.parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
         if self.run_name:
             tags[MLFLOW_RUN_NAME] = self.run_name
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.run_name)
-        self.run_id, self.run_dir = run.info.run_id, Path(info.run_dir)
-        run_facts = {"parameters": info.parameters, "train_size": info.train_size, "val_size": info.val_size,
-                     "start_step": info.start_step}
-        params = config_params(info.config, run_facts, self.params)
-        self.client.log_batch(self.run_id, params=params)
+        self.run_id = run.info.run_id
+        (self.run_dir / MLFLOW_RUN_FILE).write_text(self.run_id + "\n")
+        run_facts = {"parameters": info.parameters, "train_size": info.train_size, "val_size": info.val_size}
+        self.client.log_batch(self.run_id, params=config_params(info.config, run_facts, self.params))
 
     def on_step(self, stats: StepStats) -> list:
         timestamp = _now_ms()
@@ -173,7 +199,6 @@ class MlflowReporter(Hook):
         return []
 
     def on_eval(self, stats: EvalStats) -> list:
-        self.evals += 1
         timestamp = _now_ms()
         for key in EVAL_METRICS:
             self._add(key, getattr(stats, key), stats.step, timestamp)
@@ -181,16 +206,11 @@ class MlflowReporter(Hook):
         if self.objective_fn is not None:
             self._add("objective", self.objective_fn(stats), stats.step, timestamp)
         self.flush()  # step metrics ride along in the same batch
-        if stats.alignment is not None:
-            if self.artifact_every(self.evals):
-                self._log_alignment(stats.step, stats.alignment)
-                self.last_alignment = None
-            else:
-                self.last_alignment = (stats.step, stats.alignment)
+        self._safely("uploading previews", self._upload_previews)
         return []
 
     def on_event(self, event: Event) -> None:
-        if not event.applied or self.run_id is None:
+        if not event.applied:
             return
         key = f"events.{event.source}.{event.control}"
         self.event_counts[key] = self.event_counts.get(key, 0) + 1
@@ -201,48 +221,61 @@ class MlflowReporter(Hook):
             self._add(f"control.{event.control}", event.new, event.step, timestamp)
 
     def on_train_end(self, result: TrainResult) -> None:
-        if self.run_id is None:
-            return
         if result.best_val_loss is not None:
             self._add("best_val_loss", result.best_val_loss, result.step, _now_ms())
         self.flush()
-        if self.last_alignment is not None:  # the last evaluation's heatmap, if thinning skipped it
-            self._log_alignment(*self.last_alignment)
-            self.last_alignment = None
+        self._safely("finishing the run", self._end, result)
+
+    def _end(self, result: TrainResult) -> None:
+        if self.run_id is None:
+            return
+        self._wait()
+        self._upload_previews()  # the last evaluation's, rendered at the end when thinning skipped it
         run_dir = Path(result.run_dir)
         for name in ("events.jsonl", "metrics.jsonl"):
             if (run_dir / name).is_file():
                 self.client.log_artifact(self.run_id, str(run_dir / name), "logs")
         if self.log_checkpoint:
-            for name in ("best.pt", "last.pt"):
-                if (run_dir / "checkpoints" / name).is_file():
-                    self.client.log_artifact(self.run_id, str(run_dir / "checkpoints" / name), "checkpoints")
-                    break
+            self.upload_checkpoint(run_dir)
         tag, status = END_STATUS.get(result.status, ("failed", "FAILED"))
         self.client.log_batch(self.run_id, tags=[RunTag("status", tag),
                                                  RunTag("reason", (result.reason or "")[:MAX_TAG_VAL_LENGTH]),
                                                  RunTag("final_step", str(result.step))])
         self.client.set_terminated(self.run_id, status=status)
+        self.ended = True
+
+    # ------------------------------------------------------------------------------------- after the run
+    def upload_checkpoint(self, run_dir: str | Path) -> str | None:
+        """The run's best checkpoint (else its last) as ``checkpoints/<name>``; returns the name logged."""
+        for name in ("best.pt", "last.pt"):
+            path = Path(run_dir) / "checkpoints" / name
+            if path.is_file() and self.run_id is not None:
+                self.client.log_artifact(self.run_id, str(path), "checkpoints")
+                return name
+        return None
+
+    def set_outcome(self, state: str, reason: str = "") -> None:
+        """The trial's state as the study saw it (complete, pruned, fail), with its reason."""
+        def tag() -> None:
+            if self.run_id is None:
+                return
+            self.client.log_batch(self.run_id, tags=[RunTag("trial_state", state),
+                                                     RunTag("trial_reason", reason[:MAX_TAG_VAL_LENGTH])])
+            if not self.ended:  # the training raised before its end hook: close the run as failed
+                self.client.set_terminated(self.run_id, status="FAILED")
+                self.ended = True
+        self._safely("recording the trial's state", tag)
 
     # ------------------------------------------------------------------------------------- artifacts
-    def log_audio_preview(self, wav: Any, sample_rate: int, step: int, name: str = "preview") -> str:
-        """Write a waveform as a WAV artifact ``audio/<name>_step<step>.wav``; returns its artifact path."""
-        from .data.audio import save_wav  # soundfile is only needed when audio is actually logged
-
-        filename = f"{name}_step{step:06d}.wav"
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / filename
-            save_wav(path, wav, sample_rate)
-            self.client.log_artifact(self._require_run(), str(path), "audio")
-        return f"audio/{filename}"
-
-    def _log_alignment(self, step: int, alignment: Any) -> None:
-        from .plots import alignment_png  # matplotlib only when a heatmap is drawn
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"alignment_step{step:06d}.png"
-            path.write_bytes(alignment_png(alignment, title=f"step {step}"))
-            self.client.log_artifact(self._require_run(), str(path), "alignment")
+    def _upload_previews(self) -> None:
+        """Preview directories the preview writer rendered since the last call, as ``previews/step_N/``."""
+        if self.run_id is None or self.run_dir is None:
+            return
+        for step, files in list_previews(self.run_dir):
+            if step not in self.uploaded_previews:
+                self.client.log_artifacts(self.run_id, str(next(iter(files.values())).parent),
+                                          f"previews/step_{step:06d}")
+                self.uploaded_previews.add(step)
 
     # ------------------------------------------------------------------------------------- batching
     def _add(self, key: str, value: Any, step: int, timestamp: int) -> None:
@@ -251,35 +284,46 @@ class MlflowReporter(Hook):
 
     def flush(self) -> None:
         """Write the buffered metrics with one ``log_batch`` (the client splits oversized batches)."""
-        if self.buffer and self.run_id is not None:
-            self.client.log_batch(self.run_id, metrics=self.buffer)
-        self.buffer, self.steps_buffered = [], 0
+        buffer, self.buffer, self.steps_buffered = self.buffer, [], 0
+        if buffer and self.run_id is not None:
+            operation = self._safely("logging metrics", self.client.log_batch, self.run_id, buffer, (), (),
+                                     self.synchronous)
+            if operation is not None:
+                self.pending.append(operation)
 
-    def _require_run(self) -> str:
-        if self.run_id is None:
-            raise RuntimeError("MlflowReporter: no run yet (on_train_start has not been called)")
-        return self.run_id
+    def _wait(self) -> None:
+        pending, self.pending = self.pending, []
+        for operation in pending:
+            operation.wait()
 
 
 # ----------------------------------------------------------------------------------------------- study run
 STUDY_ROLE_TAG = "smart_tuner.role"
 
 
-def start_study_run(client: MlflowClient, experiment_name: str, study_name: str, storage_url_redacted: str,
+def start_study_run(client: MlflowClient, experiment_name: str, study_name: str, storage_url: str,
                     objective_path: str | os.PathLike, artifact_location: str | None = None) -> str:
-    """The study's parent run: an unfinished one with the same study name is reused, so that several workers
-    (or a resumed study) nest their trials under one run."""
+    """The study's parent run. An existing one of the same study and storage is reused (and set running again
+    when a continued study had finished it), so that several workers and later sessions nest their trials
+    under one run."""
     experiment_id = ensure_experiment(client, experiment_name, artifact_location)
+    storage = redact_url(storage_url)
     existing = client.search_runs([experiment_id],
-                                  filter_string=f"tags.study = '{study_name}' and "
-                                                f"tags.`{STUDY_ROLE_TAG}` = 'study' and "
-                                                f"attributes.status = 'RUNNING'",
-                                  max_results=1, order_by=["attributes.start_time ASC"])
-    if existing:
-        return existing[0].info.run_id
-    tags = {"study": study_name, "storage": redact_url(storage_url_redacted), "objective": str(objective_path),
+                                  filter_string=f"tags.study = '{_quote(study_name)}' and "
+                                                f"tags.`{STUDY_ROLE_TAG}` = 'study'",
+                                  max_results=50, order_by=["attributes.start_time ASC"])
+    for run in existing:
+        if run.data.tags.get("storage") == storage:
+            if run.info.status != "RUNNING":
+                client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id
+    tags = {"study": study_name, "storage": storage, "objective": str(objective_path),
             STUDY_ROLE_TAG: "study", MLFLOW_RUN_NAME: study_name}
     return client.create_run(experiment_id, tags=tags, run_name=study_name).info.run_id
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "\\'")
 
 
 def end_study_run(client: MlflowClient, run_id: str, summary: dict[str, Any]) -> None:
@@ -291,3 +335,73 @@ def end_study_run(client: MlflowClient, run_id: str, summary: dict[str, Any]) ->
             for k, v in flat.items() if not _finite(v)]
     client.log_batch(run_id, metrics=metrics, tags=tags)
     client.set_terminated(run_id, status="FINISHED")
+
+
+class TrackingError(ConfigError):
+    """The MLflow store cannot be used as asked; the message says which and what to do."""
+
+
+def open_tracking(tracking_uri: str | None) -> MlflowClient:
+    """A client on ``tracking_uri`` (or the default store), checked once so that a wrong URI fails up front."""
+    uri = tracking_uri or default_tracking_uri()
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    except Exception as exc:
+        raise TrackingError(f"MLflow tracking store {redact_url(uri)}: cannot use it ({type(exc).__name__}: "
+                            f"{redact_url(str(exc).splitlines()[0] if str(exc) else '')[:200]}); pass a working "
+                            "--tracking-uri, or set tracking.enabled=false") from None
+    return client
+
+
+class StudyTracker:
+    """A study in MLflow: experiment and parent run named after the study, a nested run per trial."""
+
+    def __init__(self, client: MlflowClient, study_name: str, storage_url: str, objective_path: str | os.PathLike,
+                 parent_run_id: str | None = None):
+        self.client, self.study_name = client, study_name
+        self.parent_run_id = parent_run_id or start_study_run(client, study_name, study_name, storage_url,
+                                                              objective_path)
+        self.experiment_id = client.get_run(self.parent_run_id).info.experiment_id
+
+    def reporter(self, trial_number: int, config: Any, params: dict[str, Any],
+                 objective_fn: Callable[[EvalStats], float] | None = None) -> MlflowReporter:
+        return MlflowReporter(self.client, self.experiment_id, parent_run_id=self.parent_run_id,
+                              run_name=f"trial-{trial_number:04d}",
+                              tags={"study": self.study_name, "trial": str(trial_number),
+                                    STUDY_ROLE_TAG: "trial"},
+                              params={f"trial_params.{k}": v for k, v in params.items()},
+                              log_every=config.tracking.log_every, objective_fn=objective_fn,
+                              log_checkpoint=False)
+
+    def finish(self, summary: dict[str, Any], best_run_id: str | None = None,
+               best_run_dir: str | Path | None = None) -> None:
+        """Close the parent run with the study's summary; the best trial's final checkpoint goes to its run."""
+        if best_run_id and best_run_dir:
+            checkpoint = Path(best_run_dir) / "checkpoints" / "last.pt"
+            if checkpoint.is_file():
+                self.client.log_artifact(best_run_id, str(checkpoint), "checkpoints")
+                self.client.set_tag(self.parent_run_id, "best_run_id", best_run_id)
+        end_study_run(self.client, self.parent_run_id, summary)
+
+
+def train_reporter(client: MlflowClient, config: Any, run_dir: str | Path) -> MlflowReporter:
+    """The reporter of a `train` run: experiment ``tracking.experiment`` (else the source study's name, else
+    "train"), tagged with the study and trial its config came from; a resumed run continues its MLflow run."""
+    cfg = config.tracking
+    experiment = cfg.experiment or cfg.source_study or "train"
+    tags = {STUDY_ROLE_TAG: "production"}
+    if cfg.source_study:
+        tags.update(study=cfg.source_study, trial=str(cfg.source_trial))
+    id_file = Path(run_dir) / MLFLOW_RUN_FILE
+    resume_id = id_file.read_text().strip() if id_file.is_file() else None
+    if resume_id:
+        try:
+            client.get_run(resume_id)
+        except MlflowException:
+            log.warning("MLflow run %s of %s is not in this store: starting a new run", resume_id, run_dir)
+            resume_id = None
+    reporter = MlflowReporter(client, ensure_experiment(client, experiment), run_name=Path(run_dir).name,
+                              tags=tags, log_every=cfg.log_every, log_checkpoint=cfg.log_checkpoint,
+                              resume_run_id=resume_id)
+    return reporter

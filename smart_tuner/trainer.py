@@ -349,6 +349,7 @@ class Trainer:
             metric_sums: dict[str, torch.Tensor] = {}
             count = 0
             example = None
+            mels: dict[str, torch.Tensor] = {}
             for indices in eval_batches(self.data.val, self.config.train.batch_size):
                 batch = self.collate([self.data.val[i] for i in indices]).to(self.device)
                 with self.autocast:
@@ -364,7 +365,10 @@ class Trainer:
                 count += n
                 if example is None:
                     example = out.alignments[0, : int(dec_len[0]), : int(batch.text_lengths[0])].float().cpu()
-            infer = self._infer_metrics()
+                    frames = int(batch.mel_lengths[0])
+                    mels = {"target": batch.mel[0, :, :frames], "teacher_forced": out.mel_postnet[0, :, :frames]}
+            infer = self._infer_metrics(mels)
+            mels = {k: self.stats.denormalize(v.float().cpu()) for k, v in mels.items()}
         keys = list(totals) + list(metric_sums)
         means = (torch.stack([*totals.values(), *metric_sums.values()]) / count).cpu().tolist()  # one sync
         val = dict(zip(keys[: len(totals)], means[: len(totals)]))
@@ -373,9 +377,10 @@ class Trainer:
             step=self.step, val_loss=val["mel"] + val["postnet"] + val["gate"], val_mel=val["mel"],
             val_postnet=val["postnet"], val_gate=val["gate"], val_ga=val["ga"], **metrics,
             **{f"infer_{k}": v for k, v in infer.items()}, lr=self.lr, ga_weight=self.ga_weight,
-            train_loss=train_loss, elapsed=self.elapsed, alignment=example)
+            train_loss=train_loss, elapsed=self.elapsed, alignment=example, mels=mels)
 
-    def _infer_metrics(self) -> dict[str, float]:
+    def _infer_metrics(self, mels: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Free-running alignment metrics; adds the first sentence's mel to ``mels`` (for previews)."""
         count = min(self.config.data.val_infer, len(self.data.val))
         if count == 0:
             return {"diagonality": 0.0, "focus": 0.0, "monotonicity": 0.0, "coverage": 0.0, "stop_rate": 0.0}
@@ -386,6 +391,7 @@ class Trainer:
         with self.autocast:
             out = self.model.infer(batch.text, batch.text_lengths, max_steps=max_steps)
         stopped = out.dec_lengths < max_steps
+        mels["free_running"] = out.mel_postnet[0, :, : int(out.dec_lengths[0]) * self.config.model.r]
         metrics = alignment_metrics(out.alignments.float(), batch.text_lengths, out.dec_lengths)
         values = torch.stack([v.mean() for v in metrics.values()] + [stopped.float().mean()]).cpu().tolist()
         return dict(zip(list(metrics) + ["stop_rate"], values))

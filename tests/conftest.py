@@ -19,6 +19,19 @@ TINY_MODEL = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory):
+    """Nothing a test runs may write to the repository's mlflow/: runs that track go to a session store."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 @pytest.fixture(scope="session")
 def corpus_en(tmp_path_factory):
     return build_demo_corpus(tmp_path_factory.mktemp("corpus") / "en", lang="en", size=24)
@@ -36,5 +49,6 @@ def tiny_config(corpus, tmp_path, **sections):
         "data": {"corpus": str(corpus), "val_size": 4, "val_infer": 2, "cache_dir": str(tmp_path / "cache")},
         "model": dict(TINY_MODEL),
         "train": {"batch_size": 4, "max_steps": 8, "eval_every": 4, "seed": 3, "num_threads": 2},
+        "tracking": {"enabled": False},  # tests that track turn it on
     }
     return build_config(merge(base, sections))

@@ -21,6 +21,7 @@ def objective_file(tmp_path, corpus, space=None, pruning=None, train=None, extra
     config = {"preset": "demo", "model": TINY_MODEL,
               "data": {"corpus": str(corpus), "val_size": 4, "val_infer": 2, "cache_dir": str(tmp_path / "cache")},
               "train": {"batch_size": 4, "max_steps": 20, "eval_every": 10, "num_threads": 2, **(train or {})},
+              "tracking": {"enabled": False},  # MLflow is tested in test_tracking_study.py
               **(extra or {})}
     data = {"config": config,
             "search_space": space if space is not None else {

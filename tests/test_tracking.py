@@ -10,9 +10,12 @@ import pytest
 import soundfile as sf
 import torch
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from smart_tuner import tracking
 from smart_tuner.hooks import EvalStats, Event, RunInfo, StepStats, TrainResult
+from smart_tuner.config import build_config
+from smart_tuner.previews import PreviewWriter
 from smart_tuner.tracking import MlflowReporter, end_study_run, ensure_experiment, start_study_run
 from tests.conftest import tiny_config
 
@@ -60,7 +63,9 @@ def eval_stats(step: int) -> EvalStats:
     return EvalStats(step=step, val_loss=1.0 / step, val_mel=0.4, val_postnet=0.3, val_gate=0.2, val_ga=0.1,
                      diagonality=0.6, focus=0.5, monotonicity=0.9, coverage=0.8, infer_diagonality=0.4,
                      infer_focus=0.3, infer_monotonicity=0.7, infer_coverage=0.6, infer_stop_rate=float("nan"),
-                     lr=1e-3, ga_weight=5.0, train_loss=1.2, elapsed=3.0, alignment=torch.rand(12, 7))
+                     lr=1e-3, ga_weight=5.0, train_loss=1.2, elapsed=3.0, alignment=torch.rand(12, 7),
+                     mels={"target": torch.randn(80, 30) - 4, "teacher_forced": torch.randn(80, 30) - 4,
+                           "free_running": torch.randn(80, 24) - 4})
 
 
 def run_info(run_dir: Path, config=CONFIG) -> RunInfo:
@@ -104,11 +109,15 @@ def test_reporter_logs_a_full_run(client, experiment, tmp_path, monkeypatch):
                              artifact_location=(tmp_path / "parent").as_uri())
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    previews = PreviewWriter(build_config({}))  # renders; the reporter uploads what it rendered
     reporter = MlflowReporter(client, experiment, parent_run_id=parent, run_name="trial-0001",
                               tags={"trial": "1"}, params={"trial_number": 1}, log_every=5,
                               objective_fn=lambda s: s.val_postnet + 2.0 * (1.0 - s.diagonality))
     spy = Spy(client, monkeypatch)
-    reporter.on_train_start(run_info(run_dir))
+    hooks = [previews, reporter]
+    for hook in hooks:
+        hook.on_train_start(run_info(run_dir))
+    assert (run_dir / tracking.MLFLOW_RUN_FILE).read_text().strip() == reporter.run_id
     for step in range(1, 21):
         assert reporter.on_step(step_stats(step, loss=float("nan") if step == 3 else 1.0 / step)) == []
         if step == 7:
@@ -116,11 +125,12 @@ def test_reporter_logs_a_full_run(client, experiment, tmp_path, monkeypatch):
             reporter.on_event(Event(7, "ga", "lr", 1e-3, 2e-4, "lost to plateau", None, applied=False))
             reporter.on_event(Event(7, "emergency", "skip_update", None, None, "emergency: nan", None, True))
         if step % 4 == 0:  # evaluations 1..5 at steps 4, 8, 12, 16, 20
-            assert reporter.on_eval(eval_stats(step)) == []
-    preview = reporter.log_audio_preview(np.sin(np.linspace(0, 100, 2205)).astype(np.float32), 22050, 20)
+            for hook in hooks:
+                assert hook.on_eval(eval_stats(step)) == []
     (run_dir / "events.jsonl").write_text('{"step": 7}\n')
     (run_dir / "metrics.jsonl").write_text('{"step": 4}\n')
-    reporter.on_train_end(TrainResult("completed", 20, "reached train.max_steps=20", run_dir, None, 0.05))
+    for hook in hooks:
+        hook.on_train_end(TrainResult("completed", 20, "reached train.max_steps=20", run_dir, None, 0.05))
 
     run = client.get_run(reporter.run_id)
     assert run.info.status == "FINISHED"
@@ -156,20 +166,39 @@ def test_reporter_logs_a_full_run(client, experiment, tmp_path, monkeypatch):
     assert history(client, reporter.run_id, "control.lr") == [(7, pytest.approx(5e-4))]
     assert reporter.trajectories["lr"] == [(7, 5e-4)]
 
-    # Heatmaps at evaluations 1, 2, 4 and the last (5); evaluation 3 (step 12) is thinned out.
-    assert artifacts(client, reporter.run_id, "alignment") == [
-        "alignment_step000004.png", "alignment_step000008.png", "alignment_step000016.png",
-        "alignment_step000020.png"]
+    # Previews at evaluations 1, 2, 4 and the last (5); evaluation 3 (step 12) is thinned out.
+    assert artifacts(client, reporter.run_id, "previews") == [
+        "step_000004", "step_000008", "step_000016", "step_000020"]
+    assert artifacts(client, reporter.run_id, "previews/step_000020") == ["alignment.png", "audio.wav", "mel.png"]
     dst = tmp_path / "download"
-    png = Path(client.download_artifacts(reporter.run_id, "alignment/alignment_step000020.png", str(dst)))
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert preview == "audio/preview_step000020.wav"
-    wav, rate = sf.read(client.download_artifacts(reporter.run_id, preview, str(dst)))
-    assert rate == 22050 and len(wav) == 2205
+    for name in ("alignment.png", "mel.png"):
+        png = Path(client.download_artifacts(reporter.run_id, f"previews/step_000020/{name}", str(dst)))
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    wav, rate = sf.read(client.download_artifacts(reporter.run_id, "previews/step_000020/audio.wav", str(dst)))
+    assert rate == 22050 and len(wav) == 23 * 256  # Griffin-Lim of the 24 free-running frames
     assert artifacts(client, reporter.run_id, "logs") == ["events.jsonl", "metrics.jsonl"]
     events = Path(client.download_artifacts(reporter.run_id, "logs/events.jsonl", str(dst)))
     assert events.read_text() == '{"step": 7}\n'
     assert artifacts(client, reporter.run_id, "checkpoints") == []  # log_checkpoint is off by default
+
+
+def test_mlflow_errors_never_stop_a_run(client, experiment, tmp_path, monkeypatch, caplog):
+    reporter = MlflowReporter(client, experiment, log_every=2, synchronous=True)
+    reporter.on_train_start(run_info(tmp_path))
+    calls = []
+
+    def failing(*args, **kwargs):  # the store goes away mid-run
+        calls.append(1)
+        raise MlflowException("connection refused")
+
+    monkeypatch.setattr(client, "log_batch", failing)
+    for step in range(1, 7):
+        assert reporter.on_step(step_stats(step)) == []
+    assert reporter.on_eval(eval_stats(6)) == []
+    reporter.on_train_end(TrainResult("completed", 6, "done", tmp_path, None, None))
+    reporter.set_outcome("complete")
+    assert reporter.broken and len(calls) == 1  # one failure ends tracking; no retries per step
+    assert "MLflow tracking stopped for this run" in caplog.text and "connection refused" in caplog.text
 
 
 @pytest.mark.parametrize("status, reason, run_status, tag", [
@@ -196,7 +225,7 @@ def test_study_run_is_reused_until_ended(client, tmp_path):
     location = (tmp_path / "artifacts").as_uri()
     first = start_study_run(client, "study-exp", "s1", "postgresql://bob:hunter2@db/optuna", "objectives/a.yaml",
                             artifact_location=location)
-    assert start_study_run(client, "study-exp", "s1", "x", "y") == first  # a second worker joins it
+    assert start_study_run(client, "study-exp", "s1", "postgresql://bob:hunter2@db/optuna", "y") == first  # a worker
     other = start_study_run(client, "study-exp", "s2", "sqlite:///studies/s2.db", "objectives/b.yaml")
     assert other != first
     run = client.get_run(first)
@@ -211,7 +240,10 @@ def test_study_run_is_reused_until_ended(client, tmp_path):
     assert run.data.metrics["best_value"] == 0.25 and run.data.metrics["n_trials"] == 6
     assert run.data.metrics["best_params.lr"] == 1e-3
     assert run.data.tags["best_trial"] == "null"
-    assert start_study_run(client, "study-exp", "s1", "x", "y") != first  # a finished study run is not reused
+    # A continued study reopens its run; the same name in another storage is another study.
+    assert start_study_run(client, "study-exp", "s1", "postgresql://bob:other@db/optuna", "y") == first
+    assert client.get_run(first).info.status == "RUNNING"
+    assert start_study_run(client, "study-exp", "s1", "sqlite:///elsewhere.db", "y") != first
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -231,7 +263,7 @@ def test_real_training_reaches_mlflow(client, experiment, corpus_en, tmp_path, m
     assert [s for s, _ in history(client, reporter.run_id, "val_loss")] == [4, 8]
     assert len(history(client, reporter.run_id, "diagonality")) == 2
     assert spy.batches <= 8 // 3 + 2 + 4
-    assert artifacts(client, reporter.run_id, "alignment") == ["alignment_step000004.png",
-                                                              "alignment_step000008.png"]
+    assert artifacts(client, reporter.run_id, "previews") == ["step_000004", "step_000008"]
+    assert artifacts(client, reporter.run_id, "previews/step_000008") == ["alignment.png", "audio.wav", "mel.png"]
     assert "metrics.jsonl" in artifacts(client, reporter.run_id, "logs")
     assert artifacts(client, reporter.run_id, "checkpoints") == ["best.pt"]

@@ -68,9 +68,12 @@ def render_preview(stats: EvalStats, config: Config, out_dir: Path) -> dict[str,
     mels = {k: v for k, v in (stats.mels or {}).items() if v is not None and v.shape[-1] > 1}
     if mels:
         (tmp / "mel.png").write_bytes(mel_png(mels, title=f"step {stats.step}"))
-        voiced = mels.get("free_running", mels.get("teacher_forced"))
+        extractor = MelExtractor.from_config(config.audio)
+        # Griffin-Lim needs a few STFT windows; a free-running decoder that stopped at once has too few frames.
+        shortest = extractor.n_fft // extractor.hop_length + 1
+        voiced = next((mels[k] for k in ("free_running", "teacher_forced")
+                       if k in mels and mels[k].shape[-1] >= shortest), None)
         if voiced is not None:
-            extractor = MelExtractor.from_config(config.audio)
             save_wav(tmp / "audio.wav", griffin_lim(voiced, extractor, n_iter=GRIFFIN_LIM_ITERS),
                      extractor.sample_rate)
     shutil.rmtree(out_dir, ignore_errors=True)

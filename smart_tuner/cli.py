@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,13 +29,20 @@ class TqdmHandler(logging.Handler):
 
 
 def setup_logging(level: str = "INFO") -> None:
+    """One set-up for every command: our handler on the root logger, the level asked for, and the libraries'
+    own handlers (MLflow's, Optuna's) routed through it, so that no line bypasses the progress bar."""
+    # MLflow installs a handler of its own at import unless told not to; it must not have been imported yet.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     handler = TqdmHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("matplotlib", "PIL", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Libraries speak from WARNING up (from INFO when debugging), never below the level asked for.
+    requested = logging.getLevelName(level.upper())
+    libraries = logging.INFO if requested <= logging.DEBUG else max(requested, logging.WARNING)
+    for name in ("matplotlib", "PIL", "urllib3", "mlflow", "alembic", "optuna", "httpx"):
+        logging.getLogger(name).setLevel(libraries)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

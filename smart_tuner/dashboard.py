@@ -1,0 +1,297 @@
+"""Browsers for what the studies left behind: optuna-dashboard for a study, the MLflow UI for its runs.
+
+``python -m smart_tuner dashboard --study NAME`` serves the study's storage (``sqlite:///studies/NAME.db`` by
+default, or any ``--storage`` URL) with optuna-dashboard, together with the study's artifact store
+(``studies/artifacts``), so that the alignment images each trial uploaded with
+``optuna.artifacts.upload_artifact`` show on the trial's page. A study that does not exist is an error: the
+dashboard never creates an empty database.
+
+``python -m smart_tuner mlflow-ui`` starts ``mlflow server`` as a child process on the tracking store the runs
+used (``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow/mlflow.db``). The runs' experiments keep their artifacts
+under an absolute ``file://.../mlflow/artifacts`` location, which the server reads directly; experiments created
+from the UI get a default artifact root next to a local store. A remote tracking server needs nothing started:
+its URL already is the UI.
+
+Both servers listen on 127.0.0.1 unless ``--host`` says otherwise; neither prints a storage password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .config import redact_url
+
+log = logging.getLogger(__name__)
+
+ALL_INTERFACES = ("0.0.0.0", "::", "")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def study_error(message: str) -> Exception:
+    """A :class:`smart_tuner.study.StudyError` (the CLI prints it as one ``error:`` line, exit code 2).
+    Imported on use: :mod:`smart_tuner.study` pulls in torch, which serving a ``--storage`` URL never needs."""
+    from .study import StudyError
+
+    return StudyError(message)
+
+
+def server_url(host: str, port: int, path: str = "") -> str:
+    """``http://host:port/path`` (an IPv6 address in brackets)."""
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"http://{shown}:{port}{path}"
+
+
+def wait_for_http(url: str, timeout: float = 30.0, interval: float = 0.2,
+                  process: subprocess.Popen | None = None) -> int:
+    """Poll ``url`` until it answers with any HTTP status; returns that status.
+
+    Raises :class:`TimeoutError` after ``timeout`` seconds, or :class:`RuntimeError` at once when ``process``
+    (the server being waited for) has exited.
+    """
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=max(interval, 2.0)) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:  # an error status is an answer too
+            return exc.code
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout:.0f} s ({last})")
+        time.sleep(interval)
+
+
+def _warn_if_exposed(host: str) -> None:
+    if host in ALL_INTERFACES:
+        log.warning("listening on all interfaces (--host %s): anyone who can reach this machine can read "
+                    "and edit the data", host or "''")
+
+
+# ----------------------------------------------------------------------------------------------- dashboard
+def resolve_storage_url(study: str | None, storage: str | None) -> str:
+    """``--storage`` as given, else the default storage of ``--study``; neither is an error."""
+    if storage:
+        return storage
+    if study:
+        from .study import storage_url
+
+        return storage_url(study, None)
+    raise study_error("dashboard: name the study (--study NAME, storage sqlite:///studies/NAME.db) or its "
+                      "storage (--storage URL)")
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:`` URL (relative to the working directory); None for other URLs."""
+    if not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(url).database
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's parse errors vary
+        raise study_error(f"storage {redact_url(url)}: not a valid URL ({exc})") from None
+    if not database or database == ":memory:":
+        raise study_error(f"storage {redact_url(url)}: an in-memory database holds nothing to show; name a "
+                          "database file, e.g. sqlite:///studies/NAME.db")
+    return Path(database)
+
+
+def check_sqlite_file(url: str) -> None:
+    """A SQLite storage must already exist: opening a missing file would create an empty database."""
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        where = "" if path.is_absolute() else f" (under {Path.cwd()})"
+        raise study_error(f"storage {redact_url(url)}: no database file {path}{where}; run "
+                          "`python -m smart_tuner optimize` first, or name the study's file with --storage")
+
+
+def open_dashboard_storage(url: str) -> Any:
+    """An RDB storage as optuna-dashboard opens one (never creating tables), with its studies checked; other
+    URLs (a journal file, Redis) are handed to optuna-dashboard as they are."""
+    if "://" not in url or url.startswith("redis"):
+        return url
+    import optuna
+
+    try:
+        storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
+        storage.get_all_studies()
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or database
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise study_error(f"storage {redact_url(url)}: cannot read studies from it ({type(exc).__name__}: "
+                          f"{redact_url(first)[:200]})") from None
+    return storage
+
+
+def find_study_id(storage: Any, name: str) -> int:
+    """The id of study ``name`` in ``storage`` (its dashboard page is ``/dashboard/studies/<id>``)."""
+    studies = storage.get_all_studies()
+    for study in studies:
+        if study.study_name == name:
+            return study._study_id
+    known = ", ".join(sorted(s.study_name for s in studies)) or "none"
+    raise study_error(f"study {name!r} is not in this storage (its studies: {known})")
+
+
+def make_artifact_store(artifact_dir: str | os.PathLike) -> Any:
+    """The studies' file-system artifact store (the directory is created)."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    path = Path(artifact_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(path))
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """``dashboard``: serve a study's storage and artifacts with optuna-dashboard until Ctrl-C."""
+    url = resolve_storage_url(args.study, args.storage)
+    check_sqlite_file(url)
+    storage = open_dashboard_storage(url)
+    path = "/dashboard"
+    if args.study and not isinstance(storage, str):
+        path = f"/dashboard/studies/{find_study_id(storage, args.study)}"
+    store = make_artifact_store(args.artifact_dir)
+
+    from optuna_dashboard import run_server
+
+    _warn_if_exposed(args.host)
+    address = server_url(args.host, args.port, path)
+    log.info("optuna-dashboard on %s (storage %s, artifacts %s); Ctrl-C stops it",
+             address, redact_url(url), Path(args.artifact_dir).resolve())
+    print(f"optuna-dashboard: {address}", flush=True)
+    try:
+        run_server(storage, host=args.host, port=args.port, artifact_store=store)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:  # the port is taken, or the host is not an address of this machine
+        raise study_error(f"dashboard: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
+                          "choose another --port or --host") from None
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- mlflow ui
+def is_remote_tracking_uri(uri: str) -> bool:
+    """A tracking server (or Databricks) rather than a store a local ``mlflow server`` can open."""
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+def artifact_root_for(uri: str) -> str:
+    """Default artifact root for experiments created from the UI: ``artifacts/`` next to a SQLite database
+    (``mlflow/artifacts`` for the default store), the directory of a file store, else ``mlflow/artifacts``."""
+    if uri.startswith("sqlite"):
+        path = sqlite_path(uri)
+        assert path is not None
+        root = path.resolve().parent / "artifacts"
+    elif uri.startswith("file:") or "://" not in uri:
+        from mlflow.utils.uri import local_file_uri_to_path
+
+        root = Path(local_file_uri_to_path(uri) if uri.startswith("file:") else uri).resolve()
+    else:
+        from .tracking import DEFAULT_DIR
+
+        root = (DEFAULT_DIR / "artifacts").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root.as_uri()
+
+
+def mlflow_server_command(uri: str, host: str, port: int) -> list[str]:
+    """``mlflow server`` on a local or database store with one worker. Artifacts are not proxied: every
+    experiment of ours has a ``file://`` location the server reads directly, and the UI's new experiments get
+    ``--default-artifact-root``."""
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+            "--default-artifact-root", artifact_root_for(uri), "--no-serve-artifacts",
+            "--host", host, "--port", str(port), "--workers", "1"]
+
+
+def mlflow_server_env() -> dict[str, str]:
+    """The environment of ``mlflow server``: without its job runner (a process per GenAI job queue, for
+    evaluations that training runs never start) unless ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` says otherwise."""
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return env
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGINT,
+                       timeout: float = 15.0) -> int:
+    """Send ``sig`` to the child's process group, escalating to SIGTERM and SIGKILL; returns its exit code."""
+    for current in (sig, signal.SIGTERM, signal.SIGKILL):
+        _signal_group(process, current)
+        try:
+            return process.wait(timeout=timeout if current != signal.SIGKILL else None)
+        except subprocess.TimeoutExpired:
+            continue
+    return process.wait()
+
+
+class _Terminated(Exception):
+    """SIGTERM reached this process: the server is stopped the same way as on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def cmd_mlflow_ui(args: argparse.Namespace) -> int:
+    """``mlflow-ui``: run ``mlflow server`` on the runs' tracking store until Ctrl-C; its exit code."""
+    from .tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri()
+    if is_remote_tracking_uri(uri):
+        print(f"the tracking URI {redact_url(uri)} is a tracking server: nothing to start, its UI is at that "
+              "URL", flush=True)
+        return 0
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        log.warning("no database file %s yet: the MLflow UI starts on an empty store", path)
+    command = mlflow_server_command(uri, args.host, args.port)
+    _warn_if_exposed(args.host)
+    address = server_url(args.host, args.port)
+    log.info("MLflow UI on %s (tracking store %s); Ctrl-C stops it", address, redact_url(uri))
+    print(f"MLflow UI: {address}", flush=True)
+    # Its own process group: mlflow server starts uvicorn as a grandchild, and a signal must reach both.
+    process = subprocess.Popen(command, start_new_session=True, env=mlflow_server_env())
+    previous = signal.getsignal(signal.SIGTERM) or signal.SIG_DFL  # None: a handler not set from Python
+    in_main_thread = _set_sigterm(_raise_terminated)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        stop_process_group(process, signal.SIGINT)
+        return 0
+    except _Terminated:
+        stop_process_group(process, signal.SIGTERM)
+        return 0
+    finally:
+        if in_main_thread:
+            _set_sigterm(previous)
+        if process.poll() is None:
+            stop_process_group(process, signal.SIGTERM)
+        else:  # a worker the server left behind
+            _signal_group(process, signal.SIGTERM)
+
+
+def _set_sigterm(handler: Any) -> bool:
+    try:
+        signal.signal(signal.SIGTERM, handler)
+        return True
+    except ValueError:  # not the main thread: leave signals alone
+        return False

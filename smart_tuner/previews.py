@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from .config import Config
 from .hooks import EvalStats, Hook, RunInfo, TrainResult
@@ -63,38 +64,46 @@ def render_preview(stats: EvalStats, config: Config, out_dir: Path) -> dict[str,
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if stats.alignment is not None:
-        (tmp / "alignment.png").write_bytes(alignment_png(stats.alignment, title=f"step {stats.step}"))
-    mels = {k: v for k, v in (stats.mels or {}).items() if v is not None and v.shape[-1] > 1}
-    if mels:
-        (tmp / "mel.png").write_bytes(mel_png(mels, title=f"step {stats.step}"))
-        extractor = MelExtractor.from_config(config.audio)
-        # Griffin-Lim needs a few STFT windows; a free-running decoder that stopped at once has too few frames.
-        shortest = extractor.n_fft // extractor.hop_length + 1
-        voiced = next((mels[k] for k in ("free_running", "teacher_forced")
-                       if k in mels and mels[k].shape[-1] >= shortest), None)
-        if voiced is not None:
-            save_wav(tmp / "audio.wav", griffin_lim(voiced, extractor, n_iter=GRIFFIN_LIM_ITERS),
-                     extractor.sample_rate)
+    try:
+        if stats.alignment is not None:
+            (tmp / "alignment.png").write_bytes(alignment_png(stats.alignment, title=f"step {stats.step}"))
+        mels = {k: v for k, v in (stats.mels or {}).items() if v is not None and v.shape[-1] > 1}
+        if mels:
+            (tmp / "mel.png").write_bytes(mel_png(mels, title=f"step {stats.step}"))
+            extractor = MelExtractor.from_config(config.audio)
+            # Griffin-Lim needs a few STFT windows; a free-running decoder that stopped at once has too few frames.
+            shortest = extractor.n_fft // extractor.hop_length + 1
+            voiced = next((mels[k] for k in ("free_running", "teacher_forced")
+                           if k in mels and mels[k].shape[-1] >= shortest), None)
+            if voiced is not None:
+                save_wav(tmp / "audio.wav", griffin_lim(voiced, extractor, n_iter=GRIFFIN_LIM_ITERS),
+                         extractor.sample_rate)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-written preview left behind
+        raise
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.replace(out_dir)
     return {name: out_dir / name for name in FILES if (out_dir / name).is_file()}
 
 
 class PreviewWriter(Hook):
-    """Renders previews of thinned-in evaluations and of the last one; a rendering error never stops a run."""
+    """Renders previews of thinned-in evaluations and of the last one, on a background thread so that drawing and
+    vocoding overlap training; the end of training waits for them. A rendering error never stops a run."""
 
     name = "previews"
 
-    def __init__(self, config: Config, every: Callable[[int], bool] = is_thinned_in):
-        self.config, self.every = config, every
+    def __init__(self, config: Config, every: Callable[[int], bool] = is_thinned_in, background: bool = True):
+        self.config, self.every, self.background = config, every, background
         self.run_dir: Path | None = None
         self.evals = 0
         self.pending: EvalStats | None = None  # the latest evaluation not rendered yet
         self.rendered: list[int] = []
+        self.worker: ThreadPoolExecutor | None = None
 
     def on_train_start(self, info: RunInfo) -> None:
         self.run_dir = Path(info.run_dir)
+        if self.background:
+            self.worker = ThreadPoolExecutor(1, thread_name_prefix="previews")
 
     def on_eval(self, stats: EvalStats) -> list:
         self.evals += 1
@@ -109,12 +118,21 @@ class PreviewWriter(Hook):
         if self.pending is not None:
             self._render(self.pending)
             self.pending = None
+        if self.worker is not None:  # trackers upload what is rendered: everything must be on disk now
+            self.worker.shutdown(wait=True)
+            self.worker = None
 
-    def _render(self, stats: EvalStats) -> Any:
+    def _render(self, stats: EvalStats) -> None:
         if self.run_dir is None:
             return
+        if self.worker is not None:
+            self.worker.submit(self._render_now, stats, self.run_dir)
+        else:
+            self._render_now(stats, self.run_dir)
+
+    def _render_now(self, stats: EvalStats, run_dir: Path) -> None:
         try:
-            render_preview(stats, self.config, preview_dir(self.run_dir, stats.step))
+            render_preview(stats, self.config, preview_dir(run_dir, stats.step))
             self.rendered.append(stats.step)
         except Exception as exc:  # a preview is a convenience: log it, keep training
             log.warning("preview of step %d failed: %s: %s", stats.step, type(exc).__name__, exc)

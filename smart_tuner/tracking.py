@@ -1,7 +1,7 @@
 """MLflow tracking: one parent run per study, one nested run per trial, a run of its own per `train`.
 
 :class:`MlflowReporter` is an ordinary :class:`~smart_tuner.hooks.Hook` that never returns decisions. It
-buffers per-step metrics and writes them with one asynchronous ``log_batch`` every ``log_every`` steps (one HTTP
+buffers per-step metrics and writes them with one background ``log_batch`` every ``log_every`` steps (one HTTP
 or SQL round trip per metric per step would cost more than a tiny model's step), logs evaluation metrics, uploads
 the previews the :class:`~smart_tuner.previews.PreviewWriter` rendered (alignment and mel PNGs, a Griffin-Lim
 WAV), counts the adapters' applied events as metric series, and at the end uploads the run's ``events.jsonl`` /
@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -129,7 +130,9 @@ class MlflowReporter(Hook):
     """A training run as an MLflow run (nested under the study's run when ``parent_run_id`` is given).
 
     Tracking is best effort: the first MLflow error is logged as a warning and ends tracking for this run; the
-    training goes on. Metric batches are written asynchronously (``synchronous=False``) and waited for at the end.
+    training goes on. Metric batches and preview uploads are written by one background thread of the reporter, in
+    order, and waited for at the end (MLflow's own async mode waits about a second per run when it shuts down).
+    ``synchronous=True`` writes on the calling thread instead.
     """
 
     name = "mlflow"
@@ -152,7 +155,9 @@ class MlflowReporter(Hook):
         self.ended = False
         self.buffer: list[Metric] = []
         self.steps_buffered = 0
-        self.pending: list[Any] = []  # async batch operations not waited for yet
+        self.writer: ThreadPoolExecutor | None = None if synchronous else ThreadPoolExecutor(
+            1, thread_name_prefix="mlflow-writer")
+        self.pending: list[Future] = []  # background writes not waited for yet
         self.uploaded_previews: set[int] = set()
         self.event_counts: dict[str, int] = {}
         self.trajectories: dict[str, list[tuple[int, float]]] = {"lr": [], "ga_weight": []}
@@ -206,7 +211,7 @@ class MlflowReporter(Hook):
         if self.objective_fn is not None:
             self._add("objective", self.objective_fn(stats), stats.step, timestamp)
         self.flush()  # step metrics ride along in the same batch
-        self._safely("uploading previews", self._upload_previews)
+        self._submit("uploading previews", self._upload_previews)
         return []
 
     def on_event(self, event: Event) -> None:
@@ -225,6 +230,9 @@ class MlflowReporter(Hook):
             self._add("best_val_loss", result.best_val_loss, result.step, _now_ms())
         self.flush()
         self._safely("finishing the run", self._end, result)
+        if self.writer is not None:  # tracking broke before the end: stop the writer thread anyway
+            self.writer.shutdown(wait=False, cancel_futures=True)
+            self.writer = None
 
     def _end(self, result: TrainResult) -> None:
         if self.run_id is None:
@@ -286,15 +294,33 @@ class MlflowReporter(Hook):
         """Write the buffered metrics with one ``log_batch`` (the client splits oversized batches)."""
         buffer, self.buffer, self.steps_buffered = self.buffer, [], 0
         if buffer and self.run_id is not None:
-            operation = self._safely("logging metrics", self.client.log_batch, self.run_id, buffer, (), (),
-                                     self.synchronous)
-            if operation is not None:
-                self.pending.append(operation)
+            self._submit("logging metrics", self.client.log_batch, self.run_id, buffer)
+
+    def _submit(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` on the writer thread (or here when synchronous); a failed earlier write ends tracking."""
+        if self.broken:
+            return
+        if self.writer is None:
+            self._safely(what, fn, *args)
+            return
+        still_pending = []
+        for future in self.pending:
+            if not future.done():
+                still_pending.append(future)
+            elif future.exception() is not None:
+                self._safely("a background write", future.result)  # logs it and marks tracking broken
+                return
+        self.pending = still_pending
+        self.pending.append(self.writer.submit(fn, *args))
 
     def _wait(self) -> None:
+        """Every background write done; the first failure is raised (the caller logs it)."""
         pending, self.pending = self.pending, []
-        for operation in pending:
-            operation.wait()
+        for future in pending:
+            future.result()
+        if self.writer is not None:
+            self.writer.shutdown(wait=True)
+            self.writer = None
 
 
 # ----------------------------------------------------------------------------------------------- study run

@@ -182,8 +182,9 @@ def test_reporter_logs_a_full_run(client, experiment, tmp_path, monkeypatch):
     assert artifacts(client, reporter.run_id, "checkpoints") == []  # log_checkpoint is off by default
 
 
-def test_mlflow_errors_never_stop_a_run(client, experiment, tmp_path, monkeypatch, caplog):
-    reporter = MlflowReporter(client, experiment, log_every=2, synchronous=True)
+@pytest.mark.parametrize("synchronous", [True, False])
+def test_mlflow_errors_never_stop_a_run(client, experiment, tmp_path, monkeypatch, caplog, synchronous):
+    reporter = MlflowReporter(client, experiment, log_every=2, synchronous=synchronous)
     reporter.on_train_start(run_info(tmp_path))
     calls = []
 
@@ -197,7 +198,9 @@ def test_mlflow_errors_never_stop_a_run(client, experiment, tmp_path, monkeypatc
     assert reporter.on_eval(eval_stats(6)) == []
     reporter.on_train_end(TrainResult("completed", 6, "done", tmp_path, None, None))
     reporter.set_outcome("complete")
-    assert reporter.broken and len(calls) == 1  # one failure ends tracking; no retries per step
+    # One failure ends tracking: no retry per step (the writer thread may have taken one more batch meanwhile).
+    assert reporter.broken and 1 <= len(calls) <= (1 if synchronous else 3)
+    assert reporter.writer is None  # the writer thread is stopped
     assert "MLflow tracking stopped for this run" in caplog.text and "connection refused" in caplog.text
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import soundfile as sf
 import torch
 
@@ -36,9 +35,8 @@ def test_thinning():
     assert [n for n in range(1, 40) if is_thinned_in(n)] == [1, 2, 4, 8, 16, 32]
 
 
-@pytest.mark.parametrize("background", [True, False])
-def test_thinned_previews_and_the_last_one(tmp_path, background):
-    run(PreviewWriter(CONFIG, background=background), tmp_path, [stats(10 * i) for i in range(1, 7)])
+def test_thinned_previews_and_the_last_one(tmp_path):
+    run(PreviewWriter(CONFIG), tmp_path, [stats(10 * i) for i in range(1, 7)])
     previews = list_previews(tmp_path)
     assert [step for step, _ in previews] == [10, 20, 40, 60]  # evaluations 1, 2, 4 and the last (6)
     for _, files in previews:
@@ -52,7 +50,7 @@ def test_thinned_previews_and_the_last_one(tmp_path, background):
 
 
 def test_a_free_running_mel_too_short_to_vocode_falls_back_to_teacher_forced(tmp_path):
-    run(PreviewWriter(CONFIG, background=False), tmp_path, [stats(5, free_frames=2)])
+    run(PreviewWriter(CONFIG), tmp_path, [stats(5, free_frames=2)])
     _, files = latest_preview(tmp_path)
     wav, _ = sf.read(files["audio.wav"])
     assert len(wav) == 49 * 256

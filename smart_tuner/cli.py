@@ -11,7 +11,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .config import DEFAULT_ARTIFACT_DIR
 
 log = logging.getLogger("smart_tuner")
 
@@ -147,7 +146,8 @@ def _study_options(args: argparse.Namespace):
                         sets=list(args.set or []), corpus=args.corpus, runs_dir=Path(args.runs_dir),
                         threads=getattr(args, "threads", 0) or 0, heartbeat_interval=args.heartbeat_interval,
                         grace_period=args.grace_period, tracking_uri=args.tracking_uri,
-                        mlflow_parent=getattr(args, "mlflow_parent", None), artifact_dir=Path(args.artifact_dir))
+                        mlflow_parent=getattr(args, "mlflow_parent", None),
+                        artifact_dir=Path(args.artifact_dir) if args.artifact_dir else None)
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
@@ -247,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--grace-period", type=int, default=60,
                        help="a trial without a heartbeat for this long is failed and re-queued")
         p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db)")
-        p.add_argument("--artifact-dir", default=str(DEFAULT_ARTIFACT_DIR),
-                       help="Optuna artifact store for the trials' preview images and audio (the dashboard reads it)")
+        p.add_argument("--artifact-dir", help="Optuna artifact store of the trials' preview images and audio "
+                       "(default: artifacts/ next to a SQLite study file, else studies/artifacts)")
 
     opt = sub.add_parser("optimize", help="run an Optuna study: each trial trains with the adapters on")
     study_arguments(opt)
@@ -292,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--storage", help="Optuna storage URL (instead of --study)")
     dash.add_argument("--port", type=int, default=8080)
     dash.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
-    dash.add_argument("--artifact-dir", default=str(DEFAULT_ARTIFACT_DIR),
-                      help="the study's artifact store (where trials upload their images)")
+    dash.add_argument("--artifact-dir", help="the study's artifact store, where its trials uploaded their images "
+                      "(default: artifacts/ next to a SQLite study file, else studies/artifacts)")
     dash.set_defaults(func=cmd_dashboard)
 
     ui = sub.add_parser("mlflow-ui", help="open the MLflow UI on the store the runs used")

@@ -25,9 +25,6 @@ from typing import Any
 import yaml
 
 
-DEFAULT_ARTIFACT_DIR = Path("studies/artifacts")  # the studies' Optuna artifact store (trial previews)
-
-
 class ConfigError(ValueError):
     """A config file, key or value is wrong; the message says which and what to do."""
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import redact_url
+from .paths import mlflow_artifact_root, study_artifact_dir
 
 log = logging.getLogger(__name__)
 
@@ -163,14 +164,15 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     path = "/dashboard"
     if args.study and not isinstance(storage, str):
         path = f"/dashboard/studies/{find_study_id(storage, args.study)}"
-    store = make_artifact_store(args.artifact_dir)
+    artifact_dir = Path(args.artifact_dir) if args.artifact_dir else study_artifact_dir(url)
+    store = make_artifact_store(artifact_dir)
 
     from optuna_dashboard import run_server
 
     _warn_if_exposed(args.host)
     address = server_url(args.host, args.port, path)
     log.info("optuna-dashboard on %s (storage %s, artifacts %s); Ctrl-C stops it",
-             address, redact_url(url), Path(args.artifact_dir).resolve())
+             address, redact_url(url), artifact_dir.resolve())
     print(f"optuna-dashboard: {address}", flush=True)
     try:
         run_server(storage, host=args.host, port=args.port, artifact_store=store)
@@ -189,20 +191,8 @@ def is_remote_tracking_uri(uri: str) -> bool:
 
 
 def artifact_root_for(uri: str) -> str:
-    """Default artifact root for experiments created from the UI: ``artifacts/`` next to a SQLite database
-    (``mlflow/artifacts`` for the default store), the directory of a file store, else ``mlflow/artifacts``."""
-    if uri.startswith("sqlite"):
-        path = sqlite_path(uri)
-        assert path is not None
-        root = path.resolve().parent / "artifacts"
-    elif uri.startswith("file:") or "://" not in uri:
-        from mlflow.utils.uri import local_file_uri_to_path
-
-        root = Path(local_file_uri_to_path(uri) if uri.startswith("file:") else uri).resolve()
-    else:
-        from .tracking import DEFAULT_DIR
-
-        root = (DEFAULT_DIR / "artifacts").resolve()
+    """Default artifact root for experiments created from the UI: the store's own (see smart_tuner.paths)."""
+    root = mlflow_artifact_root(uri).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return root.as_uri()
 

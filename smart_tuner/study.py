@@ -34,8 +34,9 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from .config import DEFAULT_ARTIFACT_DIR, Config, ConfigError, build_config, flatten, merge, parse_set_overrides, redact_url
+from .config import Config, ConfigError, build_config, flatten, merge, parse_set_overrides, redact_url
 from .hooks import Decision, EvalStats, Event, Hook, TrainResult
+from .paths import study_artifact_dir
 from .runner import run_training
 from .search_space import ObjectiveSpec, load_objective, make_pruner, params_to_overrides, reference_params, suggest
 
@@ -78,7 +79,7 @@ class StudyOptions:
     enqueue_reference: bool = True  # a new study's first trial is the objective file's base config
     tracking_uri: str | None = None  # MLflow store; default $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db
     mlflow_parent: str | None = None  # the study's parent MLflow run (given to worker processes)
-    artifact_dir: Path = DEFAULT_ARTIFACT_DIR  # Optuna artifact store: the trials' preview images and audio
+    artifact_dir: Path | None = None  # Optuna artifact store of the trials' previews; default: smart_tuner.paths
 
     @property
     def study_name(self) -> str:
@@ -263,8 +264,9 @@ class Objective:
             return
         try:
             if self.artifact_store is None:
-                self.options.artifact_dir.mkdir(parents=True, exist_ok=True)
-                self.artifact_store = optuna.artifacts.FileSystemArtifactStore(self.options.artifact_dir)
+                where = self.artifact_dir()
+                where.mkdir(parents=True, exist_ok=True)
+                self.artifact_store = optuna.artifacts.FileSystemArtifactStore(where)
             uploads = [(step, files["alignment.png"]) for step, files in previews if "alignment.png" in files]
             last_step, last = previews[-1]
             uploads += [(last_step, last[name]) for name in ("mel.png", "audio.wav") if name in last]
@@ -278,8 +280,10 @@ class Objective:
                             artifact_store=self.artifact_store, file_path=str(named), study_or_trial=trial,
                             mimetype="audio/wav" if path.suffix == ".wav" else "image/png")
         except Exception as exc:
-            log.warning("trial %d: uploading previews to %s failed: %s", trial.number, self.options.artifact_dir,
-                        exc)
+            log.warning("trial %d: uploading previews to %s failed: %s", trial.number, self.artifact_dir(), exc)
+
+    def artifact_dir(self) -> Path:
+        return self.options.artifact_dir or study_artifact_dir(storage_url(self.study_name, self.options.storage))
 
 
 # ----------------------------------------------------------------------------------------------- optimize
@@ -457,7 +461,9 @@ def _run_worker_processes(options: StudyOptions, target: int, deadline: float | 
         if options.corpus:
             command += ["--corpus", options.corpus]
         command += ["--heartbeat-interval", str(options.heartbeat_interval),
-                    "--grace-period", str(options.grace_period), "--artifact-dir", str(options.artifact_dir)]
+                    "--grace-period", str(options.grace_period)]
+        if options.artifact_dir:
+            command += ["--artifact-dir", str(options.artifact_dir)]
         if options.tracking_uri:
             command += ["--tracking-uri", options.tracking_uri]
         if options.mlflow_parent:

@@ -30,12 +30,12 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from .config import ConfigError, flatten, redact_url
+from .paths import MLFLOW_DIR, mlflow_artifact_root
 from .hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
 from .previews import list_previews
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DIR = Path("mlflow")
 SECRET_PARAMS = {"alerts.telegram.token"}
 MLFLOW_RUN_FILE = "mlflow_run_id.txt"  # in a run dir: the MLflow run that `train --resume` continues
 
@@ -58,13 +58,14 @@ def default_tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    (DEFAULT_DIR / "artifacts").mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{DEFAULT_DIR.as_posix()}/mlflow.db"
+    (MLFLOW_DIR / "artifacts").mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{MLFLOW_DIR.as_posix()}/mlflow.db"
 
 
-def default_artifact_location() -> str:
-    """File URI of ``mlflow/artifacts`` (absolute: a relative location would follow the process's cwd)."""
-    root = DEFAULT_DIR / "artifacts"
+def default_artifact_location(tracking_uri: str) -> str:
+    """File URI of a local store's artifact root (``artifacts/`` next to its database; absolute, so that it does
+    not follow the process's working directory)."""
+    root = mlflow_artifact_root(tracking_uri)
     root.mkdir(parents=True, exist_ok=True)
     return root.resolve().as_uri()
 
@@ -86,7 +87,7 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
             client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
     if artifact_location is None and _is_local(client.tracking_uri):
-        artifact_location = default_artifact_location()
+        artifact_location = default_artifact_location(client.tracking_uri)
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
     except MlflowException:

@@ -89,7 +89,11 @@ def test_default_tracking_uri(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert tracking.default_tracking_uri() == "sqlite:///mlflow/mlflow.db"
     assert (tmp_path / "mlflow" / "artifacts").is_dir()
-    assert tracking.default_artifact_location() == (tmp_path / "mlflow" / "artifacts").resolve().as_uri()
+    assert tracking.default_artifact_location("sqlite:///mlflow/mlflow.db") == (
+        tmp_path / "mlflow" / "artifacts").resolve().as_uri()
+    elsewhere = tmp_path / "other" / "store.db"
+    assert tracking.default_artifact_location(f"sqlite:///{elsewhere}") == (
+        tmp_path / "other" / "artifacts").as_uri()  # next to the database, whatever the working directory
 
 
 def test_config_params_are_dotted_clipped_and_secret_free():

@@ -288,7 +288,9 @@ class Objective:
 
 # ----------------------------------------------------------------------------------------------- optimize
 def _retried_number(trial: optuna.trial.FrozenTrial) -> int | None:
-    return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    with warnings.catch_warnings():  # experimental in Optuna, and called for every trial of every count
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
 def _count(trials) -> int:

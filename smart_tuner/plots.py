@@ -44,7 +44,8 @@ def mel_png(mels: dict[str, torch.Tensor], title: str = "") -> bytes:
     high = max(float(p.max()) for _, p in panels)
     fig = Figure(figsize=(7, 1.9 * len(panels) + 0.4), dpi=80)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    # One frame axis for all panels: a free-running mel that runs long or stops early shows as such.
+    axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True, gridspec_kw={"hspace": 0.35})[:, 0]
     for ax, (label, data) in zip(axes, panels):
         image = ax.imshow(data, aspect="auto", origin="lower", interpolation="none", vmin=low, vmax=high)
         ax.set_ylabel("mel bin")

@@ -32,6 +32,8 @@ from smart_tuner.search_space import load_objective  # noqa: E402
 from smart_tuner.study import StudyOptions, optimize  # noqa: E402
 
 NO_ADAPTERS = ["adapters.lr.enabled=false", "adapters.ga.enabled=false", "adapters.grad.enabled=false"]
+# Counting steps needs no MLflow runs (and parallel studies would share the repository's store).
+NO_TRACKING = ["tracking.enabled=false"]
 ARMS = {
     "a: tpe+pruning+adapters": ("tpe", None, []),
     "b: tpe+pruning": ("tpe", None, NO_ADAPTERS),
@@ -62,7 +64,7 @@ def one_study(job: tuple) -> tuple[str, int, int, bool, int, int]:
     sampler, pruner, extra = ARMS[arm]
     options = StudyOptions(objective=Path(objective), study=f"eff-{arm[0]}-{seed}",
                            storage=f"sqlite:///{tmp}/eff-{arm[0]}-{seed}.db", sampler=sampler, pruner=pruner,
-                           seed=seed, trials=1, sets=sets + extra, runs_dir=Path(tmp) / "runs",
+                           seed=seed, trials=1, sets=sets + extra + NO_TRACKING, runs_dir=Path(tmp) / "runs",
                            enqueue_reference=False, threads=threads)
     found, spent = None, 0
     for _ in range(max_trials):

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import redact_url
-from .paths import mlflow_artifact_root, study_artifact_dir
+from .paths import mlflow_artifact_root, sqlite_file, study_artifact_dir
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +96,18 @@ def resolve_storage_url(study: str | None, storage: str | None) -> str:
 
 
 def sqlite_path(url: str) -> Path | None:
-    """The database file of a ``sqlite:`` URL (relative to the working directory); None for other URLs."""
+    """The database file of a ``sqlite:`` URL (relative to the working directory); None for other URLs. An
+    unparsable URL or an in-memory database is an error: there is nothing to show."""
     if not url.startswith("sqlite"):
         return None
-    from sqlalchemy.engine import make_url
-
     try:
-        database = make_url(url).database
+        database = sqlite_file(url)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's parse errors vary
         raise study_error(f"storage {redact_url(url)}: not a valid URL ({exc})") from None
-    if not database or database == ":memory:":
+    if database is None:
         raise study_error(f"storage {redact_url(url)}: an in-memory database holds nothing to show; name a "
                           "database file, e.g. sqlite:///studies/NAME.db")
-    return Path(database)
+    return database
 
 
 def check_sqlite_file(url: str) -> None:

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smart_tuner.config import load_config_file, parse_set_overrides  # noqa: E402
 from smart_tuner.hooks import Hook  # noqa: E402
-from smart_tuner.trainer import Trainer  # noqa: E402
+from smart_tuner.train.trainer import Trainer  # noqa: E402
 
 
 class EvalLog(Hook):

@@ -31,11 +31,11 @@ import torch  # noqa: E402
 
 from smart_tuner.config import build_config, merge, parse_set_overrides  # noqa: E402
 from smart_tuner.data.dataset import prepare_data  # noqa: E402
-from smart_tuner.runner import standard_hooks  # noqa: E402
-from smart_tuner.search_space import load_objective  # noqa: E402
-from smart_tuner.study import OptunaReporter  # noqa: E402
-from smart_tuner.tracking import StudyTracker, open_tracking  # noqa: E402
-from smart_tuner.trainer import Trainer  # noqa: E402
+from smart_tuner.train.runner import standard_hooks  # noqa: E402
+from smart_tuner.study.space import load_objective  # noqa: E402
+from smart_tuner.study.workers import OptunaReporter  # noqa: E402
+from smart_tuner.watch.tracking import StudyTracker, open_tracking  # noqa: E402
+from smart_tuner.train.trainer import Trainer  # noqa: E402
 
 
 def timed_fit(config, run_dir: Path, hooks: list, data) -> tuple[float, float]:

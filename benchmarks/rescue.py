@@ -25,7 +25,7 @@ from smart_tuner.adapters import build_adapters  # noqa: E402
 from smart_tuner.config import load_config_file  # noqa: E402
 from smart_tuner.data.dataset import prepare_data  # noqa: E402
 from smart_tuner.hooks import Decision, Hook  # noqa: E402
-from smart_tuner.trainer import Trainer  # noqa: E402
+from smart_tuner.train.trainer import Trainer  # noqa: E402
 
 BAD_STARTS = {
     "lr x10": lambda lr: [f"train.lr={lr * 10}"],

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 from smart_tuner.config import build_config, merge, parse_set_overrides  # noqa: E402
 from smart_tuner.hooks import Hook  # noqa: E402
-from smart_tuner.trainer import Trainer  # noqa: E402
+from smart_tuner.train.trainer import Trainer  # noqa: E402
 
 
 class StepClock(Hook):

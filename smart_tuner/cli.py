@@ -46,12 +46,12 @@ def setup_logging(level: str = "INFO") -> None:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by input: printed as one clear line, never as a traceback."""
-    from .checkpoint import CheckpointError
+    from .train.checkpoint import CheckpointError
     from .config import ConfigError
     from .data.audio import AudioError
     from .data.corpus import CorpusError
     from .data.espeak import EspeakError
-    from .trainer import TrainingError
+    from .train.trainer import TrainingError
 
     return ConfigError, CorpusError, AudioError, CheckpointError, TrainingError, EspeakError
 
@@ -64,7 +64,7 @@ def _resolve_run_dir(args: argparse.Namespace, config_path: Path | None) -> Path
     if args.resume:
         runs = sorted(Path("runs").glob(f"{stem}-*"))
         if not runs:
-            from .trainer import TrainingError
+            from .train.trainer import TrainingError
 
             raise TrainingError(f"--resume: no earlier run under runs/{stem}-*; name it with --run-dir")
         return runs[-1]
@@ -73,7 +73,7 @@ def _resolve_run_dir(args: argparse.Namespace, config_path: Path | None) -> Path
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import build_config, load_config_file, merge, parse_set_overrides
-    from .runner import run_training
+    from .train.runner import run_training
 
     sets = list(args.set or [])
     if args.corpus:
@@ -84,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.config:
             print("error: --config and --from-study exclude each other", file=sys.stderr)
             return 2
-        from .study import StudyOptions, best_config, open_study_readonly
+        from .study.workers import StudyOptions, best_config, open_study_readonly
 
         study = open_study_readonly(StudyOptions(study=args.from_study, storage=args.storage))
         best, trial = best_config(study)
@@ -101,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = _resolve_run_dir(args, config_path)
     hooks = []
     if config.tracking.enabled:
-        from .tracking import open_tracking, train_reporter
+        from .watch.tracking import open_tracking, train_reporter
 
         hooks.append(train_reporter(open_tracking(args.tracking_uri), config, run_dir))
     result = run_training(config, run_dir, resume=args.resume, extra_hooks=hooks, progress=not args.no_progress)
@@ -138,7 +138,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------- study
 def _study_options(args: argparse.Namespace):
-    from .study import StudyOptions
+    from .study.workers import StudyOptions
 
     return StudyOptions(objective=Path(args.objective), study=args.study, storage=args.storage,
                         sampler=args.sampler, startup_trials=args.startup_trials, pruner=None if args.pruner in (None, "") else args.pruner,
@@ -151,7 +151,7 @@ def _study_options(args: argparse.Namespace):
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    from .study import optimize, summary
+    from .study.workers import optimize, summary
 
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     study = optimize(_study_options(args), n_jobs=args.n_jobs, gpus=gpus, progress=not args.no_progress)
@@ -160,7 +160,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .study import _route_optuna_logging, run_worker
+    from .study.workers import _route_optuna_logging, run_worker
 
     _route_optuna_logging()
     run_worker(_study_options(args), args.target, args.deadline)
@@ -169,7 +169,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_best(args: argparse.Namespace) -> int:
     from .config import to_yaml
-    from .study import StudyOptions, best_config, open_study_readonly
+    from .study.workers import StudyOptions, best_config, open_study_readonly
 
     study = open_study_readonly(StudyOptions(study=args.study, storage=args.storage))
     config, trial = best_config(study)
@@ -186,25 +186,25 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from .dashboard import cmd_dashboard as run
+    from .view.dashboard import cmd_dashboard as run
 
     return run(args)
 
 
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:
-    from .dashboard import cmd_mlflow_ui as run
+    from .view.dashboard import cmd_mlflow_ui as run
 
     return run(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import cmd_report as run
+    from .view.report import cmd_report as run
 
     return run(args)
 
 
 def cmd_debug(args: argparse.Namespace) -> int:
-    from .debug import main_debug
+    from .watch.debug import main_debug
 
     return main_debug(args.run_dir)
 

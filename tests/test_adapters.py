@@ -9,12 +9,12 @@ import random
 import pytest
 import torch
 
-from smart_tuner import checkpoint as ckpt
+from smart_tuner.train import checkpoint as ckpt
 from smart_tuner.adapters import (GradientHealthAdapter, GuidedAttentionAdapter, LearningRateAdapter,
                                   build_adapters)
 from smart_tuner.config import GaAdapterConfig, GradAdapterConfig, LrAdapterConfig, build_config
 from smart_tuner.hooks import EvalStats, Event, Hook, StepStats
-from smart_tuner.trainer import Trainer
+from smart_tuner.train.trainer import Trainer
 
 from .conftest import tiny_config
 

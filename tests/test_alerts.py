@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from smart_tuner.alerts import (DEFAULT_API_URL, TelegramClient, TelegramReporter, format_critical_alert,
+from smart_tuner.watch.alerts import (DEFAULT_API_URL, TelegramClient, TelegramReporter, format_critical_alert,
                                 resolve_settings)
 from smart_tuner.config import Config, TelegramConfig
 from smart_tuner.hooks import EvalStats, Event, RunInfo, TrainResult
-from smart_tuner.plots import alignment_png
+from smart_tuner.watch.plots import alignment_png
 
 pytestmark = pytest.mark.timeout(60)  # a send that blocks would otherwise hang the suite
 
@@ -483,7 +483,7 @@ def test_reporter_completed_run_sends_a_short_final_message(bot, reporter, tmp_p
 
 def test_a_real_run_alerts_through_the_bot_api_and_never_writes_the_token(bot, monkeypatch, corpus_en, tmp_path,
                                                                           caplog):
-    from smart_tuner.runner import run_training
+    from smart_tuner.train.runner import run_training
 
     from .conftest import tiny_config
 

@@ -1,4 +1,4 @@
-"""Tests for smart_tuner.alignment (attention-alignment metrics)."""
+"""Tests for smart_tuner.tts.alignment (attention-alignment metrics)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from smart_tuner.alignment import (
+from smart_tuner.tts.alignment import (
     alignment_metrics,
     coverage,
     diagonality,

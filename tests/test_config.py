@@ -20,7 +20,7 @@ from smart_tuner.config import (
 
 
 def count_parameters(config: Config) -> int:
-    from smart_tuner.model import Tacotron2
+    from smart_tuner.tts.tacotron2 import Tacotron2
 
     model = Tacotron2(n_symbols=40, n_mels=80, cfg=config.model)
     return sum(p.numel() for p in model.parameters())

@@ -26,9 +26,9 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from smart_tuner.dashboard import (cmd_dashboard, cmd_mlflow_ui, mlflow_server_command, server_url,
+from smart_tuner.view.dashboard import (cmd_dashboard, cmd_mlflow_ui, mlflow_server_command, server_url,
                                    wait_for_http)
-from smart_tuner.study import StudyError
+from smart_tuner.study.workers import StudyError
 from tests.chromium import dump_dom
 
 STUDY = "dash-study"
@@ -262,7 +262,7 @@ def test_dashboard_missing_study_is_a_user_error(tmp_path):
     runs = {name: subprocess.Popen([sys.executable, "-m", "smart_tuner", "dashboard", *args, "--port", "1"],
                                    cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
-            for name, (args, _) in cases.items()}  # both at once: each imports torch through smart_tuner.study
+            for name, (args, _) in cases.items()}  # both at once: each imports torch through smart_tuner.study.workers
     for name, process in runs.items():
         stdout, stderr = process.communicate(timeout=120)
         assert process.returncode == 2, (name, stdout, stderr)
@@ -320,7 +320,7 @@ def test_mlflow_ui_remote_server_starts_nothing(capsys):
 
 
 def test_mlflow_ui_shows_runs_and_artifacts(tmp_path, monkeypatch):
-    from smart_tuner.tracking import ensure_experiment, make_client
+    from smart_tuner.watch.tracking import ensure_experiment, make_client
 
     monkeypatch.chdir(tmp_path)
     uri = "sqlite:///mlflow/mlflow.db"  # what default_tracking_uri() gives in this directory

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from smart_tuner.config import Config, DebugConfig
-from smart_tuner.debug import BUNDLE_FILES, DebugReporter, RunDirError, main_debug, summarize_run
+from smart_tuner.watch.debug import BUNDLE_FILES, DebugReporter, RunDirError, main_debug, summarize_run
 from smart_tuner.hooks import EvalStats, Event, RunInfo, StepStats, TrainResult
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smart_tuner.alignment import ideal_diagonal
+from smart_tuner.tts.alignment import ideal_diagonal
 from smart_tuner.config import build_config
-from smart_tuner.model import Output, Tacotron2, Tacotron2Loss, guided_attention_penalty
+from smart_tuner.tts.tacotron2 import Output, Tacotron2, Tacotron2Loss, guided_attention_penalty
 
 from .conftest import TINY_MODEL
 

@@ -15,9 +15,9 @@ import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from smart_tuner.previews import latest_preview
-from smart_tuner.report import build_report
-from smart_tuner.study import StudyOptions, optimize
+from smart_tuner.watch.previews import latest_preview
+from smart_tuner.view.report import build_report
+from smart_tuner.study.workers import StudyOptions, optimize
 
 from .chromium import dump_dom
 from .conftest import TINY_MODEL

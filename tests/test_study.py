@@ -11,8 +11,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from smart_tuner.search_space import load_objective, reference_params
-from smart_tuner.study import StudyOptions, best_config, optimize
+from smart_tuner.study.space import load_objective, reference_params
+from smart_tuner.study.workers import StudyOptions, best_config, optimize
 
 from .conftest import TINY_MODEL
 

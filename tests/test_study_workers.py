@@ -13,8 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from smart_tuner.search_space import load_objective
-from smart_tuner.study import StudyOptions, open_study
+from smart_tuner.study.space import load_objective
+from smart_tuner.study.workers import StudyOptions, open_study
 
 from .pg import postgres_url  # noqa: F401  (the fixture)
 from .test_study import objective_file

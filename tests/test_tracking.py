@@ -12,11 +12,11 @@ import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from smart_tuner import tracking
+from smart_tuner.watch import tracking
 from smart_tuner.hooks import EvalStats, Event, RunInfo, StepStats, TrainResult
 from smart_tuner.config import build_config
-from smart_tuner.previews import PreviewWriter
-from smart_tuner.tracking import MlflowReporter, end_study_run, ensure_experiment, start_study_run
+from smart_tuner.watch.previews import PreviewWriter
+from smart_tuner.watch.tracking import MlflowReporter, end_study_run, ensure_experiment, start_study_run
 from tests.conftest import tiny_config
 
 CONFIG = {"model": {"r": 4, "prenet_dims": [16, 16]}, "train": {"lr": 1e-3, "note": "x" * 7000},
@@ -255,7 +255,7 @@ def test_study_run_is_reused_until_ended(client, tmp_path):
 
 # ----------------------------------------------------------------------------------------------- training
 def test_real_training_reaches_mlflow(client, experiment, corpus_en, tmp_path, monkeypatch):
-    from smart_tuner.runner import run_training
+    from smart_tuner.train.runner import run_training
 
     torch.set_num_threads(1)
     config = tiny_config(corpus_en, tmp_path, train={"max_steps": 8, "eval_every": 4, "num_threads": 1})

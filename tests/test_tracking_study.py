@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from smart_tuner import cli
-from smart_tuner.tracking import MLFLOW_RUN_FILE
+from smart_tuner.watch.tracking import MLFLOW_RUN_FILE
 
 from .conftest import TINY_MODEL
 

@@ -6,7 +6,7 @@
 A weight below ``floor`` is first raised to ``floor`` when diagonality is low (multiplying zero does nothing),
 and is left alone when alignment is good. A weight already above a cap is never lowered by a boost rule.
 
-Defaults fit the per-decoder-step normalization of the guided-attention term (smart_tuner.model): a misaligned
+Defaults fit the per-decoder-step normalization of the guided-attention term (smart_tuner.tts.tacotron2): a misaligned
 batch scores about 0.5 and normalized mel losses are about 1, so a weight of 10 makes the term dominate the loss
 (low_cap) and 20 (critical_cap) is an emergency measure; beyond that the mel loss no longer steers training.
 With alignment formed the term is about 0.03, so a floor of 1 costs nothing and keeps the attention anchored.

@@ -18,8 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from .config import Config
-from .hooks import EvalStats, Hook, RunInfo, TrainResult
+from ..config import Config
+from ..hooks import EvalStats, Hook, RunInfo, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def latest_preview(run_dir: str | Path) -> tuple[int, dict[str, Path]] | None:
 
 def render_preview(stats: EvalStats, config: Config, out_dir: Path) -> dict[str, Path]:
     """Write the preview files of one evaluation into ``out_dir`` (atomically); returns what was written."""
-    from .data.audio import MelExtractor, griffin_lim, save_wav
+    from ..data.audio import MelExtractor, griffin_lim, save_wav
     from .plots import alignment_png, mel_png
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .alignment import length_mask
-from .config import LossConfig, ModelConfig
+from ..config import LossConfig, ModelConfig
 
 
 class Encoder(nn.Module):

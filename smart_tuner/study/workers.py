@@ -34,11 +34,11 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from .config import Config, ConfigError, build_config, flatten, merge, parse_set_overrides, redact_url
-from .hooks import Decision, EvalStats, Event, Hook, TrainResult
-from .paths import study_artifact_dir
-from .runner import run_training
-from .search_space import ObjectiveSpec, load_objective, make_pruner, params_to_overrides, reference_params, suggest
+from ..config import Config, ConfigError, build_config, flatten, merge, parse_set_overrides, redact_url
+from ..hooks import Decision, EvalStats, Event, Hook, TrainResult
+from ..paths import study_artifact_dir
+from ..train.runner import run_training
+from .space import ObjectiveSpec, load_objective, make_pruner, params_to_overrides, reference_params, suggest
 
 log = logging.getLogger(__name__)
 # Heartbeats and the retry callback are marked experimental in Optuna; they are what several workers rely on.
@@ -257,7 +257,7 @@ class Objective:
     def _upload_previews(self, trial: optuna.Trial, run_dir: Path) -> None:
         """The run's alignment images (and the last mel image and audio) into the study's artifact store, where
         optuna-dashboard shows them with the trial. Best effort: a full disk must not fail a finished trial."""
-        from .previews import list_previews
+        from ..watch.previews import list_previews
 
         previews = list_previews(run_dir)
         if not previews:
@@ -380,7 +380,7 @@ def optimize(options: StudyOptions, n_jobs: int = 1, gpus: list[str] | None = No
     if objective.tracker is not None:
         options.mlflow_parent = objective.tracker.parent_run_id  # the workers nest their trials under it
     # The corpus and its features are prepared once, before any worker starts.
-    from .data.dataset import prepare_data
+    from ..data.dataset import prepare_data
 
     prepare_data(build_config(objective.base))
     # Waiting trials (the enqueued reference, a re-queued killed trial) are among the trials run now.
@@ -410,7 +410,7 @@ def _tracker(options: StudyOptions, objective: Objective, study_name: str) -> An
     """The study's MLflow tracker, or None when the base config turns tracking off."""
     if not build_config(objective.base).tracking.enabled:
         return None
-    from .tracking import StudyTracker, open_tracking
+    from ..watch.tracking import StudyTracker, open_tracking
 
     client = open_tracking(options.tracking_uri)
     return StudyTracker(client, study_name, storage_url(study_name, options.storage), options.objective,

@@ -48,7 +48,7 @@ from typing import Any
 
 import optuna
 
-from .config import Config, ConfigError, build_config, config_keys, merge, read_yaml
+from ..config import Config, ConfigError, build_config, config_keys, merge, read_yaml
 
 SECTIONS = ("config", "search_space", "objective", "pruning")
 KINDS = ("float", "int", "categorical")

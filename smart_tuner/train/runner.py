@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .adapters import build_adapters
-from .alerts import TelegramReporter
-from .config import Config
-from .debug import DebugReporter
-from .hooks import Hook, TrainResult
-from .previews import PreviewWriter
+from ..adapters import build_adapters
+from ..watch.alerts import TelegramReporter
+from ..config import Config
+from ..watch.debug import DebugReporter
+from ..hooks import Hook, TrainResult
+from ..watch.previews import PreviewWriter
 from .trainer import Trainer
 
 

@@ -27,8 +27,8 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
-from .config import DebugConfig, yaml_load
-from .hooks import Event, EvalStats, Hook, RunInfo, StepStats, TrainResult, is_alarm
+from ..config import DebugConfig, yaml_load
+from ..hooks import Event, EvalStats, Hook, RunInfo, StepStats, TrainResult, is_alarm
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 :class:`MlflowReporter` is an ordinary :class:`~smart_tuner.hooks.Hook` that never returns decisions. It
 buffers per-step metrics and writes them with one background ``log_batch`` every ``log_every`` steps (one HTTP
 or SQL round trip per metric per step would cost more than a tiny model's step), logs evaluation metrics, uploads
-the previews the :class:`~smart_tuner.previews.PreviewWriter` rendered (alignment and mel PNGs, a Griffin-Lim
+the previews the :class:`~smart_tuner.watch.previews.PreviewWriter` rendered (alignment and mel PNGs, a Griffin-Lim
 WAV), counts the adapters' applied events as metric series, and at the end uploads the run's ``events.jsonl`` /
 ``metrics.jsonl`` and sets the run's final status. :class:`StudyTracker` holds a study's parent run and makes one
 reporter per trial; :func:`train_reporter` makes the reporter of a production run.
@@ -29,9 +29,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from .config import ConfigError, flatten, redact_url
-from .paths import MLFLOW_DIR, mlflow_artifact_root
-from .hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
+from ..config import ConfigError, flatten, redact_url
+from ..paths import MLFLOW_DIR, mlflow_artifact_root
+from ..hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
 from .previews import list_previews
 
 log = logging.getLogger(__name__)

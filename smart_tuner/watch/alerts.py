@@ -29,8 +29,8 @@ from typing import Any
 
 import requests
 
-from .config import Config, TelegramConfig
-from .hooks import EvalStats, Event, Hook, RunInfo, TrainResult
+from ..config import Config, TelegramConfig
+from ..hooks import EvalStats, Event, Hook, RunInfo, TrainResult
 from .plots import alignment_png
 
 log = logging.getLogger(__name__)

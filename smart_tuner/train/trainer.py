@@ -23,12 +23,12 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from .alignment import alignment_metrics, diagonality
-from .config import Config, from_dict, to_yaml
-from .data.dataset import Batch, BucketBatchSampler, Collate, MelStats, PreparedData, eval_batches, prepare_data
-from .data.text import SymbolTable
-from .hooks import CONTROLS, Decision, EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
-from .model import Tacotron2, Tacotron2Loss, count_parameters, decoder_steps
+from ..tts.alignment import alignment_metrics, diagonality
+from ..config import Config, from_dict, to_yaml
+from ..data.dataset import Batch, BucketBatchSampler, Collate, MelStats, PreparedData, eval_batches, prepare_data
+from ..data.text import SymbolTable
+from ..hooks import CONTROLS, Decision, EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
+from ..tts.tacotron2 import Tacotron2, Tacotron2Loss, count_parameters, decoder_steps
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import ConfigError, build_config, redact_url, to_yaml
-from .previews import latest_preview
+from ..config import ConfigError, build_config, redact_url, to_yaml
+from ..watch.previews import latest_preview
 
 IMPORTANCE_SEED = 0  # fANOVA and the random forest sample; a fixed seed gives the same report twice
 EMERGENCY_CONTROLS = ("skip_update", "rollback")  # an applied one means the trial ran into trouble
@@ -467,7 +467,7 @@ def build_report(study: optuna.Study, out: Path, storage: str | None = None) -> 
 
 
 def cmd_report(args: Any) -> int:
-    from .study import StudyOptions, open_study_readonly, storage_url
+    from ..study.workers import StudyOptions, open_study_readonly, storage_url
 
     study = open_study_readonly(StudyOptions(study=args.study, storage=args.storage))
     path = build_report(study, Path(args.out), storage=storage_url(args.study, args.storage))

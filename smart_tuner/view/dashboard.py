@@ -29,8 +29,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .config import redact_url
-from .paths import mlflow_artifact_root, sqlite_file, study_artifact_dir
+from ..config import redact_url
+from ..paths import mlflow_artifact_root, sqlite_file, study_artifact_dir
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,9 @@ ALL_INTERFACES = ("0.0.0.0", "::", "")
 
 # ----------------------------------------------------------------------------------------------- helpers
 def study_error(message: str) -> Exception:
-    """A :class:`smart_tuner.study.StudyError` (the CLI prints it as one ``error:`` line, exit code 2).
-    Imported on use: :mod:`smart_tuner.study` pulls in torch, which serving a ``--storage`` URL never needs."""
-    from .study import StudyError
+    """A :class:`smart_tuner.study.workers.StudyError` (the CLI prints it as one ``error:`` line, exit code 2).
+    Imported on use: :mod:`smart_tuner.study.workers` pulls in torch, which serving a ``--storage`` URL never needs."""
+    from ..study.workers import StudyError
 
     return StudyError(message)
 
@@ -88,7 +88,7 @@ def resolve_storage_url(study: str | None, storage: str | None) -> str:
     if storage:
         return storage
     if study:
-        from .study import storage_url
+        from ..study.workers import storage_url
 
         return storage_url(study, None)
     raise study_error("dashboard: name the study (--study NAME, storage sqlite:///studies/NAME.db) or its "
@@ -242,7 +242,7 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     """``mlflow-ui``: run ``mlflow server`` on the runs' tracking store until Ctrl-C; its exit code."""
-    from .tracking import default_tracking_uri
+    from ..watch.tracking import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
     if is_remote_tracking_uri(uri):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -77,6 +78,7 @@ class AudioConfig:
 
 @dataclass
 class ModelConfig:
+    family: str = "tacotron2"  # the model family (smart_tuner.tts); the sizes below are its hyperparameters
     embedding_dim: int = 512
     encoder_conv_layers: int = 3
     encoder_kernel: int = 5
@@ -427,12 +429,27 @@ def parse_set_overrides(items: list[str]) -> dict[str, Any]:
         parts = key.split(".")
         if len(parts) < 2 or not all(parts):
             raise ConfigError(f"--set {item!r}: keys look like section.name, e.g. train.lr or adapters.lr.patience")
-        node = nested
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is set both as a value and as a section")
-        node[parts[-1]] = value
+        try:
+            set_dotted(nested, key, value)
+        except ValueError as exc:
+            raise ConfigError(f"--set {item!r}: {exc}") from None
+    return nested
+
+
+def set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
+    """Set dotted ``key`` (``"train.lr"``) in a nested mapping, making the sections on the way."""
+    *parents, name = key.split(".")
+    for part in parents:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ValueError(f"{part!r} is set both as a value and as a section")
+    target[name] = value
+
+
+def nest(key: str, value: Any) -> dict[str, Any]:
+    """``("train.lr", 0.01)`` -> ``{"train": {"lr": 0.01}}``."""
+    nested: dict[str, Any] = {}
+    set_dotted(nested, key, value)
     return nested
 
 
@@ -507,6 +524,11 @@ def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
+
+
+def is_finite_number(value: Any) -> bool:
+    """A real int or float that is finite; ``True``/``False`` are not numbers here (YAML and JSON tell them apart)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def redact_url(url: str) -> str:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-# Controls a decision may name. "lr" and "ga_weight" carry a value; the others are actions:
+# Controls a decision may name besides the steerable loss weights of the model family (``ga_weight`` for
+# Tacotron 2, see smart_tuner.tts): "lr" carries a value like a weight does; the others are actions:
 # skip_update (do not apply this step's gradients), rollback (restore the last healthy model and optimizer
 # state), stop (end the run as stopped).
-CONTROLS = ("lr", "ga_weight", "skip_update", "rollback", "stop")
+CONTROLS = ("lr", "skip_update", "rollback", "stop")
 
 
 @dataclass
@@ -25,18 +26,22 @@ class StepStats:
 
     step: int  # 1-based index of this update
     epoch: int
-    loss: float
-    mel: float
-    postnet: float
-    gate: float
-    ga: float  # unweighted guided-attention term
+    loss: float  # the weighted total that was back-propagated
+    losses: dict[str, float]  # the model family's named terms, unweighted (Tacotron 2: mel, postnet, gate, ga)
     grad_norm: float  # total gradient norm before clipping
     lr: float
-    ga_weight: float
+    loss_weights: dict[str, float]  # the steerable loss weights in force (Tacotron 2: ga_weight)
     finite: bool  # loss and gradient norm are finite
     step_time: float  # seconds of the forward/backward just done
     diagonality: float = float("nan")  # of this training batch's (teacher-forced) attention
     module_grad_norms: dict[str, float] = field(default_factory=dict)  # per top-level module, before clipping
+
+    def scalars(self) -> dict[str, float]:
+        """Every number of the step, flat: loss, each loss term, grad_norm, lr, each loss weight, diagonality,
+        step_time, and ``grad_norm.<module>`` per top-level module."""
+        return {"loss": self.loss, **self.losses, "grad_norm": self.grad_norm, "lr": self.lr, **self.loss_weights,
+                "diagonality": self.diagonality, "step_time": self.step_time,
+                **{f"grad_norm.{k}": v for k, v in self.module_grad_norms.items()}}
 
 
 @dataclass
@@ -44,11 +49,8 @@ class EvalStats:
     """One evaluation on the validation set: teacher-forced losses and alignment, free-running alignment."""
 
     step: int
-    val_loss: float  # mel + postnet + gate: the reconstruction objective, independent of ga_weight
-    val_mel: float
-    val_postnet: float
-    val_gate: float
-    val_ga: float
+    val_loss: float  # the family's reconstruction terms summed (Tacotron 2: mel + postnet + gate), weight-free
+    val_losses: dict[str, float]  # every named term, unweighted; flat as ``val_<name>``
     diagonality: float
     focus: float
     monotonicity: float
@@ -59,27 +61,40 @@ class EvalStats:
     infer_coverage: float
     infer_stop_rate: float  # share of free-running sentences whose stop gate fired before max steps
     lr: float
-    ga_weight: float
+    loss_weights: dict[str, float]
     train_loss: float  # mean training loss since the previous evaluation
     elapsed: float  # seconds of training so far (evaluations excluded)
+    # The preview payload, never written to metrics.jsonl:
     alignment: Any = field(default=None, repr=False)  # (D, N) CPU tensor of one validation sentence
-    # Denormalized log-mels (n_mels, frames), CPU: "target" and "teacher_forced" (postnet output) of the sentence
-    # of ``alignment``; "free_running" of the first free-running sentence, cut at its stop. For previews.
+    # Denormalized log-mels (n_mels, frames), CPU: "target" and "teacher_forced" (the final prediction) of the
+    # sentence of ``alignment``; "free_running" of the first free-running sentence, cut at its stop.
     mels: dict[str, Any] | None = field(default=None, repr=False)
 
+    # What a one-line summary of an evaluation shows (study attributes, alerts, progress).
+    SUMMARY: ClassVar[tuple[str, ...]] = ("val_loss", "diagonality", "infer_diagonality", "focus")
+
+    def metrics(self) -> dict[str, float]:
+        """Every measured number, flat, named as in metrics.jsonl: val_loss, ``val_<term>``, the teacher-forced
+        and free-running alignment metrics, train_loss, elapsed."""
+        return {"val_loss": self.val_loss, **{f"val_{k}": v for k, v in self.val_losses.items()},
+                "diagonality": self.diagonality, "focus": self.focus, "monotonicity": self.monotonicity,
+                "coverage": self.coverage, "infer_diagonality": self.infer_diagonality,
+                "infer_focus": self.infer_focus, "infer_monotonicity": self.infer_monotonicity,
+                "infer_coverage": self.infer_coverage, "infer_stop_rate": self.infer_stop_rate,
+                "train_loss": self.train_loss, "elapsed": self.elapsed}
+
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("alignment")
-        data.pop("mels")
-        return data
+        """The metrics.jsonl record: the step, the measurements and the controls in force."""
+        return {"step": self.step, **self.metrics(), "lr": self.lr, **self.loss_weights}
 
 
 @dataclass
 class Decision:
-    control: str  # one of CONTROLS
+    control: str  # one of CONTROLS or a steerable loss weight
     value: float | None
     reason: str
     trigger: float | None = None  # the statistic that caused it (a loss, a gradient norm, a diagonality)
+    alarm: bool = False  # the run is in trouble (an emergency): debug bundles and alerts react when applied
 
 
 @dataclass
@@ -92,19 +107,15 @@ class Event:
     reason: str
     trigger: float | None
     applied: bool  # False when a higher-priority request for the same control won
+    alarm: bool = False  # as the decision said
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
     def is_alarm(self) -> bool:
-        return is_alarm(self.control, self.reason, self.applied)
-
-
-def is_alarm(control: str, reason: str, applied: bool) -> bool:
-    """An applied emergency, skipped update or rollback: what debug bundles and alerts react to.
-    By convention an emergency decision's reason starts with "emergency"."""
-    return applied and (control in ("skip_update", "rollback") or reason.startswith("emergency"))
+        """An applied emergency (an emergency that lost to another request changed nothing)."""
+        return self.applied and self.alarm
 
 
 @dataclass

@@ -1,4 +1,9 @@
-"""Default places, in one module: where a study's artifacts and an MLflow store's artifacts live.
+"""Default places, in one module: the data directory, the default stores, and where their artifacts live.
+
+The environment is read here and nowhere else: ``SMART_TUNER_DATA`` (where the demo corpus is built, default
+``data``) and ``MLFLOW_TRACKING_URI`` (the MLflow store, default ``sqlite:///mlflow/mlflow.db``). Computing a default
+never creates anything: directories are made by the code that writes files into them
+(:func:`make_sqlite_dir` when a database is opened for writing).
 
 The rule is "next to the database file": a SQLite study ``sqlite:///x/s.db`` keeps its Optuna artifacts (the trials'
 preview images and audio) in ``x/artifacts``, so the defaults (``studies/<study>.db``, ``mlflow/mlflow.db``) give
@@ -10,10 +15,30 @@ own artifact root). Paths are resolved when a store is created, so a later worki
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 STUDIES_DIR = Path("studies")
 MLFLOW_DIR = Path("mlflow")
+DATA_ENV = "SMART_TUNER_DATA"
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+
+
+def demo_corpus_dir(lang: str, size: int) -> Path:
+    """Where the demo corpus of a language and size lives unless told otherwise: ``$SMART_TUNER_DATA`` or ./data."""
+    return Path(os.environ.get(DATA_ENV) or "data") / f"demo-{lang}-{size}"
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` when set, else the project's local SQLite store."""
+    return os.environ.get(TRACKING_ENV) or f"sqlite:///{MLFLOW_DIR.as_posix()}/mlflow.db"
+
+
+def make_sqlite_dir(url: str) -> None:
+    """Create the directory of a SQLite database file, before the database is opened for writing."""
+    database = sqlite_file(url)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
 
 
 def sqlite_file(url: str) -> Path | None:

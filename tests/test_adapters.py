@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from smart_tuner.train import checkpoint as ckpt
+from smart_tuner.tts import checkpoint as ckpt
 from smart_tuner.adapters import (GradientHealthAdapter, GuidedAttentionAdapter, LearningRateAdapter,
                                   build_adapters)
 from smart_tuner.config import GaAdapterConfig, GradAdapterConfig, LrAdapterConfig, build_config
@@ -17,20 +17,16 @@ from smart_tuner.hooks import EvalStats, Event, Hook, StepStats
 from smart_tuner.train.trainer import Trainer
 
 from .conftest import tiny_config
+from .stats import eval_stats, step_stats
 
 
 def step(n=1, loss=1.0, grad_norm=1.0, lr=1e-3, ga_weight=2.0):
-    return StepStats(step=n, epoch=0, loss=loss, mel=0.4, postnet=0.4, gate=0.1, ga=0.05, grad_norm=grad_norm,
-                     lr=lr, ga_weight=ga_weight, finite=math.isfinite(loss) and math.isfinite(grad_norm),
-                     step_time=0.1)
+    return step_stats(n, loss=loss, grad_norm=grad_norm, lr=lr, ga_weight=ga_weight)
 
 
 def evaluation(n=1, val_loss=1.0, diagonality=0.5, ga_weight=2.0, infer_diagonality=0.5):
-    return EvalStats(step=n, val_loss=val_loss, val_mel=0.4, val_postnet=0.4, val_gate=0.2, val_ga=0.1,
-                     diagonality=diagonality, focus=0.3, monotonicity=0.9, coverage=0.9,
-                     infer_diagonality=infer_diagonality, infer_focus=0.3, infer_monotonicity=0.9,
-                     infer_coverage=0.9, infer_stop_rate=1.0, lr=1e-3, ga_weight=ga_weight, train_loss=1.0,
-                     elapsed=1.0)
+    return eval_stats(n, val_loss=val_loss, diagonality=diagonality, ga_weight=ga_weight,
+                      infer_diagonality=infer_diagonality)
 
 
 def controls(decisions):
@@ -313,6 +309,8 @@ def test_the_ga_adapter_weight_reaches_the_loss(corpus_en, tmp_path):
     changes = [e for e in read_events(tmp_path / "run") if e["control"] == "ga_weight"]
     assert changes and changes[0]["step"] == 4 and changes[0]["new"] > changes[0]["old"]  # untrained: low diag
     after = [s for s in log.steps if s.step > 4]
-    assert all(s.ga_weight == changes[0]["new"] for s in after)
+    assert all(s.loss_weights["ga_weight"] == changes[0]["new"] for s in after)
     for s in after:
-        assert s.loss == pytest.approx(s.mel + s.postnet + s.gate + changes[0]["new"] * s.ga, rel=1e-5)
+        terms = s.losses
+        assert s.loss == pytest.approx(terms["mel"] + terms["postnet"] + terms["gate"] + changes[0]["new"] * terms["ga"],
+                                       rel=1e-5)

@@ -19,6 +19,8 @@ from smart_tuner.watch.alerts import (DEFAULT_API_URL, TelegramClient, TelegramR
                                 resolve_settings)
 from smart_tuner.config import Config, TelegramConfig
 from smart_tuner.hooks import EvalStats, Event, RunInfo, TrainResult
+
+from .stats import eval_stats as make_eval_stats
 from smart_tuner.watch.plots import alignment_png
 
 pytestmark = pytest.mark.timeout(60)  # a send that blocks would otherwise hang the suite
@@ -357,16 +359,16 @@ class FakeClock:
 
 
 def eval_stats(step: int, **overrides) -> EvalStats:
-    values = dict(step=step, val_loss=0.5, val_mel=0.2, val_postnet=0.2, val_gate=0.1, val_ga=0.05,
+    values = dict(val_loss=0.5, val_mel=0.2, val_postnet=0.2, val_gate=0.1, val_ga=0.05,
                   diagonality=0.81, focus=0.44, monotonicity=0.9, coverage=0.95, infer_diagonality=0.62,
-                  infer_focus=0.3, infer_monotonicity=0.8, infer_coverage=0.9, infer_stop_rate=0.5, lr=1e-3,
-                  ga_weight=2.0, train_loss=0.6, elapsed=12.0, alignment=torch.rand(40, 15))
+                  infer_focus=0.3, infer_monotonicity=0.8, infer_coverage=0.9, infer_stop_rate=0.5,
+                  train_loss=0.6, elapsed=12.0, alignment=torch.rand(40, 15))
     values.update(overrides)
-    return EvalStats(**values)
+    return make_eval_stats(step, **values)
 
 
 def alarm(step: int, control: str = "rollback") -> Event:
-    return Event(step, "trainer", control, None, None, "emergency: loss is nan", float("nan"), True)
+    return Event(step, "trainer", control, None, None, "emergency: loss is nan", float("nan"), True, alarm=True)
 
 
 @pytest.fixture
@@ -394,10 +396,10 @@ def test_reporter_run_started(bot, reporter):
 
 def test_reporter_alarm_is_a_critical_alert_with_the_last_alignment(bot, reporter):
     reporter.on_event(Event(5, "lr", "lr", 1e-3, 5e-4, "plateau", 0.5, True))  # not an alarm
-    reporter.on_event(Event(6, "lr", "skip_update", None, None, "emergency: gradient", 1e9, False))  # lost
+    reporter.on_event(Event(6, "lr", "skip_update", None, None, "emergency: gradient", 1e9, False, True))  # lost
     assert len(sent(bot, reporter.client)) == 1  # only the run-started message
 
-    reporter.on_event(Event(8, "lr", "lr", 1e-3, 1e-4, "emergency: gradient norm 5e+03", 5000.0, True))
+    reporter.on_event(Event(8, "lr", "lr", 1e-3, 1e-4, "emergency: gradient norm 5e+03", 5000.0, True, True))
     requests = sent(bot, reporter.client)
     assert [r["path"].rsplit("/", 1)[1] for r in requests] == ["sendMessage", "sendMessage"]  # no alignment yet
     lines = requests[1]["json"]["text"].splitlines()

@@ -10,31 +10,37 @@ import torch
 
 from smart_tuner.config import Config, DebugConfig
 from smart_tuner.watch.debug import BUNDLE_FILES, DebugReporter, RunDirError, main_debug, summarize_run
-from smart_tuner.hooks import EvalStats, Event, RunInfo, StepStats, TrainResult
+from smart_tuner.hooks import Event, RunInfo, TrainResult
+
+from .stats import eval_stats as make_eval_stats
+from .stats import step_stats as make_step_stats
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def step_stats(step, **changes):
-    values = dict(step=step, epoch=step // 10, loss=1.0 / step, mel=0.5, postnet=0.4, gate=0.1, ga=0.2,
-                  grad_norm=2.0 + step, lr=1e-3, ga_weight=2.0, finite=True, step_time=0.01,
-                  diagonality=0.5, module_grad_norms={"encoder": 1.0, "decoder": 1.5, "postnet": 0.5})
+    values = dict(epoch=step // 10, loss=1.0 / step, mel=0.5, postnet=0.4, gate=0.1, ga=0.2, grad_norm=2.0 + step,
+                  finite=True, step_time=0.01, diagonality=0.5,
+                  module_grad_norms={"encoder": 1.0, "decoder": 1.5, "postnet": 0.5})
     values.update(changes)
-    return StepStats(**values)
+    return make_step_stats(step, **values)
 
 
 def eval_stats(step, diagonality=0.9, val_loss=1.0, alignment=None, **changes):
-    values = dict(step=step, val_loss=val_loss, val_mel=0.5, val_postnet=0.4, val_gate=0.1, val_ga=0.2,
+    values = dict(val_loss=val_loss, val_mel=0.5, val_postnet=0.4, val_gate=0.1, val_ga=0.2,
                   diagonality=diagonality, focus=0.6, monotonicity=0.95, coverage=0.9,
                   infer_diagonality=diagonality - 0.1, infer_focus=0.5, infer_monotonicity=0.9, infer_coverage=0.8,
-                  infer_stop_rate=1.0, lr=1e-3, ga_weight=2.0, train_loss=1.1, elapsed=10.0, alignment=alignment)
+                  infer_stop_rate=1.0, train_loss=1.1, elapsed=10.0, alignment=alignment)
     values.update(changes)
-    return EvalStats(**values)
+    return make_eval_stats(step, **values)
 
 
 def event(step, control="lr", reason="emergency: loss is nan", applied=True, source="lr_adapter", old=1e-3,
-          new=1e-4):
-    return Event(step, source, control, old, new, reason, float("nan"), applied)
+          new=1e-4, alarm=None):
+    """An event; an alarm unless told otherwise when its reason says emergency or it skips or rolls back."""
+    if alarm is None:
+        alarm = reason.startswith("emergency") or control in ("skip_update", "rollback")
+    return Event(step, source, control, old, new, reason, float("nan"), applied, alarm)
 
 
 def secret_config():
@@ -63,8 +69,10 @@ def test_ring_buffer_keeps_the_last_steps_in_order_as_plain_values(tmp_path):
     entry = reporter.buffer[-1]
     assert entry["loss"] == pytest.approx(1 / 12) and entry["grad_norm"] == 14.0
     assert entry["module_grad_norms"] == {"encoder": 1.0, "decoder": 1.5, "postnet": 0.5}
-    assert set(entry) == {"step", "epoch", "loss", "mel", "postnet", "gate", "ga", "grad_norm", "module_grad_norms",
-                          "lr", "ga_weight", "diagonality", "finite", "step_time"}
+    assert set(entry) == {"step", "epoch", "loss", "losses", "grad_norm", "module_grad_norms", "lr", "loss_weights",
+                          "diagonality", "finite", "step_time"}
+    assert entry["losses"] == {"mel": 0.5, "postnet": 0.4, "gate": 0.1, "ga": 0.2}
+    assert entry["loss_weights"] == {"ga_weight": 2.0}
     assert json.loads(json.dumps(list(reporter.buffer))) == list(reporter.buffer)
 
 

@@ -8,7 +8,8 @@ import pytest
 import soundfile as sf
 
 from smart_tuner.data import demo
-from smart_tuner.data.demo import build_demo_corpus, default_demo_dir, generate_sentences
+from smart_tuner.data.demo import build_demo_corpus, generate_sentences
+from smart_tuner.paths import demo_corpus_dir
 from smart_tuner.data.espeak import EspeakError, EspeakSynthesizer
 
 CYRILLIC = re.compile(r"[А-Яа-яЁё]")
@@ -102,7 +103,7 @@ def test_second_call_reuses_corpus(tmp_path, monkeypatch):
 
 def test_default_dir_is_used_and_follows_env(tmp_path, monkeypatch):
     monkeypatch.setenv("SMART_TUNER_DATA", str(tmp_path / "store"))
-    assert default_demo_dir("ru", 8) == tmp_path / "store" / "demo-ru-8"
+    assert demo_corpus_dir("ru", 8) == tmp_path / "store" / "demo-ru-8"
     assert build_demo_corpus(lang="ru", size=8) == tmp_path / "store" / "demo-ru-8"
     assert (tmp_path / "store" / "demo-ru-8" / "metadata.csv").is_file()
 

@@ -9,6 +9,8 @@ import torch
 
 from smart_tuner.config import build_config
 from smart_tuner.hooks import EvalStats, RunInfo, TrainResult
+
+from .stats import eval_stats
 from smart_tuner.watch.previews import PreviewWriter, is_thinned_in, latest_preview, list_previews
 
 CONFIG = build_config({})  # 22050 Hz, hop 256, n_fft 1024, 80 mel bins
@@ -17,11 +19,7 @@ CONFIG = build_config({})  # 22050 Hz, hop 256, n_fft 1024, 80 mel bins
 def stats(step: int, free_frames: int = 40, alignment=True) -> EvalStats:
     mels = {"target": torch.randn(80, 50) - 4, "teacher_forced": torch.randn(80, 50) - 4,
             "free_running": torch.randn(80, free_frames) - 4}
-    return EvalStats(step=step, val_loss=1.0, val_mel=0.4, val_postnet=0.3, val_gate=0.2, val_ga=0.1,
-                     diagonality=0.6, focus=0.5, monotonicity=0.9, coverage=0.8, infer_diagonality=0.4,
-                     infer_focus=0.3, infer_monotonicity=0.7, infer_coverage=0.6, infer_stop_rate=1.0, lr=1e-3,
-                     ga_weight=2.0, train_loss=1.2, elapsed=3.0,
-                     alignment=torch.rand(12, 7) if alignment else None, mels=mels)
+    return eval_stats(step, alignment=torch.rand(12, 7) if alignment else None, mels=mels)
 
 
 def run(writer: PreviewWriter, run_dir: Path, evaluations: list[EvalStats]) -> None:

@@ -12,8 +12,12 @@ import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from smart_tuner import paths
 from smart_tuner.watch import tracking
 from smart_tuner.hooks import EvalStats, Event, RunInfo, StepStats, TrainResult
+
+from .stats import eval_stats as make_eval_stats
+from .stats import step_stats as make_step_stats
 from smart_tuner.config import build_config
 from smart_tuner.watch.previews import PreviewWriter
 from smart_tuner.watch.tracking import MlflowReporter, end_study_run, ensure_experiment, start_study_run
@@ -55,15 +59,15 @@ class Spy:
 
 
 def step_stats(step: int, loss: float = 1.0) -> StepStats:
-    return StepStats(step=step, epoch=0, loss=loss, mel=0.4, postnet=0.3, gate=0.2, ga=0.1, grad_norm=2.0,
-                     lr=1e-3, ga_weight=5.0, finite=True, step_time=0.01, diagonality=0.5)
+    return make_step_stats(step, loss=loss, postnet=0.3, gate=0.2, ga=0.1, grad_norm=2.0, ga_weight=5.0,
+                           step_time=0.01, diagonality=0.5)
 
 
 def eval_stats(step: int) -> EvalStats:
-    return EvalStats(step=step, val_loss=1.0 / step, val_mel=0.4, val_postnet=0.3, val_gate=0.2, val_ga=0.1,
+    return make_eval_stats(step, val_loss=1.0 / step, val_postnet=0.3, val_gate=0.2, val_ga=0.1,
                      diagonality=0.6, focus=0.5, monotonicity=0.9, coverage=0.8, infer_diagonality=0.4,
                      infer_focus=0.3, infer_monotonicity=0.7, infer_coverage=0.6, infer_stop_rate=float("nan"),
-                     lr=1e-3, ga_weight=5.0, train_loss=1.2, elapsed=3.0, alignment=torch.rand(12, 7),
+                     ga_weight=5.0, train_loss=1.2, elapsed=3.0, alignment=torch.rand(12, 7),
                      mels={"target": torch.randn(80, 30) - 4, "teacher_forced": torch.randn(80, 30) - 4,
                            "free_running": torch.randn(80, 24) - 4})
 
@@ -84,13 +88,15 @@ def artifacts(client, run_id, path):
 # ----------------------------------------------------------------------------------------------- store
 def test_default_tracking_uri(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracker:5000")
-    assert tracking.default_tracking_uri() == "http://tracker:5000"
+    assert paths.default_tracking_uri() == "http://tracker:5000"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.chdir(tmp_path)
-    assert tracking.default_tracking_uri() == "sqlite:///mlflow/mlflow.db"
-    assert (tmp_path / "mlflow" / "artifacts").is_dir()
+    assert paths.default_tracking_uri() == "sqlite:///mlflow/mlflow.db"
     assert tracking.default_artifact_location("sqlite:///mlflow/mlflow.db") == (
         tmp_path / "mlflow" / "artifacts").resolve().as_uri()
+    assert not (tmp_path / "mlflow").exists()  # computing a default creates nothing
+    tracking.open_tracking(None)  # opening the store for writing makes the database's directory
+    assert (tmp_path / "mlflow" / "mlflow.db").is_file()
     elsewhere = tmp_path / "other" / "store.db"
     assert tracking.default_artifact_location(f"sqlite:///{elsewhere}") == (
         tmp_path / "other" / "artifacts").as_uri()  # next to the database, whatever the working directory
@@ -116,7 +122,7 @@ def test_reporter_logs_a_full_run(client, experiment, tmp_path, monkeypatch):
     previews = PreviewWriter(build_config({}))  # renders; the reporter uploads what it rendered
     reporter = MlflowReporter(client, experiment, parent_run_id=parent, run_name="trial-0001",
                               tags={"trial": "1"}, params={"trial_number": 1}, log_every=5,
-                              objective_fn=lambda s: s.val_postnet + 2.0 * (1.0 - s.diagonality))
+                              objective_fn=lambda s: s.val_losses["postnet"] + 2.0 * (1.0 - s.diagonality))
     spy = Spy(client, monkeypatch)
     hooks = [previews, reporter]
     for hook in hooks:

@@ -6,9 +6,10 @@
 A weight below ``floor`` is first raised to ``floor`` when diagonality is low (multiplying zero does nothing),
 and is left alone when alignment is good. A weight already above a cap is never lowered by a boost rule.
 
-Defaults fit the per-decoder-step normalization of the guided-attention term (smart_tuner.tts.tacotron2): a misaligned
-batch scores about 0.5 and normalized mel losses are about 1, so a weight of 10 makes the term dominate the loss
-(low_cap) and 20 (critical_cap) is an emergency measure; beyond that the mel loss no longer steers training.
+Defaults fit the per-decoder-step normalization of the guided-attention term (smart_tuner.tts.tacotron2): a
+misaligned batch scores about 0.5 and normalized mel losses are about 1, so a weight of 10 makes the term dominate
+the loss (low_cap) and 20 (critical_cap) is an emergency measure; beyond that the mel loss no longer steers
+training.
 With alignment formed the term is about 0.03, so a floor of 1 costs nothing and keeps the attention anchored.
 """
 
@@ -19,6 +20,8 @@ import math
 from ..config import GaAdapterConfig
 from ..hooks import Decision, EvalStats
 from .base import Adapter
+
+CONTROL = "ga_weight"  # the loss weight this adapter steers, as a model family names it (smart_tuner.tts)
 
 
 class GuidedAttentionAdapter(Adapter):
@@ -46,8 +49,10 @@ class GuidedAttentionAdapter(Adapter):
         return weight, ""
 
     def on_eval(self, stats: EvalStats) -> list[Decision]:
+        if CONTROL not in stats.loss_weights:  # a model family without guided attention
+            return []
         diagonality = getattr(stats, self.cfg.metric)
-        weight, reason = self.new_weight(stats.ga_weight, diagonality)
-        if weight != stats.ga_weight:
-            return [Decision("ga_weight", weight, reason, diagonality)]
+        weight, reason = self.new_weight(stats.loss_weights[CONTROL], diagonality)
+        if weight != stats.loss_weights[CONTROL]:
+            return [Decision(CONTROL, weight, reason, diagonality)]
         return []

@@ -34,5 +34,6 @@ class GradientHealthAdapter(Adapter):
         if self.vanished_steps >= self.cfg.vanish_patience:
             self.vanished_steps = 0
             return [Decision("rollback", None, f"emergency: gradient norm below {self.cfg.vanish_eps:g} for "
-                             f"{self.cfg.vanish_patience} steps (vanishing gradients)", stats.grad_norm)]
+                             f"{self.cfg.vanish_patience} steps (vanishing gradients)", stats.grad_norm,
+                             alarm=True)]
         return []

@@ -76,12 +76,12 @@ class LearningRateAdapter(Adapter):
             self.consecutive_emergencies += 1
             before = self.lr
             self._cut()
-            decisions = [Decision("skip_update", None, reason, trigger)]
+            decisions = [Decision("skip_update", None, reason, trigger, alarm=True)]
             if _lower(self.lr, before):
-                decisions.append(Decision("lr", self.lr, reason, trigger))
+                decisions.append(Decision("lr", self.lr, reason, trigger, alarm=True))
             if self.consecutive_emergencies >= self.cfg.max_emergencies:
                 decisions.append(Decision("rollback", None, f"emergency: {self.consecutive_emergencies} "
-                                          "consecutive emergencies", trigger))
+                                          "consecutive emergencies", trigger, alarm=True))
                 self.consecutive_emergencies = 0
             return decisions
         self.consecutive_emergencies = 0
@@ -90,7 +90,8 @@ class LearningRateAdapter(Adapter):
             before = self.lr
             self._cut()
             if _lower(self.lr, before):
-                return [Decision("lr", self.lr, "emergency: rolled back, rate cut before recovery", None)]
+                return [Decision("lr", self.lr, "emergency: rolled back, rate cut before recovery", None,
+                                 alarm=True)]
         if self.scale < 1.0:
             self.healthy_steps += 1
             if self.healthy_steps >= self.cfg.recovery_steps:

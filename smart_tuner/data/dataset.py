@@ -11,10 +11,8 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import re
-import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -23,6 +21,8 @@ import numpy as np
 import torch
 
 from ..config import Config
+from ..files import write_atomic
+from ..paths import demo_corpus_dir
 from .audio import LOG_MEL_FLOOR, AudioError, MelExtractor, load_wav, trim_silence
 from .corpus import BadLine, Corpus, CorpusError, read_corpus, write_report
 from .text import SymbolTable
@@ -95,19 +95,14 @@ class FeatureCache:
         if wav.size <= self.audio.n_fft // 2:
             raise AudioError(f"{wav_path}: too short after trimming silence ({wav.size} samples)")
         mel = self.extractor(wav).numpy().astype(np.float32)
-        # A unique temporary name: several processes (parallel trials) may fill one cache at once.
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp.npy")
-        np.save(tmp, mel)
-        os.replace(tmp, path)
+        write_atomic(path, lambda handle: np.save(handle, mel))  # several processes may fill one cache at once
         self.manifest[uid] = stamp
         self.dirty = True
         return mel
 
     def save(self) -> None:
         if self.dirty:
-            tmp = self.manifest_path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.manifest))
-            os.replace(tmp, self.manifest_path)
+            write_atomic(self.manifest_path, json.dumps(self.manifest))
             self.dirty = False
 
 
@@ -210,9 +205,9 @@ def resolve_corpus_dir(config: Config) -> Path:
     """The configured corpus, or the demo corpus (built on first use)."""
     if config.data.corpus:
         return Path(config.data.corpus)
-    from .demo import build_demo_corpus, default_demo_dir
+    from .demo import build_demo_corpus
 
-    out = default_demo_dir(config.data.demo_lang, config.data.demo_size)
+    out = demo_corpus_dir(config.data.demo_lang, config.data.demo_size)
     if not (out / "metadata.csv").is_file():
         log.info("building the demo corpus in %s (once)", out)
     return build_demo_corpus(out, lang=config.data.demo_lang, size=config.data.demo_size)

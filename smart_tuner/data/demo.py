@@ -19,14 +19,14 @@ from typing import Callable
 import numpy as np
 import soundfile as sf
 
-from smart_tuner.data.espeak import EspeakSynthesizer
+from ..paths import demo_corpus_dir
+from .espeak import EspeakSynthesizer
 
 __all__ = [
     "GENERATOR_VERSION",
     "SAMPLE_RATE",
     "SUPPORTED_LANGS",
     "build_demo_corpus",
-    "default_demo_dir",
     "generate_sentences",
 ]
 
@@ -243,11 +243,6 @@ def generate_sentences(lang: str = "en", size: int = 400, seed: int = 1234) -> l
     raise ValueError(f"cannot generate {size} distinct {lang!r} sentences")
 
 
-def default_demo_dir(lang: str, size: int) -> Path:
-    """Where the demo corpus lives unless told otherwise: $SMART_TUNER_DATA or ./data."""
-    return Path(os.environ.get("SMART_TUNER_DATA", "data")) / f"demo-{lang}-{size}"
-
-
 def _read_manifest(path: Path) -> dict | None:
     """The corpus.json of a demo corpus, or None if `path` does not hold one."""
     try:
@@ -309,7 +304,7 @@ def build_demo_corpus(
     """
     _check_lang(lang)
     sentences = generate_sentences(lang, size, seed)  # also validates size
-    out_dir = Path(out_dir) if out_dir is not None else default_demo_dir(lang, size)
+    out_dir = Path(out_dir) if out_dir is not None else demo_corpus_dir(lang, size)
     wanted = {"generator": _GENERATOR_NAME, "generator_version": GENERATOR_VERSION,
               "lang": lang, "size": size, "seed": seed, "sample_rate": SAMPLE_RATE}
 

@@ -4,7 +4,9 @@
     every eval_every steps: validation (teacher-forced + free-running) -> hooks decide -> metrics.jsonl
     -> checkpoint (atomic)
 
-The trainer is the only writer of the learning rate and the guided-attention weight; hooks ask with
+The model comes from its family (smart_tuner.tts): the trainer asks it for the network, a training forward
+(named losses, their weighted total, alignments) and free-running decoding, and never names a loss or a layer.
+The trainer is the only writer of the learning rate and of the family's steerable loss weights; hooks ask with
 :class:`~smart_tuner.hooks.Decision` objects and every request becomes an event in ``events.jsonl``.
 """
 
@@ -22,13 +24,14 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from . import checkpoint as ckpt
-from ..tts.alignment import alignment_metrics, diagonality
-from ..config import Config, from_dict, to_yaml
+from ..config import Config, to_yaml
 from ..data.dataset import Batch, BucketBatchSampler, Collate, MelStats, PreparedData, eval_batches, prepare_data
 from ..data.text import SymbolTable
+from ..files import write_atomic
 from ..hooks import CONTROLS, Decision, EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
-from ..tts.tacotron2 import Tacotron2, Tacotron2Loss, count_parameters, decoder_steps
+from ..tts import build_family, count_parameters
+from ..tts import checkpoint as ckpt
+from ..tts.alignment import METRICS, alignment_metrics, diagonality
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +73,11 @@ class Trainer:
         self.data = data or prepare_data(config, self.run_dir)
         self.symbols: SymbolTable = self.data.symbols
         self.stats: MelStats = self.data.stats
-        self.model = Tacotron2(len(self.symbols), config.audio.n_mels, config.model).to(self.device)
-        self.criterion = Tacotron2Loss(config.loss, config.model.r).to(self.device)
+        self.family = build_family(config)
+        self.model = self.family.build(len(self.symbols)).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                            weight_decay=cfg.weight_decay)
-        self.collate = Collate(self.symbols.pad_id, self.stats.pad_value, config.model.r)
+        self.collate = Collate(self.symbols.pad_id, self.stats.pad_value, self.family.frames_multiple)
         self.sampler = BucketBatchSampler(self.data.train.frames, cfg.batch_size, cfg.seed)
         # Gradient norms are reported per top-level module (encoder, decoder, postnet).
         self.module_params = {name: list(module.parameters()) for name, module in self.model.named_children()}
@@ -82,7 +85,8 @@ class Trainer:
 
         # The controls the trainer alone writes, and the loop position.
         self.lr = cfg.lr
-        self.ga_weight = config.loss.ga_weight
+        self.loss_weights = self.family.loss_weights()
+        self.controls = CONTROLS + tuple(self.loss_weights)
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -107,7 +111,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "controls": {"lr": self.lr, "ga_weight": self.ga_weight},
+            "controls": {"lr": self.lr, **self.loss_weights},
             "best_val_loss": self.best_val_loss,
             "elapsed": self.elapsed,
             "rollbacks": self.rollbacks,
@@ -126,7 +130,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.lr, self.ga_weight = state["controls"]["lr"], state["controls"]["ga_weight"]
+        self.lr = state["controls"]["lr"]
+        self.loss_weights.update((k, v) for k, v in state["controls"].items() if k in self.loss_weights)
         self.best_val_loss, self.elapsed, self.rollbacks = state["best_val_loss"], state["elapsed"], state["rollbacks"]
         self._set_lr(self.lr)
         for hook in self.hooks:
@@ -142,7 +147,7 @@ class Trainer:
         if path.is_file():
             keep = [line for line in path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and json.loads(line)["step"] <= self.step]
-            path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+            write_atomic(path, "".join(line + "\n" for line in keep))
 
     def save_checkpoint(self, name: str = "last.pt") -> Path:
         path = self.ckpt_dir / name
@@ -186,19 +191,19 @@ class Trainer:
         actions: set[str] = set()
         by_control: dict[str, list[tuple[Hook, Decision]]] = {}
         for hook, decision in requests:
-            if decision.control not in CONTROLS:
+            if decision.control not in self.controls:
                 raise TrainingError(f"hook {hook.name!r} asked for unknown control {decision.control!r}")
             by_control.setdefault(decision.control, []).append((hook, decision))
         for control, asks in by_control.items():
             winner = max(range(len(asks)), key=lambda i: asks[i][0].priority)  # ties: the first hook
-            old = {"lr": self.lr, "ga_weight": self.ga_weight}.get(control)
+            old = self.lr if control == "lr" else self.loss_weights.get(control)
             for i, (hook, decision) in enumerate(asks):
                 applied = i == winner
                 if applied:
                     if control == "lr":
                         self._set_lr(float(decision.value))
-                    elif control == "ga_weight":
-                        self.ga_weight = float(decision.value)
+                    elif control in self.loss_weights:
+                        self.loss_weights[control] = float(decision.value)
                     elif control == "rollback":
                         self._rollback(decision.reason)
                         actions.add(control)
@@ -207,7 +212,7 @@ class Trainer:
                             self.stop_reason = f"{hook.name}: {decision.reason}"
                         actions.add(control)
                 self._record(Event(step, hook.name, control, old, decision.value, decision.reason,
-                                   decision.trigger, applied))
+                                   decision.trigger, applied, decision.alarm))
         return actions
 
     def _record(self, event: Event) -> None:
@@ -236,10 +241,9 @@ class Trainer:
         self.model.train()
         start = time.perf_counter()
         with self.autocast:
-            out = self.model(batch.text, batch.text_lengths, batch.mel)
-        losses = self.criterion(out, batch.mel, batch.mel_lengths, batch.gate, batch.text_lengths, self.ga_weight)
+            out = self.family.training_forward(self.model, batch, self.loss_weights)
         step = self.step + 1
-        loss = losses["loss"] * float("nan") if step in self.faults["nan_loss"] else losses["loss"]
+        loss = out.total * float("nan") if step in self.faults["nan_loss"] else out.total
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if step in self.faults["inf_grad"]:
@@ -248,16 +252,19 @@ class Trainer:
                         for params in self.module_params.values()]
         grad_norm = torch.nn.utils.get_total_norm(module_norms)
         torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), self.config.train.grad_clip, grad_norm)
-        batch_diagonality = diagonality(out.alignments.detach(), batch.text_lengths,
-                                        decoder_steps(batch.mel_lengths, self.config.model.r)).mean()
+        batch_diagonality = (diagonality(out.alignments.detach(), batch.text_lengths, out.alignment_lengths).mean()
+                             if out.alignments is not None else loss.new_tensor(float("nan")))
         # One host sync per step for all statistics together.
-        values = torch.stack([loss.detach().float()]
-                             + [losses[k].detach().float() for k in ("mel", "postnet", "gate", "ga")]
-                             + [grad_norm.float(), batch_diagonality] + [n.float() for n in module_norms]).tolist()
-        finite = all(math.isfinite(v) for v in values[:6])
-        stats = StepStats(step, self.epoch, *values[:6], lr=self.lr, ga_weight=self.ga_weight, finite=finite,
-                          step_time=time.perf_counter() - start, diagonality=values[6],
-                          module_grad_norms=dict(zip(self.module_params, values[7:])))
+        names = list(out.losses)
+        values = torch.stack([loss.detach().float()] + [out.losses[k].detach().float() for k in names]
+                             + [grad_norm.float(), batch_diagonality.float()]
+                             + [n.float() for n in module_norms]).tolist()
+        loss_value, terms, grad_value = values[0], values[1:len(names) + 1], values[len(names) + 1]
+        finite = all(math.isfinite(v) for v in values[:len(names) + 2])
+        stats = StepStats(step, self.epoch, loss_value, dict(zip(names, terms)), grad_value, lr=self.lr,
+                          loss_weights=dict(self.loss_weights), finite=finite,
+                          step_time=time.perf_counter() - start, diagonality=values[len(names) + 2],
+                          module_grad_norms=dict(zip(self.module_params, values[len(names) + 3:])))
         return stats, finite
 
     def fit(self) -> TrainResult:
@@ -282,7 +289,7 @@ class Trainer:
                 if not safe and not any(d.control == "skip_update" for _, d in requests):
                     # The trainer's own guard: non-finite values never reach the weights or the optimizer.
                     requests.append((_TRAINER, Decision("skip_update", None, "non-finite loss or gradient",
-                                                        stats.grad_norm)))
+                                                        stats.grad_norm, alarm=True)))
                 actions = self._apply(requests, stats.step)
                 if not actions & {"skip_update", "rollback"}:
                     self.optimizer.step()
@@ -337,64 +344,72 @@ class Trainer:
         bar.set_postfix(postfix, refresh=refresh)
 
     # ----------------------------------------------------------------------------------------- evaluation
+    # ----------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, train_loss: float = float("nan")) -> EvalStats:
         """Teacher-forced losses and alignment on the validation set, then free-running alignment on a few
-        validation sentences. Runs under a forked RNG so that evaluating never changes the training run."""
+        validation sentences, then the preview payload. Runs under a forked RNG so that evaluating never changes
+        the training run."""
         self.model.eval()
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, device_type=self.device.type):
             torch.manual_seed(self.config.train.seed + self.step)
-            totals: dict[str, torch.Tensor] = {}
-            metric_sums: dict[str, torch.Tensor] = {}
-            count = 0
-            example = None
-            mels: dict[str, torch.Tensor] = {}
-            for indices in eval_batches(self.data.val, self.config.train.batch_size):
-                batch = self.collate([self.data.val[i] for i in indices]).to(self.device)
-                with self.autocast:
-                    out = self.model(batch.text, batch.text_lengths, batch.mel)
-                losses = self.criterion(out, batch.mel, batch.mel_lengths, batch.gate, batch.text_lengths,
-                                        self.ga_weight)
-                n = len(batch)
-                for k, v in losses.items():
-                    totals[k] = totals.get(k, 0) + v.detach().float() * n
-                dec_len = decoder_steps(batch.mel_lengths, self.config.model.r)
-                for k, v in alignment_metrics(out.alignments.float(), batch.text_lengths, dec_len).items():
-                    metric_sums[k] = metric_sums.get(k, 0) + v.sum()
-                count += n
-                if example is None:
-                    example = out.alignments[0, : int(dec_len[0]), : int(batch.text_lengths[0])].float().cpu()
-                    frames = int(batch.mel_lengths[0])
-                    mels = {"target": batch.mel[0, :, :frames], "teacher_forced": out.mel_postnet[0, :, :frames]}
-            infer = self._infer_metrics(mels)
-            mels = {k: self.stats.denormalize(v.float().cpu()) for k, v in mels.items()}
-        keys = list(totals) + list(metric_sums)
-        means = (torch.stack([*totals.values(), *metric_sums.values()]) / count).cpu().tolist()  # one sync
-        val = dict(zip(keys[: len(totals)], means[: len(totals)]))
-        metrics = dict(zip(keys[len(totals):], means[len(totals):]))
+            losses, teacher_forced, example = self._validate()
+            free_running, free_mel = self._free_run()
+        mels = {k: self.stats.denormalize(v.float().cpu()) for k, v in {**example["mels"], **free_mel}.items()}
         return EvalStats(
-            step=self.step, val_loss=val["mel"] + val["postnet"] + val["gate"], val_mel=val["mel"],
-            val_postnet=val["postnet"], val_gate=val["gate"], val_ga=val["ga"], **metrics,
-            **{f"infer_{k}": v for k, v in infer.items()}, lr=self.lr, ga_weight=self.ga_weight,
-            train_loss=train_loss, elapsed=self.elapsed, alignment=example, mels=mels)
+            step=self.step, val_loss=sum(losses[k] for k in self.family.reconstruction_losses), val_losses=losses,
+            **teacher_forced, **{f"infer_{k}": v for k, v in free_running.items()}, lr=self.lr,
+            loss_weights=dict(self.loss_weights), train_loss=train_loss, elapsed=self.elapsed,
+            alignment=example["alignment"], mels=mels)
 
-    def _infer_metrics(self, mels: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Free-running alignment metrics; adds the first sentence's mel to ``mels`` (for previews)."""
+    def _validate(self) -> tuple[dict[str, float], dict[str, float], dict]:
+        """Mean losses and teacher-forced alignment metrics over the validation set, with one host sync; and the
+        first sentence's alignment and mels, for previews."""
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        example: dict = {"alignment": None, "mels": {}}
+        for indices in eval_batches(self.data.val, self.config.train.batch_size):
+            batch = self.collate([self.data.val[i] for i in indices]).to(self.device)
+            with self.autocast:
+                out = self.family.training_forward(self.model, batch, self.loss_weights)
+            n = len(batch)
+            measured = {k: v.detach().float() * n for k, v in out.losses.items()}
+            measured.update({f"tf_{k}": v.sum() for k, v in self._alignment_metrics(
+                out.alignments, batch.text_lengths, out.alignment_lengths, n).items()})
+            for k, v in measured.items():
+                sums[k] = sums.get(k, 0) + v
+            count += n
+            if not example["mels"]:
+                frames = int(batch.mel_lengths[0])
+                example["mels"] = {"target": batch.mel[0, :, :frames], "teacher_forced": out.prediction[0, :, :frames]}
+                if out.alignments is not None:
+                    steps, tokens = int(out.alignment_lengths[0]), int(batch.text_lengths[0])
+                    example["alignment"] = out.alignments[0, :steps, :tokens].float().cpu()
+        means = dict(zip(sums, (torch.stack(list(sums.values())) / count).cpu().tolist()))  # one sync
+        teacher_forced = {k: means.pop(f"tf_{k}") for k in METRICS}
+        return means, teacher_forced, example
+
+    def _free_run(self) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """Free-running alignment metrics and stop rate on the first ``data.val_infer`` validation sentences, and
+        the first one's mel (cut at its stop) for previews."""
         count = min(self.config.data.val_infer, len(self.data.val))
         if count == 0:
-            return {"diagonality": 0.0, "focus": 0.0, "monotonicity": 0.0, "coverage": 0.0, "stop_rate": 0.0}
+            return {**{k: 0.0 for k in METRICS}, "stop_rate": 0.0}, {}
         batch = self.collate([self.data.val[i] for i in range(count)]).to(self.device)
-        # Enough steps for twice the true length: an item that never stops is measured over that span.
-        max_steps = min(self.config.model.max_decoder_steps,
-                        int(decoder_steps(batch.mel_lengths.max(), self.config.model.r)) * 2)
+        # Room for twice the true length: an item that never stops is measured over that span.
         with self.autocast:
-            out = self.model.infer(batch.text, batch.text_lengths, max_steps=max_steps)
-        stopped = out.dec_lengths < max_steps
-        mels["free_running"] = out.mel_postnet[0, :, : int(out.dec_lengths[0]) * self.config.model.r]
-        metrics = alignment_metrics(out.alignments.float(), batch.text_lengths, out.dec_lengths)
-        values = torch.stack([v.mean() for v in metrics.values()] + [stopped.float().mean()]).cpu().tolist()
-        return dict(zip(list(metrics) + ["stop_rate"], values))
+            out = self.family.synthesize(self.model, batch.text, batch.text_lengths, max_frames=2 * batch.mel.shape[-1])
+        metrics = self._alignment_metrics(out.alignments, batch.text_lengths, out.alignment_lengths, count)
+        values = torch.stack([v.mean() for v in metrics.values()] + [out.stopped.float().mean()]).cpu().tolist()
+        return dict(zip([*metrics, "stop_rate"], values)), {"free_running": out.mel[0, :, : int(out.mel_lengths[0])]}
+
+    def _alignment_metrics(self, alignments: torch.Tensor | None, text_lengths: torch.Tensor,
+                           steps: torch.Tensor | None, n: int) -> dict[str, torch.Tensor]:
+        """Per-item alignment metrics; NaN for a family without attention."""
+        if alignments is None:
+            return {k: torch.full((n,), float("nan"), device=self.device) for k in METRICS}
+        return alignment_metrics(alignments.float(), text_lengths, steps)
 
     def _write_metrics(self, stats: EvalStats) -> None:
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -409,14 +424,3 @@ class _TrainerSource(Hook):
 
 
 _TRAINER = _TrainerSource()
-
-
-def load_for_inference(path: str | Path, device: str = "cpu") -> tuple[Tacotron2, SymbolTable, MelStats, Config]:
-    """A trained model from a checkpoint alone: no corpus needed (symbols and mel statistics are inside)."""
-    state = ckpt.load(path, map_location=device)
-    config = from_dict(state["config"])
-    symbols = SymbolTable.from_dict(state["symbols"])
-    model = Tacotron2(len(symbols), config.audio.n_mels, config.model).to(device)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, symbols, MelStats.from_dict(state["mel_stats"]), config

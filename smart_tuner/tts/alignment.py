@@ -184,6 +184,9 @@ def coverage(
     return torch.where(t_len > 0, _safe_div(covered.sum(dim=1).float(), n_len), 0.0)
 
 
+METRICS = ("diagonality", "focus", "monotonicity", "coverage")  # the keys of alignment_metrics()
+
+
 def alignment_metrics(
     attn: Tensor, text_lengths: Tensor, dec_lengths: Tensor, band: float = 0.1
 ) -> dict[str, Tensor]:

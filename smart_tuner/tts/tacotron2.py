@@ -1,4 +1,5 @@
-"""Tacotron 2 (Shen et al. 2018) with a reduction factor r, and its loss. Reads top to bottom.
+"""Tacotron 2 (Shen et al. 2018) with a reduction factor r, its loss, and its family (the protocol the trainer
+uses, see base.py). Reads top to bottom.
 
 text -> embedding -> 3 x (conv, batch norm, ReLU, dropout) -> BiLSTM = memory (B, N, E)
 decoder step t: prenet(previous frame) + context -> attention LSTM -> location-sensitive attention over memory
@@ -16,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import Config, LossConfig, ModelConfig
+from ..data.dataset import Batch
 from .alignment import length_mask
-from ..config import LossConfig, ModelConfig
+from .base import ModelFamily, Synthesis, TrainingOutput
 
 
 class Encoder(nn.Module):
@@ -260,6 +263,45 @@ class Tacotron2Loss(nn.Module):
         return {"loss": total, "mel": mel_loss, "postnet": postnet_loss, "gate": gate_loss, "ga": ga_loss}
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+class Tacotron2Family(ModelFamily):
+    """Tacotron 2 behind the model protocol: losses mel, postnet, gate (the reconstruction) and ga (guided
+    attention, weighted by the steerable ``ga_weight``); the decoder emits ``model.r`` frames per step."""
 
+    name = "tacotron2"
+    reconstruction_losses = ("mel", "postnet", "gate")
+    output_loss = "postnet"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self._criteria: dict[torch.device, Tacotron2Loss] = {}  # one per device: the loss holds a buffer
+
+    @property
+    def frames_multiple(self) -> int:
+        return self.config.model.r
+
+    def build(self, n_symbols: int) -> Tacotron2:
+        return Tacotron2(n_symbols, self.config.audio.n_mels, self.config.model)
+
+    def loss_weights(self) -> dict[str, float]:
+        return {"ga_weight": self.config.loss.ga_weight}
+
+    def _criterion(self, device: torch.device) -> Tacotron2Loss:
+        if device not in self._criteria:
+            self._criteria[device] = Tacotron2Loss(self.config.loss, self.config.model.r).to(device)
+        return self._criteria[device]
+
+    def training_forward(self, model: nn.Module, batch: Batch, weights: dict[str, float]) -> TrainingOutput:
+        out = model(batch.text, batch.text_lengths, batch.mel)
+        losses = self._criterion(batch.mel.device)(out, batch.mel, batch.mel_lengths, batch.gate,
+                                                   batch.text_lengths, weights["ga_weight"])
+        total = losses.pop("loss")
+        return TrainingOutput(losses, total, out.mel_postnet, out.alignments,
+                              decoder_steps(batch.mel_lengths, self.config.model.r))
+
+    def synthesize(self, model: nn.Module, text: torch.Tensor, text_lengths: torch.Tensor,
+                   max_frames: int | None = None) -> Synthesis:
+        r, limit = self.config.model.r, self.config.model.max_decoder_steps
+        max_steps = min(limit, -(-max_frames // r)) if max_frames else limit
+        out = model.infer(text, text_lengths, max_steps=max_steps)
+        return Synthesis(out.mel_postnet, out.dec_lengths * r, out.dec_lengths < max_steps, out.alignments,
+                         out.dec_lengths)

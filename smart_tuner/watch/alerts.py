@@ -482,13 +482,10 @@ class TelegramReporter(Hook):
         if stats.alignment is not None:
             self._alignment, self._alignment_step = stats.alignment, stats.step
         if self.summary_every > 0 and self._evals % self.summary_every == 0:
-            lines = [f"Summary: {self.run_name or 'run'} at step {stats.step} (evaluation {self._evals})",
-                     f"val_loss: {_fmt(stats.val_loss)}",
-                     f"diagonality: {_fmt(stats.diagonality)}",
-                     f"infer_diagonality: {_fmt(stats.infer_diagonality)}",
-                     f"focus: {_fmt(stats.focus)}",
-                     f"lr: {_fmt(stats.lr)}",
-                     f"ga_weight: {_fmt(stats.ga_weight)}"]
+            metrics = stats.metrics()
+            shown = {**{k: metrics[k] for k in EvalStats.SUMMARY}, "lr": stats.lr, **stats.loss_weights}
+            lines = [f"Summary: {self.run_name or 'run'} at step {stats.step} (evaluation {self._evals})"]
+            lines += [f"{k}: {_fmt(v)}" for k, v in shown.items()]
             self.client.send_message("\n".join(lines))
             self._send_alignment()
         return []

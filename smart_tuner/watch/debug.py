@@ -24,11 +24,13 @@ import os
 import shutil
 import sys
 from collections import Counter, deque
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from ..config import DebugConfig, yaml_load
-from ..hooks import Event, EvalStats, Hook, RunInfo, StepStats, TrainResult, is_alarm
+from ..files import atomic_dir, write_atomic
+from ..hooks import Event, EvalStats, Hook, RunInfo, StepStats, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +46,14 @@ class RunDirError(ValueError):
 SEVERITY = ("skip", "emergency", "rollback")  # a step's bundle is named after its most severe alarm
 
 
-def _alarm_kind(control: str, reason: str) -> str:
-    if control == "rollback":
-        return "rollback"
-    return "emergency" if reason.startswith("emergency") else "skip"
+def _alarm_kind(control: str) -> str:
+    """What an alarm did: skipped an update, rolled back, or otherwise acted in an emergency (cut the rate)."""
+    return {"rollback": "rollback", "skip_update": "skip"}.get(control, "emergency")
 
 
 def _is_alarm(event: dict[str, Any]) -> bool:
     """:attr:`Event.is_alarm` for an event read back from events.jsonl."""
-    return is_alarm(str(event.get("control")), str(event.get("reason", "")), bool(event.get("applied")))
+    return bool(event.get("applied")) and bool(event.get("alarm"))
 
 
 def _scrub(value: Any) -> Any:
@@ -64,15 +65,18 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+def _plain(value: Any) -> Any:
+    """Python numbers, dicts of them recursively: a tensor passed by mistake is never kept alive here."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (bool, int)):
+        return value
+    return float(value)
+
+
 def _dumps(data: Any) -> str:
     # NaN stays NaN, as in metrics.jsonl; default=str keeps odd values (paths) from failing a bundle.
     return json.dumps(data, indent=1, default=str)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class DebugReporter(Hook):
@@ -98,16 +102,7 @@ class DebugReporter(Hook):
 
     def on_step(self, stats: StepStats) -> list:
         if self.config.enabled:
-            # float() of a Python float is a no-op copy; it also guarantees no tensor is ever kept here.
-            self.buffer.append({
-                "step": int(stats.step), "epoch": int(stats.epoch), "loss": float(stats.loss),
-                "mel": float(stats.mel), "postnet": float(stats.postnet), "gate": float(stats.gate),
-                "ga": float(stats.ga), "grad_norm": float(stats.grad_norm),
-                "module_grad_norms": {str(k): float(v) for k, v in stats.module_grad_norms.items()},
-                "lr": float(stats.lr), "ga_weight": float(stats.ga_weight),
-                "diagonality": float(stats.diagonality), "finite": bool(stats.finite),
-                "step_time": float(stats.step_time),
-            })
+            self.buffer.append({f.name: _plain(getattr(stats, f.name)) for f in fields(stats)})
         return []
 
     def on_eval(self, stats: EvalStats) -> list:
@@ -120,7 +115,7 @@ class DebugReporter(Hook):
             return
         self.events.append(event.to_dict())
         if event.is_alarm:
-            kind = _alarm_kind(event.control, event.reason)
+            kind = _alarm_kind(event.control)
             line = f"{kind} at step {event.step}: {event.source} {event.control}: {event.reason}"
             self._bundle(event.step, kind, line)
 
@@ -155,8 +150,8 @@ class DebugReporter(Hook):
                     os.rename(path, renamed)
                     path = renamed
                     self._open = (step, path, reasons)
-                _write_atomic(path / "reason.txt", self._reason_text(reasons))
-                _write_atomic(path / "events.json", _dumps(list(self.events)))
+                write_atomic(path / "reason.txt", self._reason_text(reasons))
+                write_atomic(path / "events.json", _dumps(list(self.events)))
                 return
             if self.bundles >= self.config.max_bundles:
                 if not self.suppressed:
@@ -183,12 +178,10 @@ class DebugReporter(Hook):
         return "\n".join(reasons + [""] + context) + "\n"
 
     def _write_bundle(self, root: Path, name: str, line: str) -> Path:
-        """All files into a temporary directory, then one rename: a bundle is either complete or absent."""
+        """All files into a temporary directory, then one rename: a bundle is either complete or absent. A bundle
+        of the same name left by a resumed run's lost future (steps after its checkpoint) is replaced."""
         final = root / name
-        tmp = root / f".{name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
+        with atomic_dir(final) as tmp:
             info = self.info
             (tmp / "reason.txt").write_text(self._reason_text([line]), encoding="utf-8")
             (tmp / "buffer.json").write_text(_dumps(list(self.buffer)), encoding="utf-8")
@@ -203,12 +196,6 @@ class DebugReporter(Hook):
                     (tmp / "alignment.png").write_bytes(alignment_png(self.alignment, title))
                 except Exception as exc:  # noqa: BLE001 - a bundle without its image is still worth having
                     log.warning("debug: no alignment image in %s: %s", final, exc)
-            if final.exists():  # left by a resumed run's lost future (steps after its checkpoint)
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return final
 
 
@@ -352,7 +339,7 @@ def summarize_run(run_dir: Path | str) -> str:
             lines.append(f"  step {e.get('step')} {e.get('source')} {e.get('control')}{change} "
                          f"({'applied' if e.get('applied') else 'overridden'}): {e.get('reason')}")
 
-    alarms = Counter(_alarm_kind(str(e.get("control")), str(e.get("reason", ""))) for e in events if _is_alarm(e))
+    alarms = Counter(_alarm_kind(str(e.get("control"))) for e in events if _is_alarm(e))
     if alarms:
         lines.append("alarms: " + ", ".join(f"{alarms[k]} {k}" for k in ("emergency", "skip", "rollback")))
     lines += _data_lines(run_dir)
@@ -385,7 +372,7 @@ def _verdict(metrics: list[dict], events: list[dict], bundles: list[tuple[str, s
     if failed:
         return f"failed: {failed[-1].partition(': ')[2] or failed[-1]}"
     alarms = [e for e in events if _is_alarm(e)]
-    emergencies = sum(1 for e in alarms if str(e.get("reason", "")).startswith("emergency"))
+    emergencies = len({e.get("step") for e in alarms if e.get("control") != "rollback"})  # steps in trouble
     rollbacks = sum(1 for e in alarms if e.get("control") == "rollback")
     # One skipped NaN step is routine; repeated emergencies or a rollback mean the run is fighting itself.
     if rollbacks or emergencies >= 3:

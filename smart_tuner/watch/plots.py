@@ -8,15 +8,23 @@ figures, and alerts render on a worker thread while the debug reporter renders o
 from __future__ import annotations
 
 import io
+from typing import Any
 
-import torch
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
-def alignment_png(alignment: torch.Tensor, title: str = "") -> bytes:
+def _array(values: Any) -> np.ndarray:
+    """A float array of a CPU tensor or an array (torch tensors convert through ``__array__``)."""
+    if hasattr(values, "detach"):
+        values = values.detach().float()
+    return np.asarray(values, dtype=np.float32)
+
+
+def alignment_png(alignment: Any, title: str = "") -> bytes:
     """PNG bytes of a (decoder steps, text tokens) attention matrix: a good one is a bright diagonal."""
-    data = alignment.detach().float().cpu().numpy()
+    data = _array(alignment)
     fig = Figure(figsize=(6, 4), dpi=80)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -36,10 +44,10 @@ MEL_PANELS = {"target": "target", "teacher_forced": "predicted (teacher-forced)"
               "free_running": "predicted (free-running)"}
 
 
-def mel_png(mels: dict[str, torch.Tensor], title: str = "") -> bytes:
+def mel_png(mels: dict[str, Any], title: str = "") -> bytes:
     """PNG bytes of log-mels (n_mels, frames) stacked top to bottom: target, then predictions, on one colour
     scale so that they compare."""
-    panels = [(MEL_PANELS.get(k, k), v.detach().float().cpu().numpy()) for k, v in mels.items()]
+    panels = [(MEL_PANELS.get(k, k), _array(v)) for k, v in mels.items()]
     low = min(float(p.min()) for _, p in panels)
     high = max(float(p.max()) for _, p in panels)
     fig = Figure(figsize=(7, 1.9 * len(panels) + 0.4), dpi=80)

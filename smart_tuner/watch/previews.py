@@ -14,18 +14,17 @@ Each preview directory is written to a temporary name and renamed, so a reader n
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Callable
 
 from ..config import Config
+from ..files import atomic_dir
 from ..hooks import EvalStats, Hook, RunInfo, TrainResult
 
 log = logging.getLogger(__name__)
 
 PREVIEW_DIR = "previews"
 FILES = ("alignment.png", "mel.png", "audio.wav")
-GRIFFIN_LIM_ITERS = 32
 
 
 def is_thinned_in(number: int) -> bool:
@@ -57,31 +56,21 @@ def latest_preview(run_dir: str | Path) -> tuple[int, dict[str, Path]] | None:
 
 def render_preview(stats: EvalStats, config: Config, out_dir: Path) -> dict[str, Path]:
     """Write the preview files of one evaluation into ``out_dir`` (atomically); returns what was written."""
-    from ..data.audio import MelExtractor, griffin_lim, save_wav
+    from ..data.audio import save_wav
+    from ..tts.inference import min_vocodable_frames, vocode
     from .plots import alignment_png, mel_png
 
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
         if stats.alignment is not None:
             (tmp / "alignment.png").write_bytes(alignment_png(stats.alignment, title=f"step {stats.step}"))
         mels = {k: v for k, v in (stats.mels or {}).items() if v is not None and v.shape[-1] > 1}
         if mels:
             (tmp / "mel.png").write_bytes(mel_png(mels, title=f"step {stats.step}"))
-            extractor = MelExtractor.from_config(config.audio)
-            # Griffin-Lim needs a few STFT windows; a free-running decoder that stopped at once has too few frames.
-            shortest = extractor.n_fft // extractor.hop_length + 1
+            # A free-running decoder that stopped at once has too few frames to vocode: then teacher-forced.
             voiced = next((mels[k] for k in ("free_running", "teacher_forced")
-                           if k in mels and mels[k].shape[-1] >= shortest), None)
+                           if k in mels and mels[k].shape[-1] >= min_vocodable_frames(config.audio)), None)
             if voiced is not None:
-                save_wav(tmp / "audio.wav", griffin_lim(voiced, extractor, n_iter=GRIFFIN_LIM_ITERS),
-                         extractor.sample_rate)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # no half-written preview left behind
-        raise
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.replace(out_dir)
+                save_wav(tmp / "audio.wav", vocode(voiced, config.audio), config.audio.sample_rate)
     return {name: out_dir / name for name in FILES if (out_dir / name).is_file()}
 
 

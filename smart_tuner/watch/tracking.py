@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,8 +28,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from ..config import ConfigError, flatten, redact_url
-from ..paths import MLFLOW_DIR, mlflow_artifact_root
+from ..config import ConfigError, flatten, is_finite_number, redact_url
+from ..paths import default_tracking_uri, make_sqlite_dir, mlflow_artifact_root
 from ..hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
 from .previews import list_previews
 
@@ -39,39 +38,26 @@ log = logging.getLogger(__name__)
 SECRET_PARAMS = {"alerts.telegram.token"}
 MLFLOW_RUN_FILE = "mlflow_run_id.txt"  # in a run dir: the MLflow run that `train --resume` continues
 
-# StepStats field -> metric name. Training-batch values carry no prefix except diagonality, which would
-# otherwise collide with the validation diagonality of the evaluations.
-STEP_METRICS = {"loss": "loss", "mel": "mel", "postnet": "postnet", "gate": "gate", "ga": "ga",
-                "grad_norm": "grad_norm", "lr": "lr", "ga_weight": "ga_weight",
-                "diagonality": "train_diagonality", "step_time": "step_time"}
-EVAL_METRICS = ("val_loss", "val_mel", "val_postnet", "val_gate", "val_ga", "diagonality", "focus",
-                "monotonicity", "coverage", "infer_diagonality", "infer_focus", "infer_monotonicity",
-                "infer_coverage", "infer_stop_rate", "elapsed")
+# Metric names are those of StepStats.scalars() and EvalStats.metrics(), except where a step's and an
+# evaluation's names would collide in one run (the training batch's diagonality, the mean training loss).
+STEP_RENAMES = {"diagonality": "train_diagonality"}
+EVAL_RENAMES = {"train_loss": "train_loss_mean"}
 # TrainResult.status -> (status tag, MLflow terminal run status)
 END_STATUS = {"completed": ("finished", "FINISHED"), "stopped": ("stopped", "KILLED"),
               "failed": ("failed", "FAILED")}
 
 
 # ----------------------------------------------------------------------------------------------- store
-def default_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the project's local SQLite store (``mlflow/`` is created)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    (MLFLOW_DIR / "artifacts").mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{MLFLOW_DIR.as_posix()}/mlflow.db"
-
-
 def default_artifact_location(tracking_uri: str) -> str:
     """File URI of a local store's artifact root (``artifacts/`` next to its database; absolute, so that it does
-    not follow the process's working directory)."""
-    root = mlflow_artifact_root(tracking_uri)
-    root.mkdir(parents=True, exist_ok=True)
-    return root.resolve().as_uri()
+    not follow the process's working directory). MLflow makes the directories when it writes artifacts."""
+    return mlflow_artifact_root(tracking_uri).resolve().as_uri()
 
 
 def make_client(tracking_uri: str | None = None) -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    uri = tracking_uri or default_tracking_uri()
+    make_sqlite_dir(uri)
+    return MlflowClient(tracking_uri=uri)
 
 
 def _is_local(uri: str) -> bool:
@@ -116,12 +102,6 @@ def config_params(*configs: dict[str, Any]) -> list[Param]:
     return params
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -161,7 +141,7 @@ class MlflowReporter(Hook):
         self.pending: list[Future] = []  # background writes not waited for yet
         self.uploaded_previews: set[int] = set()
         self.event_counts: dict[str, int] = {}
-        self.trajectories: dict[str, list[tuple[int, float]]] = {"lr": [], "ga_weight": []}
+        self.trajectories: dict[str, list[tuple[int, float]]] = {}  # lr and loss weights: (step, new value)
 
     def _safely(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         if self.broken:
@@ -197,8 +177,9 @@ class MlflowReporter(Hook):
 
     def on_step(self, stats: StepStats) -> list:
         timestamp = _now_ms()
-        for field, key in STEP_METRICS.items():
-            self._add(key, getattr(stats, field), stats.step, timestamp)
+        for name, value in stats.scalars().items():
+            if not name.startswith("grad_norm."):  # per-module norms stay in debug bundles
+                self._add(STEP_RENAMES.get(name, name), value, stats.step, timestamp)
         self.steps_buffered += 1
         if self.steps_buffered >= self.log_every:
             self.flush()
@@ -206,9 +187,8 @@ class MlflowReporter(Hook):
 
     def on_eval(self, stats: EvalStats) -> list:
         timestamp = _now_ms()
-        for key in EVAL_METRICS:
-            self._add(key, getattr(stats, key), stats.step, timestamp)
-        self._add("train_loss_mean", stats.train_loss, stats.step, timestamp)
+        for name, value in stats.metrics().items():
+            self._add(EVAL_RENAMES.get(name, name), value, stats.step, timestamp)
         if self.objective_fn is not None:
             self._add("objective", self.objective_fn(stats), stats.step, timestamp)
         self.flush()  # step metrics ride along in the same batch
@@ -222,8 +202,8 @@ class MlflowReporter(Hook):
         self.event_counts[key] = self.event_counts.get(key, 0) + 1
         timestamp = _now_ms()
         self._add(key, self.event_counts[key], event.step, timestamp)
-        if event.control in self.trajectories and _finite(event.new):
-            self.trajectories[event.control].append((event.step, float(event.new)))
+        if is_finite_number(event.new):  # the learning rate or a loss weight (actions carry no value)
+            self.trajectories.setdefault(event.control, []).append((event.step, float(event.new)))
             self._add(f"control.{event.control}", event.new, event.step, timestamp)
 
     def on_train_end(self, result: TrainResult) -> None:
@@ -288,7 +268,7 @@ class MlflowReporter(Hook):
 
     # ------------------------------------------------------------------------------------- batching
     def _add(self, key: str, value: Any, step: int, timestamp: int) -> None:
-        if _finite(value):  # MLflow stores NaN, but it breaks charts and comparisons
+        if is_finite_number(value):  # MLflow stores NaN, but it breaks charts and comparisons
             self.buffer.append(Metric(key, float(value), timestamp, int(step)))
 
     def flush(self) -> None:
@@ -356,10 +336,10 @@ def _quote(text: str) -> str:
 def end_study_run(client: MlflowClient, run_id: str, summary: dict[str, Any]) -> None:
     """Finish the parent run: finite numbers of ``summary`` become metrics, everything else tags."""
     flat = flatten(summary)
-    metrics = [Metric(k[:MAX_ENTITY_KEY_LENGTH], float(v), _now_ms(), 0) for k, v in flat.items() if _finite(v)]
+    metrics = [Metric(k[:MAX_ENTITY_KEY_LENGTH], float(v), _now_ms(), 0) for k, v in flat.items() if is_finite_number(v)]
     tags = [RunTag(k[:MAX_ENTITY_KEY_LENGTH], (v if isinstance(v, str) else json.dumps(v, default=str))
                    [:MAX_TAG_VAL_LENGTH])
-            for k, v in flat.items() if not _finite(v)]
+            for k, v in flat.items() if not is_finite_number(v)]
     client.log_batch(run_id, metrics=metrics, tags=tags)
     client.set_terminated(run_id, status="FINISHED")
 
@@ -372,6 +352,7 @@ def open_tracking(tracking_uri: str | None) -> MlflowClient:
     """A client on ``tracking_uri`` (or the default store), checked once so that a wrong URI fails up front."""
     uri = tracking_uri or default_tracking_uri()
     try:
+        make_sqlite_dir(uri)
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)
     except Exception as exc:

@@ -1,20 +1,20 @@
-"""Atomic checkpoint files and safe loading.
+"""The checkpoint format: atomic files and safe loading (training writes them, inference reads them).
 
-A checkpoint is written to a temporary file in the same directory, flushed to disk and renamed, so a crash
-never leaves a half-written ``last.pt``. Loading uses ``weights_only=True``: a checkpoint holds tensors and
+A checkpoint is written through the one atomic writer (smart_tuner.files), so a crash never leaves a half-written
+``last.pt``. Loading uses ``weights_only=True``: a checkpoint holds tensors and
 plain data only (config, symbol table, mel statistics, RNG states, hook states), never pickled objects.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..files import write_atomic
 
 FORMAT = 1
 
@@ -24,18 +24,7 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -1,0 +1,54 @@
+"""From a checkpoint to speech: load a trained model for use, and turn its mels back into audio.
+
+A checkpoint carries everything inference needs (config, symbol table, mel statistics), so no corpus is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import AudioConfig, Config, from_dict
+from ..data.audio import MelExtractor, griffin_lim
+from ..data.dataset import MelStats
+from ..data.text import SymbolTable
+from . import build_family
+from . import checkpoint as ckpt
+from .base import ModelFamily
+
+GRIFFIN_LIM_ITERS = 32
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module  # in eval mode, on the device asked for
+    family: ModelFamily
+    symbols: SymbolTable
+    stats: MelStats  # to denormalize the model's mels
+    config: Config
+
+
+def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """A trained model from a checkpoint alone."""
+    state = ckpt.load(path, map_location=device)
+    config = from_dict(state["config"])
+    family = build_family(config)
+    symbols = SymbolTable.from_dict(state["symbols"])
+    model = family.build(len(symbols)).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return LoadedModel(model, family, symbols, MelStats.from_dict(state["mel_stats"]), config)
+
+
+def min_vocodable_frames(audio: AudioConfig) -> int:
+    """Griffin-Lim needs a few STFT windows: fewer frames than this give no audio."""
+    return audio.n_fft // audio.hop_length + 1
+
+
+def vocode(log_mel: torch.Tensor, audio: AudioConfig, n_iter: int = GRIFFIN_LIM_ITERS) -> torch.Tensor:
+    """A denormalized log-mel ``(n_mels, frames)`` as a waveform at ``audio.sample_rate``, by Griffin-Lim (a
+    preview-quality vocoder; a neural vocoder takes the same mel)."""
+    return griffin_lim(log_mel, MelExtractor.from_config(audio), n_iter=n_iter)

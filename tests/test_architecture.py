@@ -1,0 +1,85 @@
+"""The folders are layers and imports only go downward (README, "Architecture"): read from the source itself."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "smart_tuner"
+
+# Lowest first. A module may import its own layer and the layers below it, never one above.
+LAYERS = [
+    {"config", "paths", "files", "hooks"},
+    {"data"},
+    {"tts"},
+    {"adapters", "watch"},
+    {"train"},
+    {"study"},
+    {"view"},
+    {"cli", "__main__", "__init__"},
+]
+
+
+def layer_of(unit: str) -> int:
+    return next(i for i, units in enumerate(LAYERS) if unit in units)
+
+
+def unit_of(path: Path, root: Path = PACKAGE) -> str:
+    """The folder (subpackage) or top-level module a file belongs to."""
+    return path.relative_to(root).with_suffix("").parts[0]
+
+
+def imported_units(path: Path, root: Path = PACKAGE) -> set[str]:
+    """Package units a module imports, lazily inside functions included."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    depth = len(path.relative_to(root).parts) - 1  # 0 for smart_tuner/x.py, 1 for smart_tuner/tts/x.py
+    units = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: climb to the package root, then the first part names the unit
+                up = node.level - 1
+                if up < depth:  # within its own subpackage
+                    continue
+                module = node.module or ""
+                names = [module.split(".")[0]] if module else [alias.name for alias in node.names]
+            elif node.module and node.module.startswith("smart_tuner."):
+                names = [node.module.split(".")[1]]
+            else:
+                continue
+            units.update(names)
+        elif isinstance(node, ast.Import):
+            units.update(a.name.split(".")[1] for a in node.names if a.name.startswith("smart_tuner."))
+    return units
+
+
+def test_every_unit_has_a_layer():
+    units = {unit_of(p) for p in PACKAGE.rglob("*.py")}
+    missing = {u for u in units if not any(u in layer for layer in LAYERS)}
+    assert not missing, f"add {sorted(missing)} to LAYERS and to the README's Architecture section"
+
+
+def upward_imports(root: Path = PACKAGE) -> list[str]:
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        unit = unit_of(path, root)
+        for imported in imported_units(path, root):
+            if layer_of(imported) > layer_of(unit):
+                found.append(f"{path.relative_to(root.parent)} imports smart_tuner.{imported}")
+    return found
+
+
+def test_imports_only_go_downward():
+    upward = upward_imports()
+    assert not upward, "\n".join(upward)
+
+
+def test_the_check_sees_upward_imports(tmp_path):
+    """The walker must notice a violation, relative or absolute, at the top or inside a function."""
+    root = tmp_path / "smart_tuner"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "audio.py").write_text("from ..train.trainer import Trainer\nfrom .text import SymbolTable\n")
+    (root / "hooks.py").write_text("def f():\n    import smart_tuner.view.report\n")
+    (root / "train").mkdir()
+    (root / "train" / "runner.py").write_text("from ..adapters import build_adapters\n")  # downward: fine
+    assert upward_imports(root) == ["smart_tuner/data/audio.py imports smart_tuner.train",
+                                    "smart_tuner/hooks.py imports smart_tuner.view"]

@@ -67,7 +67,7 @@ def one_run(job: tuple) -> dict:
     return {"start": start, "seed": seed, "adapters": adapters_on, "reached": watch.reached,
             "status": result.status, "steps": result.step, "seconds": time.perf_counter() - began,
             "final_lr": result.last_eval.lr if result.last_eval else None,
-            "final_ga": result.last_eval.ga_weight if result.last_eval else None}
+            "final_ga": result.last_eval.loss_weights["ga_weight"] if result.last_eval else None}
 
 
 def main() -> None:

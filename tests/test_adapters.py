@@ -24,9 +24,9 @@ def step(n=1, loss=1.0, grad_norm=1.0, lr=1e-3, ga_weight=2.0):
     return step_stats(n, loss=loss, grad_norm=grad_norm, lr=lr, ga_weight=ga_weight)
 
 
-def evaluation(n=1, val_loss=1.0, diagonality=0.5, ga_weight=2.0, infer_diagonality=0.5):
+def evaluation(n=1, val_loss=1.0, diagonality=0.5, ga_weight=2.0, infer_diagonality=0.5, **fields):
     return eval_stats(n, val_loss=val_loss, diagonality=diagonality, ga_weight=ga_weight,
-                      infer_diagonality=infer_diagonality)
+                      infer_diagonality=infer_diagonality, **fields)
 
 
 def controls(decisions):
@@ -71,7 +71,8 @@ def test_plateau_waits_for_alignment():
     assert adapter.on_eval(evaluation(10, val_loss=20.0, diagonality=0.6)) == []
     assert adapter.on_eval(evaluation(11, val_loss=19.0, diagonality=0.3)) == []  # improvement: counts even if diag dips
     assert adapter.on_eval(evaluation(12, val_loss=19.5, diagonality=0.9)) == []
-    assert controls(adapter.on_eval(evaluation(13, val_loss=19.5, diagonality=0.9))) == {"lr": pytest.approx(5e-3)}
+    plateau = adapter.on_eval(evaluation(13, val_loss=19.5, diagonality=0.9))
+    assert controls(plateau) == {"lr": pytest.approx(5e-3)} and not plateau[0].alarm
     state = adapter.state_dict()
     assert state["plateau_started"] is True
     fresh = LearningRateAdapter(cfg, initial_lr=1e-2)
@@ -87,7 +88,7 @@ def test_emergency_boundaries(loss, grad_norm, emergency):
     decisions = adapter.on_step(step(loss=loss, grad_norm=grad_norm))
     if emergency:
         assert controls(decisions) == {"skip_update": None, "lr": pytest.approx(1e-4)}
-        assert all(d.reason.startswith("emergency") for d in decisions)
+        assert all(d.reason.startswith("emergency") and d.alarm for d in decisions)
     else:
         assert decisions == []
 
@@ -101,6 +102,7 @@ def test_emergencies_never_go_below_min_lr_and_consecutive_ones_ask_for_a_rollba
     third = adapter.on_step(step(loss=float("nan")))
     assert "lr" not in controls(third)  # already at min_lr: nothing to cut
     assert "rollback" in controls(third) and "skip_update" in controls(third)
+    assert all(d.alarm for d in first + second + third)  # every emergency decision is an alarm
     # The count restarts after a rollback, and a healthy step in between resets it.
     adapter.on_step(step(loss=float("nan")))
     adapter.on_step(step())
@@ -116,6 +118,7 @@ def test_recovery_climbs_back_stepwise_to_the_rate_before_the_emergency():
     rates = []
     for i in range(12):
         decisions = adapter.on_step(step(n=i))
+        assert not any(d.alarm for d in decisions)  # recovering is not trouble
         rates.append(controls(decisions).get("lr"))
     assert rates == [None, None, None, pytest.approx(1e-4), None, None, None, pytest.approx(1e-3),
                      None, None, None, None]
@@ -129,8 +132,9 @@ def test_max_lr_bounds_the_rate_and_defaults_to_twice_the_initial_rate():
 
 def test_a_rollback_by_another_adapter_cuts_the_rate_once_then_recovers():
     adapter = LearningRateAdapter(LrAdapterConfig(recovery_steps=2), initial_lr=1e-3)
-    adapter.on_event(Event(5, "grad", "rollback", None, None, "emergency: vanishing", 0.0, True))
-    assert controls(adapter.on_step(step()))["lr"] == pytest.approx(1e-4)
+    adapter.on_event(Event(5, "grad", "rollback", None, None, "emergency: vanishing", 0.0, True, True))
+    cut = adapter.on_step(step())
+    assert controls(cut)["lr"] == pytest.approx(1e-4) and cut[0].alarm
     assert adapter.on_step(step()) == []
     assert controls(adapter.on_step(step()))["lr"] == pytest.approx(2e-4)
     # Its own rollbacks and lost requests change nothing more.
@@ -160,6 +164,7 @@ def test_ga_weight_rules_at_their_boundaries(weight, diag, expected):
     decisions = adapter.on_eval(evaluation(diagonality=diag, ga_weight=weight))
     new = controls(decisions).get("ga_weight", weight)
     assert new == pytest.approx(expected)
+    assert not any(d.alarm for d in decisions)
     assert (decisions == []) == (expected == weight)
 
 
@@ -176,7 +181,7 @@ def test_vanishing_gradients_ask_for_a_rollback_after_patience_consecutive_steps
     assert adapter.on_step(step(grad_norm=1e-8)) == []  # not below eps: the count restarts
     assert adapter.on_step(step(grad_norm=0.0)) == [] and adapter.on_step(step(grad_norm=0.0)) == []
     decisions = adapter.on_step(step(grad_norm=0.0))
-    assert controls(decisions) == {"rollback": None} and "vanishing" in decisions[0].reason
+    assert controls(decisions) == {"rollback": None} and "vanishing" in decisions[0].reason and decisions[0].alarm
     assert adapter.on_step(step(grad_norm=0.0)) == []  # counting starts over
 
 
@@ -256,7 +261,8 @@ def test_without_adapters_the_trainer_still_never_applies_non_finite_updates(cor
     assert trainer.fit().status == "completed"
     assert all_finite(trainer)
     events = read_events(tmp_path / "run")
-    assert [(e["source"], e["control"], e["step"]) for e in events] == [("trainer", "skip_update", 2)]
+    assert [(e["source"], e["control"], e["step"], e["alarm"]) for e in events] == [
+        ("trainer", "skip_update", 2, True)]
 
 
 def test_consecutive_emergencies_roll_back_and_the_budget_ends_the_run(corpus_en, tmp_path):
@@ -314,3 +320,8 @@ def test_the_ga_adapter_weight_reaches_the_loss(corpus_en, tmp_path):
         terms = s.losses
         assert s.loss == pytest.approx(terms["mel"] + terms["postnet"] + terms["gate"] + changes[0]["new"] * terms["ga"],
                                        rel=1e-5)
+
+
+def test_the_ga_adapter_is_silent_for_a_family_without_the_weight():
+    adapter = GuidedAttentionAdapter(GaAdapterConfig())
+    assert adapter.on_eval(evaluation(diagonality=0.05, loss_weights={})) == []

@@ -148,3 +148,15 @@ def test_cyrillic_corpus_trains_and_the_checkpoint_stands_alone(corpus_ru, tmp_p
     assert out.mel.shape[-1] <= 5 * config.model.r and out.alignments.shape[1] <= 5
     assert torch.isfinite(loaded.stats.denormalize(out.mel[0])).all()
     assert loaded.config.model.r == config.model.r
+
+
+def test_a_checkpoint_of_another_format_is_refused_naming_the_format(tmp_path):
+    from smart_tuner.tts.checkpoint import FORMAT, CheckpointError, save_atomic
+
+    path = tmp_path / "old.pt"
+    save_atomic({"format": FORMAT + 1, "model": {}}, path)
+    with pytest.raises(CheckpointError, match=f"{path}: not a smart_tuner checkpoint of format {FORMAT}"):
+        load_checkpoint(path)
+    torch.save({"state_dict": {}}, path)  # not ours at all (NVIDIA's layout, say)
+    with pytest.raises(CheckpointError, match="not a smart_tuner checkpoint"):
+        load_for_inference(path)

@@ -33,9 +33,10 @@ from smart_tuner.config import build_config, merge, parse_set_overrides  # noqa:
 from smart_tuner.data.dataset import prepare_data  # noqa: E402
 from smart_tuner.train.runner import standard_hooks  # noqa: E402
 from smart_tuner.study.space import load_objective  # noqa: E402
-from smart_tuner.study.workers import OptunaReporter  # noqa: E402
+from smart_tuner.study.objective import OptunaReporter  # noqa: E402
 from smart_tuner.watch.tracking import StudyTracker, open_tracking  # noqa: E402
 from smart_tuner.train.trainer import Trainer  # noqa: E402
+from smart_tuner.tts import build_family  # noqa: E402
 
 
 def timed_fit(config, run_dir: Path, hooks: list, data) -> tuple[float, float]:
@@ -75,7 +76,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             bare.append(timed_fit(config, root / f"a{repeat}", [], data))
             trial = study.ask()
-            reporter = OptunaReporter(trial, spec.ga_penalty)
+            reporter = OptunaReporter(trial, spec.ga_penalty, build_family(config).output_loss)
             hooks = [*standard_hooks(config), reporter,
                      tracker.reporter(trial.number, config, {}, reporter.objective_value)]
             full.append(timed_fit(config, root / f"b{repeat}", hooks, data))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .study.options import StudyOptions, add_arguments
 
 log = logging.getLogger("smart_tuner")
 
@@ -44,16 +45,18 @@ def setup_logging(level: str = "INFO") -> None:
         logging.getLogger(name).setLevel(libraries)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by input: printed as one clear line, never as a traceback."""
-    from .train.checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data.audio import AudioError
-    from .data.corpus import CorpusError
-    from .data.espeak import EspeakError
-    from .train.trainer import TrainingError
+# Errors caused by input, printed as one clear line and never as a traceback: (module, class).
+USER_ERRORS = (("smart_tuner.config", "ConfigError"), ("smart_tuner.data.corpus", "CorpusError"),
+               ("smart_tuner.data.audio", "AudioError"), ("smart_tuner.tts.checkpoint", "CheckpointError"),
+               ("smart_tuner.train.trainer", "TrainingError"), ("smart_tuner.data.espeak", "EspeakError"))
 
-    return ConfigError, CorpusError, AudioError, CheckpointError, TrainingError, EspeakError
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of :data:`USER_ERRORS`. Only modules already imported are looked at: an error whose
+    module never loaded cannot have been raised, and importing the trainer's to print a study error would pull
+    torch into ``report`` and ``dashboard``."""
+    return any(isinstance(exc, getattr(sys.modules[module], name))
+               for module, name in USER_ERRORS if module in sys.modules)
 
 
 # ------------------------------------------------------------------------------------------------- train
@@ -80,18 +83,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         sets.append(f"data.corpus={args.corpus}")
     if args.max_steps is not None:
         sets.append(f"train.max_steps={args.max_steps}")
-    if args.from_study:
+    from_study = StudyOptions.from_args(args, "train")
+    if from_study.study:
         if args.config:
             print("error: --config and --from-study exclude each other", file=sys.stderr)
             return 2
-        from .study.workers import StudyOptions, best_config, open_study_readonly
+        from .study.storage import best_config, open_study_readonly
 
-        study = open_study_readonly(StudyOptions(study=args.from_study, storage=args.storage))
+        study = open_study_readonly(from_study.study_name, from_study.storage)
         best, trial = best_config(study)
         origin = {"tracking": {"source_study": study.study_name, "source_trial": trial.number}}
         config = build_config(merge(merge(best.to_dict(), origin), parse_set_overrides(sets)))
-        log.info("production run from study %s, trial %d (value %.4f)", args.from_study, trial.number, trial.value)
-        config_path = Path(f"{args.from_study}-best")
+        log.info("production run from study %s, trial %d (value %.4f)", study.study_name, trial.number, trial.value)
+        config_path = Path(f"{study.study_name}-best")
     else:
         config_path = Path(args.config) if args.config else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
         if config_path:
@@ -116,9 +120,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------- data
 def cmd_data_demo(args: argparse.Namespace) -> int:
-    from .data.demo import build_demo_corpus, default_demo_dir
+    from .data.demo import build_demo_corpus
+    from .paths import demo_corpus_dir
 
-    out = Path(args.out) if args.out else default_demo_dir(args.lang, args.size)
+    out = Path(args.out) if args.out else demo_corpus_dir(args.lang, args.size)
     start = time.perf_counter()
     path = build_demo_corpus(out, lang=args.lang, size=args.size, seed=args.seed, force=args.force)
     print(f"demo corpus ({args.lang}, {args.size} sentences) in {path} [{time.perf_counter() - start:.1f} s]")
@@ -137,50 +142,35 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- study
-def _study_options(args: argparse.Namespace):
-    from .study.workers import StudyOptions
-
-    return StudyOptions(objective=Path(args.objective), study=args.study, storage=args.storage,
-                        sampler=args.sampler, startup_trials=args.startup_trials, pruner=None if args.pruner in (None, "") else args.pruner,
-                        seed=args.seed, timeout=getattr(args, "timeout", None), trials=getattr(args, "trials", 0),
-                        sets=list(args.set or []), corpus=args.corpus, runs_dir=Path(args.runs_dir),
-                        threads=getattr(args, "threads", 0) or 0, heartbeat_interval=args.heartbeat_interval,
-                        grace_period=args.grace_period, tracking_uri=args.tracking_uri,
-                        mlflow_parent=getattr(args, "mlflow_parent", None),
-                        artifact_dir=Path(args.artifact_dir) if args.artifact_dir else None)
-
-
 def cmd_optimize(args: argparse.Namespace) -> int:
-    from .study.workers import optimize, summary
+    from .study.storage import summary
+    from .study.workers import optimize
 
-    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
-    study = optimize(_study_options(args), n_jobs=args.n_jobs, gpus=gpus, progress=not args.no_progress)
+    study = optimize(StudyOptions.from_args(args, "optimize"), progress=not args.no_progress)
     print(summary(study))
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .study.workers import _route_optuna_logging, run_worker
+    from .study.workers import run_worker
 
-    _route_optuna_logging()
-    run_worker(_study_options(args), args.target, args.deadline)
+    run_worker(StudyOptions.from_args(args, "worker"))
     return 0
 
 
 def cmd_best(args: argparse.Namespace) -> int:
     from .config import to_yaml
-    from .study.workers import StudyOptions, best_config, open_study_readonly
+    from .files import write_atomic
+    from .study.storage import best_config, open_study_readonly
 
-    study = open_study_readonly(StudyOptions(study=args.study, storage=args.storage))
+    options = StudyOptions.from_args(args, "best")
+    study = open_study_readonly(options.study_name, options.storage)
     config, trial = best_config(study)
     config.tracking.source_study, config.tracking.source_trial = study.study_name, trial.number
     header = (f"# best trial {trial.number} of study {study.study_name}: value {trial.value:.6g}, diagonality "
               f"{trial.user_attrs.get('diagonality', float('nan')):.3f}\n"
               f"# train it: python -m smart_tuner train --config {args.out} --max-steps 100000\n")
-    out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(header + to_yaml(config), encoding="utf-8")
-    tmp.replace(out)
+    out = write_atomic(args.out, header + to_yaml(config))
     print(f"wrote the config of trial {trial.number} (value {trial.value:.4f}) to {out}")
     return 0
 
@@ -223,54 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="where checkpoints and logs go (default runs/<config>-<time>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir (default: the latest)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--from-study", metavar="NAME", help="train the best config of this study (instead of --config)")
-    train.add_argument("--storage", help="the study's storage URL (default sqlite:///studies/<study>.db)")
+    add_arguments(train, "train")  # --from-study NAME, --storage
     train.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db)")
     train.set_defaults(func=cmd_train)
 
-    def study_arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--objective", default="objectives/demo.yaml", help="objective file (config + search space)")
-        p.add_argument("--study", help="study name (default: the objective file's name)")
-        p.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/<study>.db)")
-        p.add_argument("--sampler", default="tpe", choices=["tpe", "random", "gp", "cmaes"])
-        p.add_argument("--startup-trials", type=int, default=5,
-                       help="random trials before TPE/GP/CMA-ES take over (Optuna's default of 10 is long here)")
-        p.add_argument("--pruner", choices=["median", "hyperband", "sha", "none"],
-                       help="default: the objective file's pruning.pruner")
-        p.add_argument("--seed", type=int, help="sampler seed")
-        p.add_argument("--corpus", help="LJSpeech-format corpus directory (default: the demo corpus)")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override the base config of every trial, e.g. train.max_steps=100")
-        p.add_argument("--runs-dir", default="runs", help="trial run directories go to RUNS_DIR/<study>/")
-        p.add_argument("--heartbeat-interval", type=int, default=10,
-                       help="seconds between a running trial's heartbeats in the storage")
-        p.add_argument("--grace-period", type=int, default=60,
-                       help="a trial without a heartbeat for this long is failed and re-queued")
-        p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db)")
-        p.add_argument("--artifact-dir", help="Optuna artifact store of the trials' preview images and audio "
-                       "(default: artifacts/ next to a SQLite study file, else studies/artifacts)")
-
     opt = sub.add_parser("optimize", help="run an Optuna study: each trial trains with the adapters on")
-    study_arguments(opt)
-    opt.add_argument("--trials", type=int, default=10, help="trials to run now (a study continues when re-run)")
-    opt.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    opt.add_argument("--n-jobs", type=int, default=1, help="worker processes on this machine")
-    opt.add_argument("--gpus", help="comma-separated GPU ids: one worker process per GPU")
-    opt.add_argument("--threads", type=int, default=0, help="torch threads per worker (default cores / workers)")
+    add_arguments(opt, "optimize")
     opt.add_argument("--no-progress", action="store_true")
     opt.set_defaults(func=cmd_optimize)
 
     worker = sub.add_parser("worker", help=argparse.SUPPRESS)  # started by optimize --n-jobs / --gpus
-    study_arguments(worker)
-    worker.add_argument("--target", type=int, required=True)
-    worker.add_argument("--deadline", type=float)
-    worker.add_argument("--threads", type=int, default=0)
-    worker.add_argument("--mlflow-parent", help="the study's parent MLflow run")
+    add_arguments(worker, "worker")
     worker.set_defaults(func=cmd_worker)
 
     best = sub.add_parser("best", help="write the full training config of a study's best trial")
-    best.add_argument("--study", required=True)
-    best.add_argument("--storage", help="default sqlite:///studies/<study>.db")
+    add_arguments(best, "best")
     best.add_argument("--out", default="best.yaml")
     best.set_defaults(func=cmd_best)
 
@@ -303,8 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.set_defaults(func=cmd_mlflow_ui)
 
     report = sub.add_parser("report", help="write a self-contained HTML report of a study")
-    report.add_argument("--study", required=True)
-    report.add_argument("--storage", help="default sqlite:///studies/<study>.db")
+    add_arguments(report, "report")
     report.add_argument("--out", default="report.html")
     report.set_defaults(func=cmd_report)
 
@@ -319,9 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         return args.func(args)
-    except _user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not _is_user_error(exc):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

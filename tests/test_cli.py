@@ -1,5 +1,8 @@
-"""End-to-end tests of ``python -m smart_tuner``: user errors are one clear line and exit code 2, never a traceback.
+"""End-to-end tests of the command line: user errors are one clear line and exit code 2, never a traceback.
 
+Tests that stop before anything is trained or tracked call ``smart_tuner.cli.main`` in this process, which prints
+and returns what ``python -m smart_tuner`` would, without starting an interpreter each; one of the config errors,
+and the runs that open the MLflow store, run ``python -m smart_tuner`` as a process.
 Nothing here trains: every ``train`` call stops at the config, the corpus check or the resume check.
 """
 
@@ -12,12 +15,27 @@ import sys
 
 import pytest
 
+from smart_tuner import cli
+
 CYRILLIC = re.compile(r"[А-Яа-яЁё]")
 
 
 def run_cli(cwd, *args, timeout=120):
     return subprocess.run([sys.executable, "-m", "smart_tuner", *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture
+def run_main(capsys, monkeypatch):
+    """``cli.main`` in this process, in a working directory of the test's choice; its exit code and output as
+    a finished process has them."""
+    def run(cwd, *args):
+        monkeypatch.chdir(cwd)
+        code = cli.main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+    return run
 
 
 def error_lines(result) -> list[str]:
@@ -48,7 +66,7 @@ def uid_at(corpus, number: int) -> str:
 
 
 # ------------------------------------------------------------------------------------ config errors
-def test_train_unknown_key_in_config_file(tmp_path):
+def test_python_m_smart_tuner_reports_an_unknown_key_as_one_error_line(tmp_path):
     (tmp_path / "bad.yaml").write_text("preset: demo\ntrain:\n  lrr: 0.01\n", encoding="utf-8")
     result = run_cli(tmp_path, "train", "--config", "bad.yaml", "--no-progress")
     stderr = assert_user_error(result)
@@ -60,8 +78,8 @@ def test_train_unknown_key_in_config_file(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_train_set_value_of_wrong_type(tmp_path):
-    result = run_cli(tmp_path, "train", "--set", "train.lr=abc", "--no-progress")
+def test_train_set_value_of_wrong_type(tmp_path, run_main):
+    result = run_main(tmp_path, "train", "--set", "train.lr=abc", "--no-progress")
     stderr = assert_user_error(result)
     assert stderr.strip().splitlines() == error_lines(result)
     line = error_lines(result)[0]
@@ -70,14 +88,14 @@ def test_train_set_value_of_wrong_type(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_train_set_without_equals_sign(tmp_path):
-    result = run_cli(tmp_path, "train", "--set", "train.lr", "--no-progress")
+def test_train_set_without_equals_sign(tmp_path, run_main):
+    result = run_main(tmp_path, "train", "--set", "train.lr", "--no-progress")
     assert_user_error(result)
     assert "key=value" in error_lines(result)[0]
 
 
-def test_train_missing_config_file(tmp_path):
-    result = run_cli(tmp_path, "train", "--config", "nowhere.yaml", "--no-progress")
+def test_train_missing_config_file(tmp_path, run_main):
+    result = run_main(tmp_path, "train", "--config", "nowhere.yaml", "--no-progress")
     assert_user_error(result)
     line = error_lines(result)[0]
     assert "nowhere.yaml" in line
@@ -89,6 +107,7 @@ def test_train_refuses_corpus_with_too_many_bad_lines(corpus, tmp_path):
     for number in (3, 6, 9, 12):  # 4 of 24 = 17% > data.max_bad_share = 10%
         (corpus / "wavs" / f"{uid_at(corpus, number)}.wav").unlink()
     run_dir = tmp_path / "run"
+    # A process of its own: training opens the MLflow store, whose SQLAlchemy warnings would land in this one.
     result = run_cli(tmp_path, "train", "--corpus", corpus, "--run-dir", run_dir,
                      "--set", f"data.cache_dir={tmp_path / 'cache'}", "--no-progress")
     stderr = assert_user_error(result)
@@ -104,13 +123,13 @@ def test_train_refuses_corpus_with_too_many_bad_lines(corpus, tmp_path):
     assert report.count("missing") == 4
 
 
-def test_data_check_lists_bad_lines_with_file_and_line(corpus, tmp_path):
+def test_data_check_lists_bad_lines_with_file_and_line(corpus, tmp_path, run_main):
     lines = meta_lines(corpus)
     (corpus / "wavs" / f"{uid_at(corpus, 5)}.wav").unlink()
     lines[9] = "only one column"
     (corpus / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    result = run_cli(tmp_path, "data", "check", corpus)
+    result = run_main(tmp_path, "data", "check", corpus)
     assert result.returncode == 0, result.stderr  # 2 of 24 is within the default 10%
     assert "Traceback" not in result.stderr
     meta = corpus / "metadata.csv"
@@ -120,29 +139,29 @@ def test_data_check_lists_bad_lines_with_file_and_line(corpus, tmp_path):
     assert "24 lines, 22 usable, 2 bad" in out
 
 
-def test_data_check_refuses_too_many_bad_lines(corpus, tmp_path):
+def test_data_check_refuses_too_many_bad_lines(corpus, tmp_path, run_main):
     for number in (1, 2, 3):  # 3 of 24 = 12.5%
         (corpus / "wavs" / f"{uid_at(corpus, number)}.wav").unlink()
-    result = run_cli(tmp_path, "data", "check", corpus)
+    result = run_main(tmp_path, "data", "check", corpus)
     assert_user_error(result)
     assert "data.max_bad_share" in error_lines(result)[0]
     assert f"{corpus / 'metadata.csv'}:1:" in result.stdout
 
-    relaxed = run_cli(tmp_path, "data", "check", corpus, "--max-bad-share", "0.2")
+    relaxed = run_main(tmp_path, "data", "check", corpus, "--max-bad-share", "0.2")
     assert relaxed.returncode == 0, relaxed.stderr
     assert "3 bad" in relaxed.stdout
 
 
-def test_data_check_missing_corpus(tmp_path):
-    result = run_cli(tmp_path, "data", "check", tmp_path / "nothing")
+def test_data_check_missing_corpus(tmp_path, run_main):
+    result = run_main(tmp_path, "data", "check", tmp_path / "nothing")
     assert_user_error(result)
     assert "nothing" in error_lines(result)[0]
 
 
 # ------------------------------------------------------------------------------------ demo corpus
-def test_data_demo_writes_a_cyrillic_corpus(tmp_path):
+def test_data_demo_writes_a_cyrillic_corpus(tmp_path, run_main):
     out = tmp_path / "demo_ru"
-    result = run_cli(tmp_path, "data", "demo", "--out", out, "--size", 5, "--lang", "ru")
+    result = run_main(tmp_path, "data", "demo", "--out", out, "--size", 5, "--lang", "ru")
     assert result.returncode == 0, result.stderr
     assert str(out) in result.stdout
     rows = [line.split("|") for line in (out / "metadata.csv").read_text(encoding="utf-8").splitlines()]
@@ -157,6 +176,7 @@ def test_data_demo_writes_a_cyrillic_corpus(tmp_path):
 def test_train_resume_without_checkpoint(tmp_path):
     run_dir = tmp_path / "empty_run"
     run_dir.mkdir()
+    # A process of its own: the run opens the MLflow store before its resume check.
     result = run_cli(tmp_path, "train", "--resume", "--run-dir", run_dir, "--no-progress")
     assert_user_error(result)
     line = error_lines(result)[0]

@@ -4,7 +4,8 @@
   twice. ``MaxTrialsCallback`` alone is *not* an exact budget with several workers: it is checked only after a
   worker's own trial ends, so the trials other workers are running at that moment also complete (overshoot up to
   workers - 1; with two workers in step, 11 complete trials for a budget of 10 is the usual outcome). An exact budget
-  needs an admission check at the start of the trial (``guard`` mode below).
+  needs an admission check at the start of the trial: ``guard`` mode below runs smart_tuner's own,
+  ``Objective.admit``, in each worker.
 * A worker SIGKILLed mid-trial leaves a RUNNING trial whose heartbeat stops. After the grace period, the next
   worker's ``study.optimize`` (``_run_trial`` calls ``optuna.storages.fail_stale_trials`` before each ``ask``; a
   bare ``study.ask`` does not) marks it FAIL and ``RetryHeartbeatStaleTrialCallback`` enqueues a WAITING copy with
@@ -42,8 +43,10 @@ GRACE_PERIOD = 3
 TRIAL_SECONDS = 0.2
 
 # A worker process: argv = url, study name, budget N, label, mode (plain | guard | hang), output directory.
-# plain: MaxTrialsCallback(N) only. guard: also prunes (and stops on) a trial beyond the budget, so the count of
-# complete trials is exact. hang: the first trial signals readiness, then sleeps far longer than the test waits.
+# plain: MaxTrialsCallback(N) only. guard: each trial first passes smart_tuner's admission check (Objective.admit
+# with target N, as every trial of a study does), which prunes a trial beyond the budget and stops the worker, so
+# the count of complete trials is exact. hang: the first trial signals readiness, then sleeps far longer than the
+# test waits.
 WORKER = r'''
 import json, os, sys, time, warnings
 from pathlib import Path
@@ -59,27 +62,21 @@ storage = optuna.storages.RDBStorage(
     url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
 study = optuna.load_study(study_name=study_name, storage=storage)
+if mode == "guard":
+    from smart_tuner.study.objective import Objective
+    from smart_tuner.study.options import StudyOptions
+    from smart_tuner.study.space import load_objective
 
-
-def within_budget(trial):
-    """Exact admission: trial numbers are assigned under a row lock on the study, so every trial numbered below
-    this one is already committed. Retries of stale trials take over their original's place in the budget; an
-    original is admitted while fewer than ``budget`` originals precede it."""
-    trials = trial.study.get_trials(deepcopy=False)
-    me = next(t for t in trials if t.number == trial.number)
-    if RetryHeartbeatStaleTrialCallback.retried_trial_number(me) is not None:
-        return True
-    originals_before = sum(1 for t in trials if t.number < trial.number
-                           and RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is None)
-    return originals_before < budget
+    spec = out / "objective.yaml"
+    admission = Objective(load_objective(spec), StudyOptions(objective=spec, study=study_name, storage=url),
+                          target=budget)
 
 
 def objective(trial):
+    if mode == "guard":
+        admission.admit(trial)
     x = trial.suggest_float("x", -10.0, 10.0)
     trial.set_user_attr("worker", label)
-    if mode == "guard" and not within_budget(trial):
-        trial.study.stop()
-        raise optuna.TrialPruned("over budget")
     if mode == "hang" and not (out / "ready").exists():
         (out / "ready").write_text(json.dumps({"number": trial.number, "pid": os.getpid()}))
         time.sleep(60)
@@ -114,6 +111,8 @@ class Workers:
         self.url, self.study_name, self.out = url, study_name, out
         self.script = out / "worker.py"
         self.script.write_text(WORKER)
+        # The objective file of guard mode's Objective: its trials never train, so any valid one does.
+        (out / "objective.yaml").write_text("config: {preset: demo, tracking: {enabled: false}}\n")
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, label, budget, mode, go=True):
@@ -222,7 +221,8 @@ def test_two_workers_share_a_study_max_trials_callback(study_env):
 
 
 def test_two_workers_exact_budget_with_admission_guard(study_env):
-    """With the admission check at the start of each trial, exactly N trials complete: numbers 0..N-1."""
+    """With smart_tuner's admission check at the start of each trial, exactly N trials complete: numbers 0..N-1;
+    a trial beyond the budget is pruned and marked over budget."""
     study, _, workers = study_env
     budget = 12
     for label in "AB":
@@ -234,7 +234,8 @@ def test_two_workers_exact_budget_with_admission_guard(study_env):
     complete = check_consistent(study, workers, "AB")
     assert sorted(t.number for t in complete) == list(range(budget)), workers.logs()
     others = [t for t in study.get_trials() if t.state != TrialState.COMPLETE]
-    assert all(t.state == TrialState.PRUNED and t.number >= budget for t in others), others
+    assert all(t.state == TrialState.PRUNED and t.number >= budget and t.user_attrs["over_budget"]
+               for t in others), others
     assert len(others) <= 2  # a worker stops at its first trial beyond the budget
     per_worker = {lb: [t for t in complete if t.user_attrs["worker"] == lb] for lb in "AB"}
     assert overlap(per_worker["A"], per_worker["B"]), "the two workers ran side by side"

@@ -15,9 +15,10 @@ import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from smart_tuner.watch.previews import latest_preview
+from smart_tuner.study.options import StudyOptions
+from smart_tuner.study.workers import optimize
 from smart_tuner.view.report import build_report
-from smart_tuner.study.workers import StudyOptions, optimize
+from smart_tuner.watch.previews import latest_preview
 
 from .chromium import dump_dom
 from .conftest import TINY_MODEL
@@ -72,7 +73,8 @@ class Tables(HTMLParser):
 
 
 def crafted(number_value, state, events=None, status=None, **attrs):
-    """A trial with given state, value and attributes, as a worker would have left it."""
+    """A trial with given state, value and attributes, as a worker would have left it (``alarms`` only when
+    given: trials recorded before it existed have none)."""
     value, lr = number_value
     user_attrs = {"events": events or {}, **({"status": status} if status else {}), **attrs}
     intermediate = {5: (value or 3.0) + 0.5, 10: value or 3.0} if state != TrialState.FAIL else {}
@@ -183,27 +185,35 @@ def test_browser_renders_trials_images_and_audio(real_study, cli_report):
 
 def test_adapter_statistics_and_rescued_trials_match_the_trials(tmp_path):
     study = optuna.create_study(study_name="events", storage=f"sqlite:///{tmp_path}/e.db", direction="minimize")
-    study.add_trial(crafted((1.0, 1e-3), TrialState.COMPLETE,
-                            {"lr.lr": 3, "lr.skip_update": 1, "ga.ga_weight": 5}, "completed"))  # rescued
-    study.add_trial(crafted((0.5, 2e-3), TrialState.COMPLETE, {"lr.lr": 2, "ga.ga_weight": 0}, "completed"))
+    study.add_trial(crafted((1.0, 1e-3), TrialState.COMPLETE,  # rescued: the rate adapter's emergency
+                            {"lr.lr": 3, "lr.skip_update": 1, "ga.ga_weight": 5}, "completed",
+                            alarms={"lr.lr": 1, "lr.skip_update": 1}))
+    study.add_trial(crafted((0.5, 2e-3), TrialState.COMPLETE, {"lr.lr": 2, "ga.ga_weight": 0}, "completed",
+                            alarms={}))
     study.add_trial(crafted((None, 3e-3), TrialState.PRUNED,  # an emergency, but pruned: not rescued
-                            {"grad.rollback": 1, "trainer.skip_update": 2}, "stopped"))
+                            {"grad.rollback": 1, "trainer.skip_update": 2}, "stopped",
+                            alarms={"grad.rollback": 1, "trainer.skip_update": 2}))
     study.add_trial(crafted((None, 4e-3), TrialState.FAIL, {"lr.rollback": 2}, "failed",
-                            failure="rollback budget spent (2 of 2)"))
-    study.add_trial(crafted((2.0, 6e-4), TrialState.COMPLETE,
-                            {"trainer.skip_update": 2, "lr.rollback": 1}, "completed"))  # rescued
+                            failure="rollback budget spent (2 of 2)", alarms={"lr.rollback": 2}))
+    study.add_trial(crafted((2.0, 6e-4), TrialState.COMPLETE,  # rescued: the trainer skipped, then a rollback
+                            {"trainer.skip_update": 2, "lr.rollback": 1}, "completed",
+                            alarms={"trainer.skip_update": 2, "lr.rollback": 1}))
     study.add_trial(crafted((0.1, 7e-4), TrialState.COMPLETE, {"lr.lr": 100, "lr.rollback": 9}, "completed",
-                            over_budget=True))  # not a result: counted nowhere, not the best
+                            over_budget=True, alarms={"lr.rollback": 9}))  # not a result: counted nowhere
+    study.add_trial(crafted((3.0, 8e-4), TrialState.COMPLETE,  # only the trainer's own skip: no adapter rescued it
+                            {"trainer.skip_update": 3}, "completed", alarms={"trainer.skip_update": 3}))
+    study.add_trial(crafted((4.0, 9e-4), TrialState.COMPLETE,  # recorded before alarms existed: not rescued
+                            {"lr.rollback": 1}, "completed"))
     text = build_report(study, tmp_path / "r.html").read_text()
     stats = {row[0]: (int(row[1]), int(row[2])) for row in Tables(text).tables["adapter-stats"]}
-    assert stats == {"ga.ga_weight": (5, 1), "grad.rollback": (1, 1), "lr.lr": (5, 2), "lr.rollback": (3, 2),
-                     "lr.skip_update": (1, 1), "trainer.skip_update": (4, 2)}
+    assert stats == {"ga.ga_weight": (5, 1), "grad.rollback": (1, 1), "lr.lr": (5, 2), "lr.rollback": (4, 3),
+                     "lr.skip_update": (1, 1), "trainer.skip_update": (7, 3)}
     assert re.search(r'<span id="rescued-count">2</span>', text)
     assert re.search(r'<span id="rescued-list">0, 4</span>', text)
     tables = Tables(text)
     assert tables.tables["best"][0][:2] == ["1", "0.5000"]
     rows = {row[0]: row for row in tables.tables["trials"]}
-    assert set(rows) == {"0", "1", "2", "3", "4"}
+    assert set(rows) == {"0", "1", "2", "3", "4", "6", "7"}
     assert rows["3"][5] == "failed: rollback budget spent (2 of 2)"
     assert "No preview found for trial 1" in text  # crafted trials have no run dir
 

@@ -10,12 +10,15 @@ import pytest
 
 from smart_tuner.config import ConfigError, build_config, merge
 from smart_tuner.study.space import (
+    PRUNERS,
+    SAMPLERS,
     Dimension,
     ObjectiveSpec,
     PruningSpec,
     SearchSpaceError,
     load_objective,
     make_pruner,
+    make_sampler,
     params_to_overrides,
     reference_params,
     suggest,
@@ -322,6 +325,17 @@ def test_make_pruner_classes(name, cls):
 def test_make_pruner_refuses_an_unknown_override():
     with pytest.raises(SearchSpaceError, match="'asha'"):
         make_pruner(PruningSpec(), name_override="asha")
+
+
+def test_every_listed_pruner_and_sampler_is_made_and_no_other():
+    assert {type(make_pruner(PruningSpec(pruner=name))) for name in PRUNERS} == {
+        optuna.pruners.MedianPruner, optuna.pruners.HyperbandPruner, optuna.pruners.SuccessiveHalvingPruner,
+        optuna.pruners.NopPruner}
+    assert [type(make_sampler(name, seed=0)) for name in SAMPLERS] == [
+        optuna.samplers.TPESampler, optuna.samplers.RandomSampler, optuna.samplers.GPSampler,
+        optuna.samplers.CmaEsSampler]
+    with pytest.raises(SearchSpaceError, match="--sampler 'bayes': choose one of tpe, random, gp, cmaes"):
+        make_sampler("bayes", seed=0)
 
 
 STEPS = list(range(10, 410, 10))  # training steps at which each trial reports, as every eval_every steps

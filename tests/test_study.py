@@ -6,13 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
-from smart_tuner.study.space import load_objective, reference_params
-from smart_tuner.study.workers import StudyOptions, best_config, optimize
+from smart_tuner import cli
+from smart_tuner.config import ConfigError
+from smart_tuner.study.options import StudyOptions
+from smart_tuner.study.space import SAMPLERS, load_objective, reference_params
+from smart_tuner.study.storage import best_config, open_storage, storage_url
+from smart_tuner.study.workers import optimize
 
 from .conftest import TINY_MODEL
 
@@ -137,9 +140,34 @@ def test_malformed_search_spaces_are_clear_cli_errors(corpus_en, tmp_path, dimen
     assert not (tmp_path / "runs").exists()
 
 
-def test_unknown_sampler_or_storage_is_a_clear_error(corpus_en, tmp_path):
+def test_unknown_sampler_or_storage_is_a_clear_error(corpus_en, tmp_path, capsys):
     path = objective_file(tmp_path, corpus_en)
-    bad = run_cli(tmp_path, "optimize", "--objective", path, "--storage", "postgresql://u:secret@127.0.0.1:1/x",
-                  "--trials", 1, "--no-progress")
-    assert bad.returncode == 2 and "cannot open it" in bad.stderr and "secret" not in bad.stderr
-    assert optuna.__version__  # the storage error came from a real SQLAlchemy connection attempt
+    storage = f"sqlite:///{tmp_path}/s.db"
+    # The command line offers the sampler names there are, and refuses any other with exit status 2.
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["optimize", "--objective", str(path), "--storage", storage, "--sampler", "bayes", "--no-progress"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'bayes'" in capsys.readouterr().err
+    # Through the API it is a config error naming the choices, before any database or run directory exists.
+    with pytest.raises(ConfigError, match=f"--sampler 'bayes': choose one of {', '.join(SAMPLERS)}"):
+        optimize(options(tmp_path, path, sampler="bayes"), progress=False)
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "runs").exists()
+    # A storage that cannot be opened (a real connection attempt to a closed port) is one error line, exit 2, and
+    # the password stays out of it.
+    code = cli.main(["optimize", "--objective", str(path), "--storage", "postgresql://u:secret@127.0.0.1:1/x",
+                     "--trials", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "postgresql://u:***@127.0.0.1:1/x: cannot open it" in line and "secret" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_default_storage_directory_is_made_only_when_a_database_is_created(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert storage_url("s", None) == "sqlite:///studies/s.db"
+    assert cli.main(["best", "--study", "s"]) == 2  # reading a study that is not there creates nothing
+    assert "no study storage at studies/s.db" in capsys.readouterr().err
+    assert not (tmp_path / "studies").exists()
+    open_storage(storage_url("s", None)).engine.dispose()  # opening it for writing creates the file and its folder
+    assert (tmp_path / "studies" / "s.db").is_file()

@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
+from smart_tuner.study.options import StudyOptions
 from smart_tuner.study.space import load_objective
-from smart_tuner.study.workers import StudyOptions, open_study
+from smart_tuner.study.storage import StudyTrials, retried_number
+from smart_tuner.study.workers import open_study
 
 from .pg import postgres_url  # noqa: F401  (the fixture)
 from .test_study import objective_file
@@ -23,11 +24,11 @@ pytestmark = pytest.mark.slow
 
 
 def worker(tmp_path, path, url, study, target, heartbeat=1, grace=3, seed=0):
-    command = [sys.executable, "-m", "smart_tuner", "worker", "--objective", path, "--study", study,
-               "--storage", url, "--target", str(target), "--threads", "1", "--runs-dir", tmp_path / "runs",
-               "--heartbeat-interval", str(heartbeat), "--grace-period", str(grace), "--seed", str(seed)]
-    return subprocess.Popen(list(map(str, command)), cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    """A ``worker`` process with the command line ``optimize`` gives its workers."""
+    options = StudyOptions(objective=path, study=study, storage=url, target=target, threads=1, seed=seed,
+                           runs_dir=tmp_path / "runs", heartbeat_interval=heartbeat, grace_period=grace)
+    return subprocess.Popen([sys.executable, "-m", "smart_tuner", "worker", *options.worker_argv()], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def create(tmp_path, path, url, study):
@@ -42,9 +43,9 @@ def test_two_workers_run_exactly_the_requested_trials(postgres_url, corpus_en, t
     procs = [worker(tmp_path, path, postgres_url, "two-workers", target=5, seed=i) for i in range(2)]
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    trials = [t for t in study.get_trials() if not t.user_attrs.get("over_budget")]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 5 and len(trials) == 5
+    trials = StudyTrials.of(study.get_trials())
+    complete = trials.complete
+    assert len(complete) == 5 and len(trials.results) == 5 and trials.counted == 5
     assert sorted(t.number for t in complete) == list(range(5))  # none lost, none duplicated
     assert len({t.user_attrs["run_dir"] for t in complete}) == 5
     assert complete[0].user_attrs.get("reference") is True
@@ -79,10 +80,10 @@ def test_a_killed_worker_trial_is_failed_by_heartbeat_retried_and_the_study_comp
     trials = study.get_trials()
     killed = next(t for t in trials if t.number == killed_number)
     assert killed.state == TrialState.FAIL
-    retries = [t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
-               == killed_number]
+    retries = [t for t in trials if retried_number(t) == killed_number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == killed.params
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 2
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    assert StudyTrials.of(trials).counted == 2  # the retry took the killed trial's place in the budget

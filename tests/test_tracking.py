@@ -95,8 +95,9 @@ def test_default_tracking_uri(monkeypatch, tmp_path):
     assert tracking.default_artifact_location("sqlite:///mlflow/mlflow.db") == (
         tmp_path / "mlflow" / "artifacts").resolve().as_uri()
     assert not (tmp_path / "mlflow").exists()  # computing a default creates nothing
-    tracking.open_tracking(None)  # opening the store for writing makes the database's directory
-    assert (tmp_path / "mlflow" / "mlflow.db").is_file()
+    # Opening a store for writing makes its database's directory (an absolute path: MLflow caches its stores by URI).
+    tracking.open_tracking(f"sqlite:///{tmp_path}/new/mlflow.db")
+    assert (tmp_path / "new" / "mlflow.db").is_file()
     elsewhere = tmp_path / "other" / "store.db"
     assert tracking.default_artifact_location(f"sqlite:///{elsewhere}") == (
         tmp_path / "other" / "artifacts").as_uri()  # next to the database, whatever the working directory

@@ -1,4 +1,5 @@
-"""Objective files: the base training config, the search space over it, the reported value and the pruner.
+"""Objective files: the base training config, the search space over it, the reported value and the pruner;
+and the one list of sampler and pruner names with the functions that make them.
 
 An objective file (``objectives/*.yaml``) describes one objective::
 
@@ -39,7 +40,6 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -48,7 +48,8 @@ from typing import Any
 
 import optuna
 
-from ..config import Config, ConfigError, build_config, config_keys, merge, read_yaml
+from ..config import (Config, ConfigError, build_config, config_keys, is_finite_number, merge, nest, read_yaml,
+                      set_dotted)
 
 SECTIONS = ("config", "search_space", "objective", "pruning")
 KINDS = ("float", "int", "categorical")
@@ -57,7 +58,8 @@ DIMENSION_FIELDS = {
     "int": ("type", "low", "high", "log", "step"),
     "categorical": ("type", "choices"),
 }
-PRUNERS = ("median", "hyperband", "sha", "none")
+SAMPLERS = ("tpe", "random", "gp", "cmaes")  # the names --sampler takes; see make_sampler
+PRUNERS = ("median", "hyperband", "sha", "none")  # the names pruning.pruner and --pruner take; see make_pruner
 OBJECTIVE_FIELDS = ("ga_penalty",)
 PRUNING_FIELDS = ("pruner", "warmup_steps", "startup_trials")
 
@@ -94,27 +96,8 @@ class ObjectiveSpec:
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _nest(key: str, value: Any) -> dict[str, Any]:
-    """``("train.lr", 0.01)`` -> ``{"train": {"lr": 0.01}}``."""
-    nested: Any = value
-    for part in reversed(key.split(".")):
-        nested = {part: nested}
-    return nested
-
-
-def _set_nested(target: dict[str, Any], key: str, value: Any) -> None:
-    *parents, name = key.split(".")
-    for part in parents:
-        target = target.setdefault(part, {})
-    target[name] = value
 
 
 def _field_hint(key: str) -> Any:
@@ -199,7 +182,7 @@ class _Reader:
         spec = self.mapping("objective", data)
         self.unknown_fields("objective", spec, OBJECTIVE_FIELDS)
         ga_penalty = spec.get("ga_penalty", 1.0)
-        if not _is_number(ga_penalty) or ga_penalty < 0:
+        if not is_finite_number(ga_penalty) or ga_penalty < 0:
             raise self.fail("objective.ga_penalty", f"expected a number >= 0, got {ga_penalty!r}")
         return float(ga_penalty)
 
@@ -247,7 +230,7 @@ class _Reader:
         return self.numeric(where, key, kind, spec)
 
     def numeric(self, where: str, key: str, kind: str, spec: dict[str, Any]) -> Dimension:
-        is_ok = _is_int if kind == "int" else _is_number
+        is_ok = _is_int if kind == "int" else is_finite_number
         what = "an integer" if kind == "int" else "a number"
         for name in ("low", "high"):
             if name not in spec:
@@ -310,7 +293,7 @@ class _Reader:
             values = [(f"low ({dim.low})", dim.low), (f"high ({dim.high})", dim.high)]
         for label, value in values:
             try:
-                build_config(merge(base, _nest(dim.key, value)))
+                build_config(merge(base, nest(dim.key, value)))
             except ConfigError as exc:
                 raise self.fail(where, f"{label} does not make a valid config: {exc}") from None
 
@@ -354,7 +337,7 @@ def suggest(trial: optuna.Trial, space: list[Dimension]) -> dict[str, Any]:
         else:
             encoded = [_encode(choice) for choice in dim.choices or []]
             value = _decode(dim.key, trial.suggest_categorical(dim.key, encoded))
-        _set_nested(overrides, dim.key, value)
+        set_dotted(overrides, dim.key, value)
     return overrides
 
 
@@ -402,7 +385,7 @@ def params_to_overrides(params: dict[str, Any]) -> dict[str, Any]:
     for key, value in params.items():
         if key not in known:
             raise SearchSpaceError(f"trial parameter {key!r} is not a config key")
-        _set_nested(overrides, key, _decode(key, value))
+        set_dotted(overrides, key, _decode(key, value))
     return overrides
 
 
@@ -431,7 +414,21 @@ def make_pruner(spec: PruningSpec, name_override: str | None = None,
     return optuna.pruners.NopPruner()
 
 
+def make_sampler(name: str, seed: int | None, startup_trials: int = 5) -> optuna.samplers.BaseSampler:
+    """The sampler named by ``--sampler``. ``startup_trials`` random trials come before the model-based samplers
+    take over: Optuna's default of 10 would make a short study (the demo's 6 trials) a random search."""
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)  # multivariate in Optuna 5
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup_trials)
+    raise SearchSpaceError(f"--sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+
+
 __all__ = [
-    "Dimension", "ObjectiveSpec", "PruningSpec", "SearchSpaceError", "load_objective", "make_pruner",
-    "params_to_overrides", "reference_params", "suggest",
+    "PRUNERS", "SAMPLERS", "Dimension", "ObjectiveSpec", "PruningSpec", "SearchSpaceError", "load_objective",
+    "make_pruner", "make_sampler", "params_to_overrides", "reference_params", "suggest",
 ]

@@ -29,8 +29,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import optuna
+
 from ..config import redact_url
 from ..paths import mlflow_artifact_root, sqlite_file, study_artifact_dir
+from ..study.storage import StudyError, storage_url
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +41,6 @@ ALL_INTERFACES = ("0.0.0.0", "::", "")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def study_error(message: str) -> Exception:
-    """A :class:`smart_tuner.study.workers.StudyError` (the CLI prints it as one ``error:`` line, exit code 2).
-    Imported on use: :mod:`smart_tuner.study.workers` pulls in torch, which serving a ``--storage`` URL never needs."""
-    from ..study.workers import StudyError
-
-    return StudyError(message)
-
-
 def server_url(host: str, port: int, path: str = "") -> str:
     """``http://host:port/path`` (an IPv6 address in brackets)."""
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
@@ -88,11 +83,9 @@ def resolve_storage_url(study: str | None, storage: str | None) -> str:
     if storage:
         return storage
     if study:
-        from ..study.workers import storage_url
-
         return storage_url(study, None)
-    raise study_error("dashboard: name the study (--study NAME, storage sqlite:///studies/NAME.db) or its "
-                      "storage (--storage URL)")
+    raise StudyError("dashboard: name the study (--study NAME, storage sqlite:///studies/NAME.db) or its "
+                     "storage (--storage URL)")
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -103,10 +96,10 @@ def sqlite_path(url: str) -> Path | None:
     try:
         database = sqlite_file(url)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's parse errors vary
-        raise study_error(f"storage {redact_url(url)}: not a valid URL ({exc})") from None
+        raise StudyError(f"storage {redact_url(url)}: not a valid URL ({exc})") from None
     if database is None:
-        raise study_error(f"storage {redact_url(url)}: an in-memory database holds nothing to show; name a "
-                          "database file, e.g. sqlite:///studies/NAME.db")
+        raise StudyError(f"storage {redact_url(url)}: an in-memory database holds nothing to show; name a "
+                         "database file, e.g. sqlite:///studies/NAME.db")
     return database
 
 
@@ -115,8 +108,8 @@ def check_sqlite_file(url: str) -> None:
     path = sqlite_path(url)
     if path is not None and not path.is_file():
         where = "" if path.is_absolute() else f" (under {Path.cwd()})"
-        raise study_error(f"storage {redact_url(url)}: no database file {path}{where}; run "
-                          "`python -m smart_tuner optimize` first, or name the study's file with --storage")
+        raise StudyError(f"storage {redact_url(url)}: no database file {path}{where}; run "
+                         "`python -m smart_tuner optimize` first, or name the study's file with --storage")
 
 
 def open_dashboard_storage(url: str) -> Any:
@@ -124,15 +117,13 @@ def open_dashboard_storage(url: str) -> Any:
     URLs (a journal file, Redis) are handed to optuna-dashboard as they are."""
     if "://" not in url or url.startswith("redis"):
         return url
-    import optuna
-
     try:
         storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
         storage.get_all_studies()
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or database
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise study_error(f"storage {redact_url(url)}: cannot read studies from it ({type(exc).__name__}: "
-                          f"{redact_url(first)[:200]})") from None
+        raise StudyError(f"storage {redact_url(url)}: cannot read studies from it ({type(exc).__name__}: "
+                         f"{redact_url(first)[:200]})") from None
     return storage
 
 
@@ -143,16 +134,14 @@ def find_study_id(storage: Any, name: str) -> int:
         if study.study_name == name:
             return study._study_id
     known = ", ".join(sorted(s.study_name for s in studies)) or "none"
-    raise study_error(f"study {name!r} is not in this storage (its studies: {known})")
+    raise StudyError(f"study {name!r} is not in this storage (its studies: {known})")
 
 
 def make_artifact_store(artifact_dir: str | os.PathLike) -> Any:
     """The studies' file-system artifact store (the directory is created)."""
-    from optuna.artifacts import FileSystemArtifactStore
-
     path = Path(artifact_dir)
     path.mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(str(path))
+    return optuna.artifacts.FileSystemArtifactStore(str(path))
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -178,8 +167,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     except OSError as exc:  # the port is taken, or the host is not an address of this machine
-        raise study_error(f"dashboard: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
-                          "choose another --port or --host") from None
+        raise StudyError(f"dashboard: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
+                         "choose another --port or --host") from None
     return 0
 
 
@@ -242,7 +231,7 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     """``mlflow-ui``: run ``mlflow server`` on the runs' tracking store until Ctrl-C; its exit code."""
-    from ..watch.tracking import default_tracking_uri
+    from ..paths import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
     if is_remote_tracking_uri(uri):

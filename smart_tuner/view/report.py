@@ -9,13 +9,15 @@ The page shows, from top to bottom:
 4. the optimization history: each trial's value, the best so far, pruned trials where they stopped;
 5. every trial's intermediate values (the objective at each evaluation), pruned trials drawn in red;
 6. what the adapters did: per decision kind ("<source>.<control>", for example ``lr.rollback``) how often it
-   was applied and in how many trials, which trials were rescued after an emergency (a skipped update or a
-   rollback, and the trial still completed), and one row per trial with its outcome;
+   was applied and in how many trials, which trials the adapters rescued (one of them answered an alarm, an
+   emergency, a skipped update or a rollback, and the trial still completed; the trainer's own skip of a
+   non-finite update rescues nothing), and one row per trial with its outcome;
 7. the best trial's last preview: alignment heatmap, mel spectrograms and the Griffin-Lim audio.
 
 Everything is inline (PNG and WAV as ``data:`` URIs, CSS in a ``<style>`` element, no script), so the file
-can be mailed or archived and opens offline. Trials that left a study as over budget (a worker found the
-study's trial budget taken) are not results and appear nowhere. The report only reads the study.
+can be mailed or archived and opens offline. Which trials are results, and which is the best, comes from
+:class:`smart_tuner.study.storage.StudyTrials` (over-budget trials appear nowhere). The report only reads the
+study, and never imports torch.
 """
 
 from __future__ import annotations
@@ -24,11 +26,9 @@ import base64
 import html
 import io
 import math
-import os
 import sys
-import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -39,11 +39,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import ConfigError, build_config, redact_url, to_yaml
+from ..config import ConfigError, build_config, is_finite_number, redact_url, to_yaml
+from ..files import write_atomic
+from ..study.storage import StudyTrials, open_study_readonly, storage_url, study_trials
 from ..watch.previews import latest_preview
 
 IMPORTANCE_SEED = 0  # fANOVA and the random forest sample; a fixed seed gives the same report twice
-EMERGENCY_CONTROLS = ("skip_update", "rollback")  # an applied one means the trial ran into trouble
+TRAINER = "trainer"  # the source of the trainer's own decisions (it skips any non-finite update by itself)
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
@@ -60,34 +62,6 @@ img { max-width: 100%; }
 
 
 # ----------------------------------------------------------------------------------------------- trials
-@dataclass
-class Trials:
-    """The study's trials that count as results (over-budget ones dropped), by state."""
-
-    all: list[FrozenTrial]
-    complete: list[FrozenTrial] = field(init=False)
-    pruned: list[FrozenTrial] = field(init=False)
-    failed: list[FrozenTrial] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.complete = [t for t in self.all if t.state == TrialState.COMPLETE and _finite(t.value)]
-        self.pruned = [t for t in self.all if t.state == TrialState.PRUNED]
-        self.failed = [t for t in self.all if t.state == TrialState.FAIL]
-
-    @property
-    def best(self) -> FrozenTrial | None:
-        return min(self.complete, key=lambda t: t.value) if self.complete else None
-
-
-def result_trials(study: optuna.Study) -> Trials:
-    trials = study.get_trials(deepcopy=False)
-    return Trials([t for t in trials if not t.user_attrs.get("over_budget")])
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return ""
@@ -120,31 +94,34 @@ class EventStat:
     trials: int  # trials in which it was applied at least once
 
 
-def _events(trial: FrozenTrial) -> dict[str, int]:
-    events = trial.user_attrs.get("events") or {}
-    return {str(k): int(v) for k, v in events.items() if isinstance(v, (int, float))}
+def _counts(trial: FrozenTrial, attr: str) -> dict[str, int]:
+    """A trial's ``events`` or ``alarms`` attribute: applied decisions counted by "<source>.<control>"."""
+    counts = trial.user_attrs.get(attr) or {}
+    return {str(k): int(v) for k, v in counts.items() if is_finite_number(v)}
 
 
 def event_stats(trials: Iterable[FrozenTrial]) -> list[EventStat]:
     totals: dict[str, list[int]] = {}
     for trial in trials:
-        for key, count in _events(trial).items():
+        for key, count in _counts(trial, "events").items():
             entry = totals.setdefault(key, [0, 0])
             entry[0] += count
             entry[1] += count > 0
     return [EventStat(key, total, n) for key, (total, n) in sorted(totals.items())]
 
 
-def had_emergency(trial: FrozenTrial) -> bool:
-    return any(count > 0 and key.rsplit(".", 1)[-1] in EMERGENCY_CONTROLS for key, count in _events(trial).items())
+def adapter_answered_alarm(trial: FrozenTrial) -> bool:
+    """An adapter (any source but the trainer) applied an alarm decision in this trial: an emergency rate cut, a
+    skipped update or a rollback. Trials recorded before the ``alarms`` attribute existed have none."""
+    return any(count > 0 and key.rsplit(".", 1)[0] != TRAINER for key, count in _counts(trial, "alarms").items())
 
 
 def rescued_trials(trials: Iterable[FrozenTrial]) -> list[int]:
-    """Numbers of trials that hit an emergency (a skipped update or a rollback) and still completed: the
-    cases where the adapters kept a trial alive that would otherwise have been lost."""
+    """Numbers of trials in which an adapter answered an alarm and that still completed: the cases where the
+    adapters kept a trial alive that would otherwise have been lost."""
     return sorted(t.number for t in trials
                   if t.state == TrialState.COMPLETE and t.user_attrs.get("status", "completed") == "completed"
-                  and had_emergency(t))
+                  and adapter_answered_alarm(t))
 
 
 # ----------------------------------------------------------------------------------------------- importances
@@ -163,7 +140,7 @@ class Importance:
     note: str = ""  # why not, or a warning the evaluator gave
 
 
-def importances(trials: Trials) -> list[Importance]:
+def importances(trials: StudyTrials) -> list[Importance]:
     """Each evaluator's importances on the complete trials; never raises: a failure becomes a note."""
     if len(trials.complete) < 2:
         why = f"needs at least 2 complete trials (the study has {len(trials.complete)})"
@@ -215,11 +192,11 @@ def importance_png(imp: Importance) -> bytes:
 
 
 def _last_intermediate(trial: FrozenTrial) -> tuple[int, float] | None:
-    finite = [(step, v) for step, v in sorted(trial.intermediate_values.items()) if _finite(v)]
+    finite = [(step, v) for step, v in sorted(trial.intermediate_values.items()) if is_finite_number(v)]
     return finite[-1] if finite else None
 
 
-def history_png(trials: Trials) -> bytes:
+def history_png(trials: StudyTrials) -> bytes:
     fig = _figure(8, 4)
     ax = fig.add_subplot()
     complete = sorted(trials.complete, key=lambda t: t.number)
@@ -243,12 +220,12 @@ def history_png(trials: Trials) -> bytes:
     return _png(fig)
 
 
-def intermediate_png(trials: Trials) -> bytes:
+def intermediate_png(trials: StudyTrials) -> bytes:
     fig = _figure(8, 4.5)
     ax = fig.add_subplot()
     best = trials.best
-    for t in sorted(trials.all, key=lambda t: t.number):
-        points = sorted((s, v) for s, v in t.intermediate_values.items() if _finite(v))
+    for t in trials.results:
+        points = sorted((s, v) for s, v in t.intermediate_values.items() if is_finite_number(v))
         if not points:
             continue
         steps, values = zip(*points)
@@ -317,9 +294,9 @@ def config_yaml(config: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- sections
-def header_section(study: optuna.Study, trials: Trials, storage: str | None) -> str:
+def header_section(study: optuna.Study, trials: StudyTrials, storage: str | None) -> str:
     counts = (f"{len(trials.complete)} complete, {len(trials.pruned)} pruned, {len(trials.failed)} failed")
-    others = len(trials.all) - len(trials.complete) - len(trials.pruned) - len(trials.failed)
+    others = len(trials.running) + len(trials.waiting)
     if others:
         counts += f", {others} running or waiting"
     meta = []
@@ -330,10 +307,10 @@ def header_section(study: optuna.Study, trials: Trials, storage: str | None) -> 
     meta.append("direction: minimize (lower is better)")
     return (f"<h1>Study {esc(study.study_name)}</h1>"
             f'<p class="meta">{" &middot; ".join(esc(m) for m in meta)}</p>'
-            f'<p id="counts"><b>{len(trials.all)} trials</b>: {esc(counts)}</p>')
+            f'<p id="counts"><b>{len(trials.results)} trials</b>: {esc(counts)}</p>')
 
 
-def best_section(trials: Trials) -> str:
+def best_section(trials: StudyTrials) -> str:
     best = trials.best
     if best is None:
         return "<h2>Best trial</h2>" + note("No complete trial yet: there is no best trial, no best config and "
@@ -351,7 +328,7 @@ def best_section(trials: Trials) -> str:
             f"<details><summary>Full training config (YAML)</summary>{config_html}</details>")
 
 
-def importance_section(trials: Trials) -> str:
+def importance_section(trials: StudyTrials) -> str:
     parts = ["<h2>Hyperparameter importances</h2>",
              '<p class="meta">How much of the variation of the objective each parameter explains, over the '
              "complete trials (normalized to sum to 1). Few trials make these rough.</p>"]
@@ -369,7 +346,7 @@ def importance_section(trials: Trials) -> str:
     return "".join(parts)
 
 
-def history_section(trials: Trials) -> str:
+def history_section(trials: StudyTrials) -> str:
     if not trials.complete and not trials.pruned:
         return "<h2>Optimization history</h2>" + note("No trial reported a value yet.")
     return ("<h2>Optimization history</h2>" + img(history_png(trials), "optimization history")
@@ -379,8 +356,8 @@ def history_section(trials: Trials) -> str:
             + img(intermediate_png(trials), "intermediate values of every trial"))
 
 
-def adapter_section(trials: Trials) -> str:
-    stats = event_stats(trials.all)
+def adapter_section(trials: StudyTrials) -> str:
+    stats = event_stats(trials.results)
     parts = ["<h2>Adapter statistics</h2>",
              '<p class="meta">Applied adapter decisions, as &lt;source&gt;.&lt;control&gt;: how often over all '
              "trials, and in how many trials at least once.</p>"]
@@ -389,18 +366,19 @@ def adapter_section(trials: Trials) -> str:
                            id_="adapter-stats", numeric=(1, 2)))
     else:
         parts.append(note("No trial recorded an adapter decision."))
-    rescued = rescued_trials(trials.all)
+    rescued = rescued_trials(trials.results)
     listed = ", ".join(str(n) for n in rescued) if rescued else "none"
-    parts.append(f'<p id="rescued"><b>Trials rescued after an emergency</b> (a skipped update or a rollback, '
-                 f"and the trial still completed): <span id=\"rescued-count\">{len(rescued)}</span> &mdash; "
+    parts.append(f'<p id="rescued"><b>Trials rescued by the adapters</b> (an adapter answered an emergency, a '
+                 f"skipped update or a rollback, and the trial still completed): "
+                 f"<span id=\"rescued-count\">{len(rescued)}</span> &mdash; "
                  f'<span id="rescued-list">{esc(listed)}</span></p>')
     return "".join(parts)
 
 
-def trials_section(trials: Trials) -> str:
-    names = sorted({k for t in trials.all for k in t.params})
+def trials_section(trials: StudyTrials) -> str:
+    names = sorted({k for t in trials.results for k in t.params})
     best = trials.best
-    ordered = sorted(trials.all, key=lambda t: t.number)
+    ordered = trials.results
     rows = [[t.number, t.state.name.lower(), _fmt(t.value) if t.state == TrialState.COMPLETE else "",
              _fmt(t.user_attrs.get("diagonality"), 3), _fmt(t.user_attrs.get("step")), trial_outcome(t),
              *(_param(t.params[n]) if n in t.params else "" for n in names)] for t in ordered]
@@ -410,7 +388,7 @@ def trials_section(trials: Trials) -> str:
                                        *names], rows, id_="trials", row_attrs=attrs, numeric=(0, 2, 3, 4)))
 
 
-def preview_section(trials: Trials) -> str:
+def preview_section(trials: StudyTrials) -> str:
     best = trials.best
     head = "<h2>Best trial preview</h2>"
     if best is None:
@@ -436,7 +414,7 @@ def preview_section(trials: Trials) -> str:
 
 # ----------------------------------------------------------------------------------------------- report
 def render_report(study: optuna.Study, storage: str | None = None) -> str:
-    trials = result_trials(study)
+    trials = study_trials(study)
     sections = [header_section(study, trials, storage), best_section(trials), preview_section(trials),
                 importance_section(trials), history_section(trials), adapter_section(trials),
                 trials_section(trials)]
@@ -445,31 +423,14 @@ def render_report(study: optuna.Study, storage: str | None = None) -> str:
             f"<body>{''.join(sections)}</body></html>\n")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """A reader (a browser reloading, a file server) never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private (0600); a report is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_report(study: optuna.Study, out: Path, storage: str | None = None) -> Path:
-    """Write the study's report to ``out`` (one self-contained HTML file); returns its path."""
-    out = Path(out)
-    write_atomic(out, render_report(study, storage))
-    return out
+    """Write the study's report to ``out`` (one self-contained HTML file, written atomically: a browser
+    reloading it never sees half a report); returns its path."""
+    return write_atomic(out, render_report(study, storage))
 
 
 def cmd_report(args: Any) -> int:
-    from ..study.workers import StudyOptions, open_study_readonly, storage_url
-
-    study = open_study_readonly(StudyOptions(study=args.study, storage=args.storage))
+    study = open_study_readonly(args.study, args.storage)
     path = build_report(study, Path(args.out), storage=storage_url(args.study, args.storage))
     print(f"wrote {path}", file=sys.stdout)
     return 0

@@ -1,0 +1,182 @@
+"""The study's options, in one place: :class:`StudyOptions` and the command lines derived from it.
+
+Each field carries its command-line flag in its metadata (:func:`option`): the flag's help, choices, and which
+commands take it. The flags of ``optimize``, of the hidden ``worker`` command, of ``best``, ``report`` and
+``train --from-study`` are added from there (:func:`add_arguments`), parsed back with
+:meth:`StudyOptions.from_args`, and the command line of a worker process is written from the same fields
+(:meth:`StudyOptions.worker_argv`), so that a new option is one new field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..paths import study_artifact_dir
+from .space import PRUNERS, SAMPLERS
+from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, storage_url
+
+RUN = ("optimize", "worker")  # the commands that run trials
+FLAG = "flag"  # the metadata key of a field's Flag
+DEFAULT_STORAGE = "default sqlite:///studies/<study>.db"
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How an option appears on the command line of the commands that take it."""
+
+    commands: tuple[str, ...]
+    name: str = ""  # empty: --<the field name with dashes>
+    help: str | None = None
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    required: bool = False
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # per command: what differs there
+
+    def on(self, command: str, field_name: str) -> Flag:
+        """This flag as ``command`` takes it, with its name filled in."""
+        flag = dataclasses.replace(self, **self.variants.get(command, {}))
+        return dataclasses.replace(flag, name=flag.name or "--" + field_name.replace("_", "-"))
+
+
+def option(default: Any, *commands: str, factory: Any = None, variants: dict[str, dict[str, Any]] | None = None,
+           **flag: Any) -> Any:
+    """A field of :class:`StudyOptions` with its flag; ``variants`` names further commands that take it, each with
+    what differs there (a name, a help text, being required)."""
+    metadata = {FLAG: Flag(commands=(*commands, *(variants or {})), variants=variants or {}, **flag)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """What a study run is asked to do. Frozen: what a run decides for itself (its threads, its MLflow parent run,
+    its workers' budget) goes into a copy made with :func:`dataclasses.replace`."""
+
+    objective: Path = option(Path("objectives/demo.yaml"), *RUN, help="objective file (config + search space)")
+    study: str | None = option(None, *RUN, help="study name (default: the objective file's name)", variants={
+        "best": {"required": True, "help": None}, "report": {"required": True, "help": None},
+        "train": {"name": "--from-study", "metavar": "NAME",
+                  "help": "train the best config of this study (instead of --config)"}})
+    storage: str | None = option(None, *RUN, help=f"Optuna storage URL ({DEFAULT_STORAGE})", variants={
+        "best": {"help": DEFAULT_STORAGE}, "report": {"help": DEFAULT_STORAGE},
+        "train": {"help": f"the study's storage URL ({DEFAULT_STORAGE})"}})
+    sampler: str = option("tpe", *RUN, choices=SAMPLERS)
+    startup_trials: int = option(
+        5, *RUN, help="random trials before TPE/GP/CMA-ES take over (Optuna's default of 10 is long here)")
+    pruner: str | None = option(None, *RUN, choices=PRUNERS, help="default: the objective file's pruning.pruner")
+    seed: int | None = option(None, *RUN, help="sampler seed")
+    corpus: str | None = option(None, *RUN, help="LJSpeech-format corpus directory (default: the demo corpus)")
+    sets: list[str] = option(None, *RUN, factory=list, name="--set", metavar="KEY=VALUE",
+                             help="override the base config of every trial, e.g. train.max_steps=100")
+    runs_dir: Path = option(Path("runs"), *RUN, help="trial run directories go to RUNS_DIR/<study>/")
+    heartbeat_interval: int = option(HEARTBEAT_INTERVAL, *RUN,
+                                     help="seconds between a running trial's heartbeats in the storage")
+    grace_period: int = option(GRACE_PERIOD, *RUN,
+                               help="a trial without a heartbeat for this long is failed and re-queued")
+    tracking_uri: str | None = option(
+        None, *RUN, help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db)")
+    artifact_dir: Path | None = option(
+        None, *RUN, help="Optuna artifact store of the trials' preview images and audio "
+                         "(default: artifacts/ next to a SQLite study file, else studies/artifacts)")
+    trials: int = option(10, "optimize", help="trials to run now (a study continues when re-run)")
+    timeout: float | None = option(None, "optimize", help="stop starting trials after this many seconds")
+    n_jobs: int = option(1, "optimize", help="worker processes on this machine")
+    gpus: str | None = option(None, "optimize", help="comma-separated GPU ids: one worker process per GPU")
+    threads: int = option(0, *RUN, help="torch threads per worker (default cores / workers)")
+    # Set by `optimize` for its worker processes (the `worker` command is hidden).
+    target: int | None = option(None, "worker", required=True)  # the study's trial budget, in counted trials
+    deadline: float | None = option(None, "worker")  # time.time() after which no trial starts
+    mlflow_parent: str | None = option(None, "worker", help="the study's parent MLflow run")
+    enqueue_reference: bool = option(True, "worker")  # a new study's first trial is the objective's base config
+
+    @property
+    def study_name(self) -> str:
+        return self.study or self.objective.stem
+
+    @property
+    def storage_url(self) -> str:
+        return storage_url(self.study_name, self.storage)
+
+    @property
+    def gpu_ids(self) -> list[str] | None:
+        return [g.strip() for g in self.gpus.split(",") if g.strip()] if self.gpus else None
+
+    @property
+    def workers(self) -> int:
+        """Worker processes: one per GPU, else ``n_jobs``."""
+        return len(self.gpu_ids) if self.gpu_ids else max(1, self.n_jobs)
+
+    @property
+    def artifact_store_dir(self) -> Path:
+        """The study's Optuna artifact store: ``artifact_dir``, else the default next to its storage."""
+        return self.artifact_dir or study_artifact_dir(self.storage_url)
+
+    def config_sets(self) -> list[str]:
+        """The ``--set`` items of every trial's base config: ``sets``, then ``corpus`` and ``threads``."""
+        sets = list(self.sets)
+        if self.corpus:
+            sets.append(f"data.corpus={self.corpus}")
+        if self.threads:
+            sets.append(f"train.num_threads={self.threads}")
+        return sets
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, command: str) -> StudyOptions:
+        """The options of a command line parsed with :func:`add_arguments`; a flag not given keeps its default."""
+        values = {f.name: getattr(args, f.name) for f, _ in _flags(command)}
+        return cls(**{name: value for name, value in values.items() if value is not None})
+
+    def worker_argv(self) -> list[str]:
+        """The arguments of a ``worker`` command that runs these options. The study and its storage are resolved
+        here, so every worker opens the study this process opened."""
+        resolved = dataclasses.replace(self, study=self.study_name, storage=self.storage_url)
+        argv: list[str] = []
+        for f, flag in _flags("worker"):
+            value = getattr(resolved, f.name)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                argv.append(flag.name if value else "--no-" + flag.name[2:])
+            elif isinstance(value, list):
+                argv += [item for v in value for item in (flag.name, str(v))]
+            else:
+                argv += [flag.name, os.fspath(value) if isinstance(value, Path) else str(value)]
+        return argv
+
+
+def _flags(command: str) -> Iterator[tuple[dataclasses.Field, Flag]]:
+    """The fields ``command`` takes as flags, in field order, each with its flag as that command takes it."""
+    for f in dataclasses.fields(StudyOptions):
+        flag = f.metadata.get(FLAG)
+        if flag is not None and command in flag.commands:
+            yield f, flag.on(command, f.name)
+
+
+def _value_type(hint: Any) -> Any:
+    """``int | None`` -> ``int``; ``list[str]`` -> ``list``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """Add the flags of ``command`` that set study options (read them back with :meth:`StudyOptions.from_args`)."""
+    hints = typing.get_type_hints(StudyOptions)
+    for f, flag in _flags(command):
+        kind = _value_type(hints[f.name])
+        if kind is bool:
+            parser.add_argument(flag.name, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=flag.help)
+        elif kind is list:  # repeated; None until given, so from_args keeps the field's default
+            parser.add_argument(flag.name, dest=f.name, action="append", metavar=flag.metavar, help=flag.help)
+        else:
+            parser.add_argument(flag.name, dest=f.name, type=kind, default=f.default, choices=flag.choices,
+                                metavar=flag.metavar, required=flag.required, help=flag.help)

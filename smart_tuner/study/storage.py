@@ -1,0 +1,194 @@
+"""A study in its storage, without torch: opening storages, and what the study's trials add up to.
+
+Nothing here trains, so ``best``, ``report``, ``dashboard`` and the workers' budget check share it without importing
+torch. :class:`StudyTrials` is the one place that sorts a study's trials by outcome: the complete, pruned, failed,
+running and waiting trials are its results; a trial that a worker left as over budget (it found the study's trial
+budget taken) is no result and appears nowhere; a failed trial that the heartbeat callback re-queued stays a failed
+result, but its retry takes its place in the budget. The best trial is the complete one with the lowest finite
+value. Storages are RDB storages with heartbeats (SQLite by default; PostgreSQL or any SQLAlchemy URL for several
+machines), so that a killed worker's trial is failed and re-queued by ``RetryHeartbeatStaleTrialCallback``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..config import Config, ConfigError, build_config, is_finite_number, merge, redact_url
+from ..paths import STUDIES_DIR, make_sqlite_dir, sqlite_file
+from .space import load_objective, params_to_overrides
+
+HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
+GRACE_PERIOD = 60  # a trial without a heartbeat for this long is failed (and re-queued)
+MAX_RETRIES = 2  # re-queues of one killed trial
+
+
+class StudyError(ConfigError):
+    """A study cannot be run or read as asked; the message says what to do."""
+
+
+@contextlib.contextmanager
+def allow_experimental() -> Iterator[None]:
+    """Optuna marks heartbeats, the retry callback and artifact uploads as experimental; several workers rely on
+    them, so their ExperimentalWarning is silenced where they are used, never for the whole process."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def route_optuna_logging() -> None:
+    """Optuna's own stderr handler would garble progress bars; its records go through ours instead."""
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# ----------------------------------------------------------------------------------------------- storage
+def storage_url(name: str, url: str | None) -> str:
+    """``url`` as given, else the default storage of study ``name``. Creates nothing: :func:`open_storage` makes
+    the directory of a SQLite file when it creates the database."""
+    return url or f"sqlite:///{STUDIES_DIR}/{name}.db"
+
+
+def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL,
+                 grace_period: int = GRACE_PERIOD) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats, so that a killed worker's trial is failed and re-queued. Its tables are
+    created when missing, and with them the directory of a SQLite database file."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # several processes wait for the lock
+    for attempt in range(5):
+        try:
+            make_sqlite_dir(url)
+            with allow_experimental():
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=MAX_RETRIES),
+                    **kwargs)
+        except Exception as exc:  # SQLAlchemy raises many types for a bad URL or an unreachable server
+            text = str(exc)
+            # Workers starting at once on an empty database race to create the tables; the loser retries.
+            if attempt < 4 and ("already exists" in text or "UniqueViolation" in text):
+                time.sleep(0.5 + random.random())
+                continue
+            raise StudyError(f"storage {redact_url(url)}: cannot open it ({type(exc).__name__}: "
+                             f"{redact_url(text.splitlines()[0] if text else '')[:200]})") from None
+    raise AssertionError("unreachable")
+
+
+def open_study_readonly(name: str, storage: str | None = None) -> optuna.Study:
+    """An existing study, for reading its results (``best``, ``report``, ``train --from-study``); a SQLite file
+    that is not there is an error, never a new empty database."""
+    route_optuna_logging()
+    url = storage_url(name, storage)
+    try:
+        database = sqlite_file(url)
+    except Exception:  # noqa: BLE001 - a malformed URL: open_storage below names it
+        database = None
+    if database is not None and not database.is_file():
+        raise StudyError(f"no study storage at {database}; run `optimize --study {name}` first, or pass --storage")
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError:
+        raise StudyError(f"no study {name!r} in {redact_url(url)}") from None
+
+
+# ----------------------------------------------------------------------------------------------- results
+def retried_number(trial: FrozenTrial) -> int | None:
+    """The number of the failed trial that ``trial`` runs again (re-queued after its worker died), else None."""
+    with allow_experimental():  # called for every trial of every count
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
+@dataclass
+class StudyTrials:
+    """A study's trials by outcome. Every result is in exactly one of ``complete``, ``pruned``, ``failed``,
+    ``running`` and ``waiting``; lists are in trial-number order."""
+
+    results: list[FrozenTrial]  # every trial but the over-budget ones
+    over_budget: list[FrozenTrial]  # left by a worker that found the study's trial budget taken: no result
+    complete: list[FrozenTrial] = field(init=False)
+    pruned: list[FrozenTrial] = field(init=False)
+    failed: list[FrozenTrial] = field(init=False)
+    running: list[FrozenTrial] = field(init=False)
+    waiting: list[FrozenTrial] = field(init=False)
+    retried: list[FrozenTrial] = field(init=False)  # failed results whose re-queued copy counts in their place
+
+    def __post_init__(self) -> None:
+        def having(state: TrialState) -> list[FrozenTrial]:
+            return [t for t in self.results if t.state == state]
+
+        self.complete = having(TrialState.COMPLETE)
+        self.pruned = having(TrialState.PRUNED)
+        self.failed = having(TrialState.FAIL)
+        self.running = having(TrialState.RUNNING)
+        self.waiting = having(TrialState.WAITING)
+        rerun = {retried_number(t) for t in self.results} - {None}
+        self.retried = [t for t in self.failed if t.number in rerun]
+
+    @classmethod
+    def of(cls, trials: Iterable[FrozenTrial]) -> StudyTrials:
+        ordered = sorted(trials, key=lambda t: t.number)
+        return cls(results=[t for t in ordered if not t.user_attrs.get("over_budget")],
+                   over_budget=[t for t in ordered if t.user_attrs.get("over_budget")])
+
+    @property
+    def counted(self) -> int:
+        """Trials that use the study's trial budget: the results, less failed ones whose retry counts instead."""
+        return len(self.results) - len(self.retried)
+
+    @property
+    def best(self) -> FrozenTrial | None:
+        """The complete trial with the lowest finite value (the study minimizes)."""
+        scored = [t for t in self.complete if is_finite_number(t.value)]
+        return min(scored, key=lambda t: t.value) if scored else None
+
+    def counts(self) -> dict[str, int]:
+        """Results per state, named as Optuna names the states (``fail``, not ``failed``)."""
+        return {"complete": len(self.complete), "pruned": len(self.pruned), "fail": len(self.failed),
+                "running": len(self.running), "waiting": len(self.waiting)}
+
+
+def study_trials(study: optuna.Study) -> StudyTrials:
+    return StudyTrials.of(study.get_trials(deepcopy=False))
+
+
+def summary(study: optuna.Study) -> str:
+    """What ``optimize`` prints at its end: the counts, the best trial with its params, why trials failed."""
+    trials = study_trials(study)
+    lines = [f"study {study.study_name}: {len(trials.results)} trials: "
+             + ", ".join(f"{n} {state}" for state, n in trials.counts().items() if n)]
+    best = trials.best
+    if best is None:
+        lines.append("no complete trial yet")
+    else:
+        lines.append(f"best trial {best.number}: value {best.value:.4f}, diagonality "
+                     f"{best.user_attrs.get('diagonality', float('nan')):.3f}, "
+                     f"run dir {best.user_attrs.get('run_dir')}")
+        lines += [f"  {key} = {value}" for key, value in sorted(best.params.items())]
+    for t in trials.failed:
+        if t.user_attrs.get("failure") or t.user_attrs.get("traceback"):
+            reason = t.user_attrs.get("failure") or t.user_attrs["traceback"].strip().splitlines()[-1]
+            lines.append(f"trial {t.number} failed: {reason}")
+    return "\n".join(lines)
+
+
+def best_config(study: optuna.Study, objective: Path | None = None) -> tuple[Config, FrozenTrial]:
+    """The full training config of the best trial: stored with the trial, or rebuilt from its params."""
+    best = study_trials(study).best
+    if best is None:
+        raise StudyError(f"study {study.study_name!r} has no complete trial yet")
+    if "config" in best.user_attrs:
+        return build_config(best.user_attrs["config"]), best
+    path = objective or Path(study.user_attrs.get("objective", ""))
+    spec = load_objective(path)
+    return build_config(merge(spec.config, params_to_overrides(best.params))), best

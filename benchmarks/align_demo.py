@@ -52,7 +52,7 @@ def run(label: str, sets: list[str], args, workdir: Path) -> None:
     print(f"{label:>16}: diagonality >= {args.target}: teacher-forced {first_reaching(log.evals, 'diagonality', args.target, start)}"
           f"; free-running {first_reaching(log.evals, 'infer_diagonality', args.target, start)}")
     print(f"{'':>16}  after {result.step} steps ({final.elapsed:.1f} s train, {time.perf_counter() - start:.1f} s wall):"
-          f" val loss {final.val_loss:.4f}, val mel {final.val_mel:.4f}, diagonality {final.diagonality:.3f},"
+          f" val loss {final.val_loss:.4f}, val mel {final.val_losses['mel']:.4f}, diagonality {final.diagonality:.3f},"
           f" free-running {final.infer_diagonality:.3f}, focus {final.focus:.3f}, stop rate {final.infer_stop_rate:.2f}")
     sys.stdout.flush()
 

@@ -1,10 +1,10 @@
-"""Statistics objects for tests of hooks, adapters and watchers, with Tacotron 2's loss terms and weight."""
+"""Statistics for tests: objects with Tacotron 2's loss terms and weight, and a hook that collects the steps."""
 
 from __future__ import annotations
 
 import math
 
-from smart_tuner.hooks import EvalStats, StepStats
+from smart_tuner.hooks import EvalStats, Hook, StepStats
 
 
 def step_stats(step: int = 1, *, loss: float = 1.0, grad_norm: float = 1.0, ga_weight: float = 2.0,
@@ -25,3 +25,16 @@ def eval_stats(step: int = 1, *, val_loss: float = 1.0, ga_weight: float = 2.0, 
                   loss_weights={"ga_weight": ga_weight}, train_loss=1.0, elapsed=1.0)
     values.update(fields)
     return EvalStats(**values)
+
+
+class StepLog(Hook):
+    """Keeps every step's statistics, in order."""
+
+    name = "step_log"
+
+    def __init__(self):
+        self.steps: list[StepStats] = []
+
+    def on_step(self, stats):
+        self.steps.append(stats)
+        return []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 
 import pytest
@@ -13,11 +12,11 @@ from smart_tuner.tts import checkpoint as ckpt
 from smart_tuner.adapters import (GradientHealthAdapter, GuidedAttentionAdapter, LearningRateAdapter,
                                   build_adapters)
 from smart_tuner.config import GaAdapterConfig, GradAdapterConfig, LrAdapterConfig, build_config
-from smart_tuner.hooks import EvalStats, Event, Hook, StepStats
+from smart_tuner.hooks import Event
 from smart_tuner.train.trainer import Trainer
 
 from .conftest import tiny_config
-from .stats import eval_stats, step_stats
+from .stats import StepLog, eval_stats, step_stats
 
 
 def step(n=1, loss=1.0, grad_norm=1.0, lr=1e-3, ga_weight=2.0):
@@ -214,17 +213,6 @@ def test_disabled_adapters_are_not_built():
 
 
 # ------------------------------------------------------------------------------------------ real runs
-class StepLog(Hook):
-    name = "log"
-
-    def __init__(self):
-        self.steps = []
-
-    def on_step(self, stats):
-        self.steps.append(stats)
-        return []
-
-
 def read_events(run_dir):
     return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
 

@@ -92,6 +92,15 @@ def only_bad(result):
     return result.bad[0]
 
 
+def assert_one_bad_line(result, line: int, uid: str, reason: str):
+    """Exactly one bad line, at ``line`` with id ``uid``, whose reason says ``reason``; that id is not used."""
+    bad = only_bad(result)
+    assert (bad.line, bad.id) == (line, uid)
+    assert reason in bad.reason
+    assert uid not in ids_of(result)
+    return bad
+
+
 def ids_of(result) -> list[str]:
     return [u.id for u in result.utterances]
 
@@ -121,11 +130,8 @@ def test_missing_wav(corpus):
     uid = uid_at(corpus, 4)
     wav_of(corpus, uid).unlink()
     result = read_corpus(corpus)
-    bad = only_bad(result)
-    assert (bad.line, bad.id) == (4, uid)
-    assert "missing" in bad.reason
+    bad = assert_one_bad_line(result, 4, uid, "missing")
     assert bad.file == str(corpus / "metadata.csv")
-    assert uid not in ids_of(result)
     assert len(result.utterances) == SIZE - 1
     assert result.total_lines == SIZE
 
@@ -134,10 +140,7 @@ def test_unreadable_wav(corpus):
     uid = uid_at(corpus, 7)
     wav_of(corpus, uid).write_bytes(b"this is not a RIFF file at all \x00\x01\x02" * 50)
     result = read_corpus(corpus)
-    bad = only_bad(result)
-    assert (bad.line, bad.id) == (7, uid)
-    assert "unreadable" in bad.reason
-    assert uid not in ids_of(result)
+    assert_one_bad_line(result, 7, uid, "unreadable")
 
 
 def test_zero_length_wav(corpus):
@@ -145,10 +148,7 @@ def test_zero_length_wav(corpus):
     sf.write(wav_of(corpus, uid), np.zeros(0, dtype=np.int16), 22050, subtype="PCM_16")
     assert sf.info(str(wav_of(corpus, uid))).frames == 0  # a valid header, no frames
     result = read_corpus(corpus)
-    bad = only_bad(result)
-    assert (bad.line, bad.id) == (9, uid)
-    assert "zero-length" in bad.reason
-    assert uid not in ids_of(result)
+    assert_one_bad_line(result, 9, uid, "zero-length")
 
 
 def test_empty_text(corpus):
@@ -157,10 +157,7 @@ def test_empty_text(corpus):
     lines[1] = f"{uid}|  |".encode()
     write_meta(corpus, lines)
     result = read_corpus(corpus)
-    bad = only_bad(result)
-    assert (bad.line, bad.id) == (2, uid)
-    assert "empty text" in bad.reason
-    assert uid not in ids_of(result)
+    assert_one_bad_line(result, 2, uid, "empty text")
 
 
 def test_empty_id(corpus):

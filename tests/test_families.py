@@ -20,6 +20,7 @@ from smart_tuner.tts.base import ModelFamily, Synthesis, TrainingOutput
 from smart_tuner.tts.inference import load_for_inference
 
 from .conftest import tiny_config
+from .stats import StepLog
 
 
 class NextFrame(ModelFamily):
@@ -69,17 +70,6 @@ class SetEnergyWeight(Hook):
         return [Decision("energy_weight", 0.0, "test", None)] if stats.step == 2 else []
 
 
-class Steps(Hook):
-    name = "steps"
-
-    def __init__(self):
-        self.steps = []
-
-    def on_step(self, stats):
-        self.steps.append(stats)
-        return []
-
-
 @pytest.fixture
 def next_frame_family(monkeypatch):
     monkeypatch.setitem(tts.FAMILIES, NextFrame.name, NextFrame)
@@ -87,7 +77,7 @@ def next_frame_family(monkeypatch):
 
 def test_a_second_family_trains_through_the_same_trainer(next_frame_family, corpus_en, tmp_path):
     config = tiny_config(corpus_en, tmp_path, model={"family": "next_frame"}, train={"max_steps": 6, "eval_every": 3})
-    steps = Steps()
+    steps = StepLog()
     result = run_training(config, tmp_path / "run", extra_hooks=[SetEnergyWeight(), steps], progress=False)
     assert result.status == "completed" and result.step == 6
 

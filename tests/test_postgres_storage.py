@@ -196,6 +196,20 @@ def check_consistent(study, workers, labels):
     return complete
 
 
+def run_side_by_side(study, workers, budget, mode):
+    """Workers A and B released together on a budget; returns the complete trials, all of them and per worker,
+    after checking that the storage is consistent and that the two really ran at the same time."""
+    for label in "AB":
+        workers.start(label, budget, mode, go=False)
+    workers.go("A", "B")
+    for label in "AB":
+        assert workers.wait(label) == 0, workers.logs()
+    complete = check_consistent(study, workers, "AB")
+    per_worker = {lb: [t for t in complete if t.user_attrs["worker"] == lb] for lb in "AB"}
+    assert overlap(per_worker["A"], per_worker["B"]), "the two workers ran side by side"
+    return complete, per_worker
+
+
 def overlap(trials_a, trials_b):
     return any(a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
                for a in trials_a for b in trials_b)
@@ -205,18 +219,10 @@ def test_two_workers_share_a_study_max_trials_callback(study_env):
     """MaxTrialsCallback alone: no trial lost or duplicated; the complete count may exceed N by at most one."""
     study, _, workers = study_env
     budget = 12
-    for label in "AB":
-        workers.start(label, budget, "plain", go=False)
-    workers.go("A", "B")
-    for label in "AB":
-        assert workers.wait(label) == 0, workers.logs()
-
-    complete = check_consistent(study, workers, "AB")
+    complete, per_worker = run_side_by_side(study, workers, budget, "plain")
     assert len(complete) == len(study.get_trials()), "every trial completes"
     assert budget <= len(complete) <= budget + 1, (len(complete), workers.logs())  # overshoot <= workers - 1
-    per_worker = {lb: [t for t in complete if t.user_attrs["worker"] == lb] for lb in "AB"}
     assert all(per_worker.values()), {lb: len(ts) for lb, ts in per_worker.items()}
-    assert overlap(per_worker["A"], per_worker["B"]), "the two workers ran side by side"
     assert study.best_value == min(t.value for t in complete)
 
 
@@ -225,20 +231,12 @@ def test_two_workers_exact_budget_with_admission_guard(study_env):
     a trial beyond the budget is pruned and marked over budget."""
     study, _, workers = study_env
     budget = 12
-    for label in "AB":
-        workers.start(label, budget, "guard", go=False)
-    workers.go("A", "B")
-    for label in "AB":
-        assert workers.wait(label) == 0, workers.logs()
-
-    complete = check_consistent(study, workers, "AB")
+    complete, _ = run_side_by_side(study, workers, budget, "guard")
     assert sorted(t.number for t in complete) == list(range(budget)), workers.logs()
     others = [t for t in study.get_trials() if t.state != TrialState.COMPLETE]
     assert all(t.state == TrialState.PRUNED and t.number >= budget and t.user_attrs["over_budget"]
                for t in others), others
     assert len(others) <= 2  # a worker stops at its first trial beyond the budget
-    per_worker = {lb: [t for t in complete if t.user_attrs["worker"] == lb] for lb in "AB"}
-    assert overlap(per_worker["A"], per_worker["B"]), "the two workers ran side by side"
 
 
 def heartbeat_age(storage, trial_id):

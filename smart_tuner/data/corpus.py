@@ -12,6 +12,8 @@ from pathlib import Path
 
 import soundfile
 
+from ..files import write_atomic
+
 
 class CorpusError(ValueError):
     """The corpus cannot be used; the message says which file and what to do."""
@@ -129,15 +131,12 @@ def read_corpus(root: str | Path) -> Corpus:
 def write_report(path: Path, corpus: Corpus, extra: list[BadLine] | None = None) -> None:
     """A human-readable list of skipped lines plus a JSON twin for tools."""
     bad = corpus.bad + list(extra or [])
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = [
         f"corpus: {corpus.root}",
         f"lines: {corpus.total_lines}, usable: {corpus.total_lines - len(bad)}, skipped: {len(bad)}",
         *map(str, bad),
     ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    path.with_suffix(".json").write_text(
-        json.dumps({"corpus": str(corpus.root), "lines": corpus.total_lines, "skipped": [asdict(b) for b in bad]},
-                   ensure_ascii=False, indent=1),
-        encoding="utf-8",
-    )
+    write_atomic(path, "\n".join(lines) + "\n")
+    write_atomic(path.with_suffix(".json"), json.dumps(
+        {"corpus": str(corpus.root), "lines": corpus.total_lines, "skipped": [asdict(b) for b in bad]},
+        ensure_ascii=False, indent=1))

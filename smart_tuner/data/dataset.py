@@ -68,8 +68,7 @@ class FeatureCache:
 
     def __init__(self, cache_dir: Path, config: Config):
         self.dir = cache_dir / audio_cache_key(config)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "audio.json").write_text(json.dumps(asdict(config.audio), indent=1))
+        write_atomic(self.dir / "audio.json", json.dumps(asdict(config.audio), indent=1))
         self.manifest_path = self.dir / "manifest.json"
         try:
             self.manifest = json.loads(self.manifest_path.read_text())

@@ -79,7 +79,7 @@ class Trainer:
                                            weight_decay=cfg.weight_decay)
         self.collate = Collate(self.symbols.pad_id, self.stats.pad_value, self.family.frames_multiple)
         self.sampler = BucketBatchSampler(self.data.train.frames, cfg.batch_size, cfg.seed)
-        # Gradient norms are reported per top-level module (encoder, decoder, postnet).
+        # Gradient norms are reported per top-level module (Tacotron 2: encoder, decoder, postnet).
         self.module_params = {name: list(module.parameters()) for name, module in self.model.named_children()}
         self.faults = {"nan_loss": set(config.faults.nan_loss_at), "inf_grad": set(config.faults.inf_grad_at)}
 
@@ -269,7 +269,7 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         cfg = self.config.train
-        (self.run_dir / "config.yaml").write_text(to_yaml(self.config), encoding="utf-8")
+        write_atomic(self.run_dir / "config.yaml", to_yaml(self.config))
         info = RunInfo(self.run_dir, self.config.to_dict(), str(self.device), count_parameters(self.model),
                        len(self.data.train), len(self.data.val), self.step)
         for hook in self.hooks:

@@ -29,6 +29,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from ..config import ConfigError, flatten, is_finite_number, redact_url
+from ..files import write_atomic
 from ..paths import default_tracking_uri, make_sqlite_dir, mlflow_artifact_root
 from ..hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
 from .previews import list_previews
@@ -171,7 +172,7 @@ class MlflowReporter(Hook):
             tags[MLFLOW_RUN_NAME] = self.run_name
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.run_name)
         self.run_id = run.info.run_id
-        (self.run_dir / MLFLOW_RUN_FILE).write_text(self.run_id + "\n")
+        write_atomic(self.run_dir / MLFLOW_RUN_FILE, self.run_id + "\n")
         run_facts = {"parameters": info.parameters, "train_size": info.train_size, "val_size": info.val_size}
         self.client.log_batch(self.run_id, params=config_params(info.config, run_facts, self.params))
 

@@ -62,6 +62,9 @@ class DataConfig:
     split_seed: int = 1234  # which utterances are held out
     cache_dir: str | None = None  # feature cache; default <corpus>/.smart_tuner_cache
     max_frames: int = 1000  # utterances with more mel frames are skipped (and reported)
+    # Static shapes: pad every batch's frames and text to one of at most this many lengths (quantiles of the
+    # training set's lengths), so that compiled or captured code is reused; 0: pad to each batch's longest item.
+    length_grid: int = 0
 
 
 @dataclass
@@ -123,6 +126,9 @@ class TrainConfig:
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = True  # bf16 autocast on CUDA; CPU always runs fp32
+    # How the model computes a training forward: fast (the teacher-forced decoder with state-free work out of its
+    # loop), eager (the step-by-step path, for comparison), auto (the fastest correct one on the device: fast).
+    execution: str = "auto"
     num_threads: int = 0  # torch CPU threads; 0: all cores
 
 
@@ -375,6 +381,7 @@ def validate(config: Config) -> None:
         (config.train.eval_every >= 1, "train.eval_every must be >= 1"),
         (config.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),
         (config.train.grad_clip > 0, "train.grad_clip must be > 0"),
+        (config.train.execution in ("auto", "fast", "eager"), "train.execution must be auto, fast or eager"),
         (len(config.train.adam_betas) == 2, "train.adam_betas must hold two numbers"),
         (config.model.r >= 1, "model.r must be >= 1"),
         (len(config.model.prenet_dims) >= 1, "model.prenet_dims must hold at least one size"),
@@ -382,6 +389,7 @@ def validate(config: Config) -> None:
         (config.loss.ga_sigma > 0, "loss.ga_sigma must be > 0"),
         (0 <= config.data.max_bad_share <= 1, "data.max_bad_share must be within [0, 1]"),
         (config.data.val_size >= 1, "data.val_size must be >= 1"),
+        (config.data.length_grid >= 0, "data.length_grid must be >= 0 (0: no grid)"),
         (config.data.demo_lang in ("en", "ru"), "data.demo_lang must be en or ru"),
         (config.audio.fmax <= config.audio.sample_rate / 2, "audio.fmax must be <= audio.sample_rate / 2"),
         (config.audio.win_length <= config.audio.n_fft, "audio.win_length must be <= audio.n_fft"),

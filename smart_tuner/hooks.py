@@ -35,12 +35,13 @@ class StepStats:
     step_time: float  # seconds of the forward/backward just done
     diagonality: float = float("nan")  # of this training batch's (teacher-forced) attention
     module_grad_norms: dict[str, float] = field(default_factory=dict)  # per top-level module, before clipping
+    frames: int = 0  # real (unpadded) mel frames in this batch
 
     def scalars(self) -> dict[str, float]:
         """Every number of the step, flat: loss, each loss term, grad_norm, lr, each loss weight, diagonality,
-        step_time, and ``grad_norm.<module>`` per top-level module."""
+        step_time, frames, and ``grad_norm.<module>`` per top-level module."""
         return {"loss": self.loss, **self.losses, "grad_norm": self.grad_norm, "lr": self.lr, **self.loss_weights,
-                "diagonality": self.diagonality, "step_time": self.step_time,
+                "diagonality": self.diagonality, "step_time": self.step_time, "frames": self.frames,
                 **{f"grad_norm.{k}": v for k, v in self.module_grad_norms.items()}}
 
 
@@ -64,6 +65,9 @@ class EvalStats:
     loss_weights: dict[str, float]
     train_loss: float  # mean training loss since the previous evaluation
     elapsed: float  # seconds of training so far (evaluations excluded)
+    # Throughput as NVIDIA DeepLearningExamples counts it: real (unpadded) mel frames per second of training wall
+    # time (batching, forward, backward, hooks, optimizer) since the previous evaluation.
+    frames_per_second: float = float("nan")
     # The preview payload, never written to metrics.jsonl:
     alignment: Any = field(default=None, repr=False)  # (D, N) CPU tensor of one validation sentence
     # Denormalized log-mels (n_mels, frames), CPU: "target" and "teacher_forced" (the final prediction) of the
@@ -81,7 +85,7 @@ class EvalStats:
                 "coverage": self.coverage, "infer_diagonality": self.infer_diagonality,
                 "infer_focus": self.infer_focus, "infer_monotonicity": self.infer_monotonicity,
                 "infer_coverage": self.infer_coverage, "infer_stop_rate": self.infer_stop_rate,
-                "train_loss": self.train_loss, "elapsed": self.elapsed}
+                "train_loss": self.train_loss, "elapsed": self.elapsed, "frames_per_second": self.frames_per_second}
 
     def to_dict(self) -> dict[str, Any]:
         """The metrics.jsonl record: the step, the measurements and the controls in force."""

@@ -70,7 +70,7 @@ def test_ring_buffer_keeps_the_last_steps_in_order_as_plain_values(tmp_path):
     assert entry["loss"] == pytest.approx(1 / 12) and entry["grad_norm"] == 14.0
     assert entry["module_grad_norms"] == {"encoder": 1.0, "decoder": 1.5, "postnet": 0.5}
     assert set(entry) == {"step", "epoch", "loss", "losses", "grad_norm", "module_grad_norms", "lr", "loss_weights",
-                          "diagonality", "finite", "step_time"}
+                          "diagonality", "finite", "step_time", "frames"}
     assert entry["losses"] == {"mel": 0.5, "postnet": 0.4, "gate": 0.1, "ga": 0.2}
     assert entry["loss_weights"] == {"ga_weight": 2.0}
     assert json.loads(json.dumps(list(reporter.buffer))) == list(reporter.buffer)

@@ -101,3 +101,44 @@ def test_loss_ignores_padded_frames():
     other = criterion(noisy_out, changed, mel_lengths, gate, text_lengths, 1.0)
     for key in ("mel", "postnet", "gate"):
         torch.testing.assert_close(other[key], base[key])
+
+
+@pytest.mark.parametrize("r", [1, 3])
+def test_fast_teacher_forcing_is_the_step_by_step_function(r):
+    """The fast teacher-forced decoder (state-free work out of the loop, folded location layer, fused LSTM
+    products) computes what the free-running path's step computes when fed the true frames: same outputs, same
+    gradient for every parameter. Dropout off (eval mode, prenet dropout 0) so both see the same function; float64,
+    so that the tolerance (1e-9) measures the algebra, not float32 rounding over the recurrence."""
+    config = build_config({"model": {**TINY_MODEL, "r": r, "prenet_dropout": 0.0}})
+    torch.manual_seed(0)
+    model = Tacotron2(n_symbols=30, n_mels=80, cfg=config.model).double().eval()
+    text, text_lengths, mel, *_ = batch(r)
+    mel = mel.double()
+    results = []
+    for fast in (False, True):
+        model.zero_grad()
+        out = model(text, text_lengths, mel, fast=fast)
+        # A loss that reaches every output (mel, postnet, gate, alignments) with different weights.
+        loss = (out.mel * mel).mean() + out.mel_postnet.pow(2).mean() + out.gate.sigmoid().mean() \
+            + (out.alignments * torch.linspace(0, 1, 9, dtype=torch.float64)).sum()
+        loss.backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (slow, slow_grads), (fast, fast_grads) = results
+    for name in ("mel", "mel_postnet", "gate", "alignments"):
+        torch.testing.assert_close(getattr(fast, name), getattr(slow, name), rtol=1e-9, atol=1e-9)
+    assert fast_grads.keys() == slow_grads.keys() == {n for n, _ in model.named_parameters()}
+    for name, grad in slow_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, rtol=1e-9, atol=1e-9, msg=name)
+
+
+def test_fast_teacher_forcing_draws_dropout_like_the_step_path():
+    """With dropout on, the fast path drops units at the configured rate and scales the kept ones by 1/(1-p)."""
+    from smart_tuner.tts.tacotron2 import dropout
+
+    torch.manual_seed(1)
+    x = torch.ones(400, 500)
+    y = dropout(x, 0.3, training=True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    assert dropout(x, 0.3, training=False) is x

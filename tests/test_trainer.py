@@ -48,7 +48,8 @@ def test_short_training_lowers_the_loss(corpus_en, tmp_path):
                                 "attention_rnn_dim": 64, "decoder_rnn_dim": 64, "attention_dim": 32},
                          train={"max_steps": 60, "eval_every": 10, "lr": 2e-3})
     recorder = Recorder()
-    result = Trainer(config, tmp_path / "run", hooks=[recorder], progress=False).fit()
+    trainer = Trainer(config, tmp_path / "run", hooks=[recorder], progress=False)
+    result = trainer.fit()
     assert result.status == "completed" and result.step == 60
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [10, 20, 30, 40, 50, 60]
@@ -59,8 +60,13 @@ def test_short_training_lowers_the_loss(corpus_en, tmp_path):
     assert window_mean("loss", recorder.steps[-10:]) < 0.8 * window_mean("loss", recorder.steps[:10])
     assert window_mean("gate", recorder.steps[-10:]) < 0.5 * window_mean("gate", recorder.steps[:10])
     assert metrics[-1]["val_gate"] < metrics[0]["val_gate"]
-    for key in ("diagonality", "focus", "monotonicity", "coverage", "infer_diagonality", "lr", "val_mel"):
+    for key in ("diagonality", "focus", "monotonicity", "coverage", "infer_diagonality", "lr", "val_mel",
+                "frames_per_second"):
         assert all(0 <= m[key] < math.inf for m in metrics), key
+    # Throughput counts real (unpadded) frames: the first step's are those of the first batch's utterances.
+    first_batch = trainer.sampler.epoch(0)[0]
+    assert recorder.steps[0].frames == sum(trainer.data.train.frames[i] for i in first_batch)
+    assert all(m["frames_per_second"] > 0 for m in metrics)
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
     assert (tmp_path / "run" / "config.yaml").is_file()

@@ -129,24 +129,45 @@ class Batch:
     mel: torch.Tensor  # (B, n_mels, T) normalized, T a multiple of r, padded with the log floor
     mel_lengths: torch.Tensor  # (B,) long
     gate: torch.Tensor  # (B, T) 1.0 from the last real frame on
+    frames: int = 0  # real (unpadded) mel frames, counted on the host when the batch is made
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(*(t.to(device, non_blocking=True) for t in
-                       (self.text, self.text_lengths, self.mel, self.mel_lengths, self.gate)))
+                       (self.text, self.text_lengths, self.mel, self.mel_lengths, self.gate)), frames=self.frames)
 
     def __len__(self) -> int:
         return self.text.shape[0]
 
 
+def length_grid(lengths: list[int], count: int, multiple: int = 1) -> list[int]:
+    """At most ``count`` padded lengths that cover ``lengths``: the ``k / count`` quantiles (k = 1 .. count) rounded
+    up to ``multiple``; the last one is the longest length. A batch is padded to the smallest one that holds it."""
+    ordered = sorted(lengths)
+    edges = {-(-ordered[min(len(ordered) - 1, math.ceil(k * len(ordered) / count) - 1)] // multiple) * multiple
+             for k in range(1, count + 1)}
+    return sorted(edges)
+
+
+def _padded(length: int, grid: list[int] | None, multiple: int) -> int:
+    """``length`` rounded up to ``multiple``, then to the grid (a length beyond the grid keeps its own)."""
+    length = -(-length // multiple) * multiple
+    return next((edge for edge in grid or [] if edge >= length), length)
+
+
 class Collate:
-    def __init__(self, pad_id: int, pad_value: torch.Tensor, r: int):
+    """Items -> a padded :class:`Batch`: texts padded with the pad id, mels with the log floor, frames to a
+    multiple of ``r``; with grids, both to the smallest grid length that holds the batch (static shapes)."""
+
+    def __init__(self, pad_id: int, pad_value: torch.Tensor, r: int, frame_grid: list[int] | None = None,
+                 text_grid: list[int] | None = None):
         self.pad_id, self.pad_value, self.r = pad_id, pad_value, r
+        self.frame_grid, self.text_grid = frame_grid, text_grid
 
     def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> Batch:
         text_lengths = torch.tensor([len(t) for t, _ in items], dtype=torch.long)
         mel_lengths = torch.tensor([m.shape[1] for _, m in items], dtype=torch.long)
-        n_max = int(text_lengths.max())
-        t_max = int(math.ceil(int(mel_lengths.max()) / self.r) * self.r)
+        n_max = _padded(int(text_lengths.max()), self.text_grid, 1)
+        t_max = _padded(int(mel_lengths.max()), self.frame_grid, self.r)
         text = torch.full((len(items), n_max), self.pad_id, dtype=torch.long)
         mel = self.pad_value[None, :, None].repeat(len(items), 1, t_max)
         for i, (t, m) in enumerate(items):  # a loop over batch items, not tensor elements
@@ -154,7 +175,7 @@ class Collate:
             mel[i, :, : m.shape[1]] = m
         frame = torch.arange(t_max)[None, :]
         gate = (frame >= (mel_lengths[:, None] - 1)).float()
-        return Batch(text, text_lengths, mel, mel_lengths, gate)
+        return Batch(text, text_lengths, mel, mel_lengths, gate, frames=int(mel_lengths.sum()))
 
 
 class BucketBatchSampler:

@@ -25,7 +25,8 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config, to_yaml
-from ..data.dataset import Batch, BucketBatchSampler, Collate, MelStats, PreparedData, eval_batches, prepare_data
+from ..data.dataset import (Batch, BucketBatchSampler, Collate, MelStats, PreparedData, eval_batches, length_grid,
+                            prepare_data)
 from ..data.text import SymbolTable
 from ..files import write_atomic
 from ..hooks import CONTROLS, Decision, EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
@@ -77,8 +78,8 @@ class Trainer:
         self.model = self.family.build(len(self.symbols)).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                            weight_decay=cfg.weight_decay)
-        self.collate = Collate(self.symbols.pad_id, self.stats.pad_value, self.family.frames_multiple)
         self.sampler = BucketBatchSampler(self.data.train.frames, cfg.batch_size, cfg.seed)
+        self.collate = self._collate(config.data.length_grid)
         # Gradient norms are reported per top-level module (Tacotron 2: encoder, decoder, postnet).
         self.module_params = {name: list(module.parameters()) for name, module in self.model.named_children()}
         self.faults = {"nan_loss": set(config.faults.nan_loss_at), "inf_grad": set(config.faults.inf_grad_at)}
@@ -101,6 +102,24 @@ class Trainer:
         # follows a stretch without alarms (emergencies, skipped updates, rollbacks).
         self.healthy = self._snapshot()
         self.alarm_since_snapshot = False
+
+    def _collate(self, grid_size: int) -> Collate:
+        """The batch maker; with ``data.length_grid`` the padded lengths come from a grid, and the log says what
+        that padding costs over an epoch against padding each batch to its own longest item."""
+        multiple = self.family.frames_multiple
+        if not grid_size:
+            return Collate(self.symbols.pad_id, self.stats.pad_value, multiple)
+        train = self.data.train
+        frame_grid = length_grid(train.frames, grid_size, multiple)
+        text_grid = length_grid([len(t) for t in train.encoded], grid_size)
+        batches = self.sampler.epoch(0)
+        real = sum(train.frames)
+        per_batch = sum(len(b) * -(-max(train.frames[i] for i in b) // multiple) * multiple for b in batches)
+        on_grid = sum(len(b) * next(e for e in frame_grid if e >= max(train.frames[i] for i in b)) for b in batches)
+        log.info("static shapes: frames padded to one of %s, text to one of %s; padded frames over an epoch: "
+                 "+%.1f%% (+%.1f%% padding each batch to its longest)", frame_grid, text_grid,
+                 100 * (on_grid / real - 1), 100 * (per_batch / real - 1))
+        return Collate(self.symbols.pad_id, self.stats.pad_value, multiple, frame_grid, text_grid)
 
     # ----------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -264,7 +283,8 @@ class Trainer:
         stats = StepStats(step, self.epoch, loss_value, dict(zip(names, terms)), grad_value, lr=self.lr,
                           loss_weights=dict(self.loss_weights), finite=finite,
                           step_time=time.perf_counter() - start, diagonality=values[len(names) + 2],
-                          module_grad_norms=dict(zip(self.module_params, values[len(names) + 3:])))
+                          module_grad_norms=dict(zip(self.module_params, values[len(names) + 3:])),
+                          frames=batch.frames)
         return stats, finite
 
     def fit(self) -> TrainResult:
@@ -280,9 +300,10 @@ class Trainer:
                    desc="train")
         last_eval: EvalStats | None = None
         status, reason = "completed", f"reached train.max_steps={cfg.max_steps}"
-        losses_since_eval: list[float] = []
+        since_eval = _SinceEval()
         try:
             while self.step < cfg.max_steps:
+                started = time.perf_counter()
                 batch = self._next_batch()
                 stats, safe = self.train_step(batch)
                 requests = [(h, d) for h in self.hooks for d in h.on_step(stats)]
@@ -296,17 +317,16 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 self.elapsed += stats.step_time
-                if stats.finite:
-                    losses_since_eval.append(stats.loss)
+                since_eval.add(stats, time.perf_counter() - started)
                 bar.update(1)
                 if last_eval is None or self.step % 10 == 0:
-                    self._postfix(bar, stats, last_eval, refresh=False)
+                    self._postfix(bar, stats, last_eval, since_eval, refresh=False)
                 if "stop" in actions:
                     status, reason = "stopped", self.stop_reason
                     break
                 if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
-                    last_eval = self.evaluate(sum(losses_since_eval) / max(len(losses_since_eval), 1))
-                    losses_since_eval = []
+                    last_eval = self.evaluate(since_eval.mean_loss(), since_eval.frames_per_second())
+                    since_eval = _SinceEval()
                     self._write_metrics(last_eval)
                     requests = [(h, d) for h in self.hooks for d in h.on_eval(last_eval)]
                     actions = self._apply(requests, self.step)
@@ -319,7 +339,7 @@ class Trainer:
                     every = cfg.checkpoint_every or cfg.eval_every
                     if self.step % every == 0 or self.step == cfg.max_steps:
                         self.save_checkpoint("last.pt")
-                    self._postfix(bar, stats, last_eval)
+                    self._postfix(bar, stats, last_eval, since_eval)
                     if "stop" in actions:
                         status, reason = "stopped", self.stop_reason
                         break
@@ -336,9 +356,11 @@ class Trainer:
             hook.on_train_end(result)
         return result
 
-    def _postfix(self, bar: tqdm, stats: StepStats, last_eval: EvalStats | None, refresh: bool = True) -> None:
+    def _postfix(self, bar: tqdm, stats: StepStats, last_eval: EvalStats | None, since_eval: _SinceEval,
+                 refresh: bool = True) -> None:
+        throughput = since_eval.frames_per_second() if since_eval.steps else last_eval.frames_per_second
         postfix = {"loss": f"{stats.loss:.3f}", "diag": f"{last_eval.diagonality:.2f}" if last_eval else "-",
-                   "lr": f"{self.lr:.2e}"}
+                   "lr": f"{self.lr:.2e}", "mel/s": f"{throughput:.0f}"}
         if self.last_event:
             postfix["event"] = self.last_event
         bar.set_postfix(postfix, refresh=refresh)
@@ -346,7 +368,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- evaluation
     # ----------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def evaluate(self, train_loss: float = float("nan")) -> EvalStats:
+    def evaluate(self, train_loss: float = float("nan"), frames_per_second: float = float("nan")) -> EvalStats:
         """Teacher-forced losses and alignment on the validation set, then free-running alignment on a few
         validation sentences, then the preview payload. Runs under a forked RNG so that evaluating never changes
         the training run."""
@@ -361,7 +383,7 @@ class Trainer:
             step=self.step, val_loss=sum(losses[k] for k in self.family.reconstruction_losses), val_losses=losses,
             **teacher_forced, **{f"infer_{k}": v for k, v in free_running.items()}, lr=self.lr,
             loss_weights=dict(self.loss_weights), train_loss=train_loss, elapsed=self.elapsed,
-            alignment=example["alignment"], mels=mels)
+            frames_per_second=frames_per_second, alignment=example["alignment"], mels=mels)
 
     def _validate(self) -> tuple[dict[str, float], dict[str, float], dict]:
         """Mean losses and teacher-forced alignment metrics over the validation set, with one host sync; and the
@@ -414,6 +436,27 @@ class Trainer:
     def _write_metrics(self, stats: EvalStats) -> None:
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(stats.to_dict()) + "\n")
+
+
+class _SinceEval:
+    """What the steps since the last evaluation add up to: the mean finite training loss and the throughput."""
+
+    def __init__(self) -> None:
+        self.steps, self.frames, self.wall = 0, 0, 0.0
+        self.losses: list[float] = []
+
+    def add(self, stats: StepStats, wall: float) -> None:
+        self.steps += 1
+        self.frames += stats.frames
+        self.wall += wall
+        if stats.finite:
+            self.losses.append(stats.loss)
+
+    def mean_loss(self) -> float:
+        return sum(self.losses) / len(self.losses) if self.losses else float("nan")
+
+    def frames_per_second(self) -> float:
+        return self.frames / self.wall if self.wall > 0 else float("nan")
 
 
 class _TrainerSource(Hook):

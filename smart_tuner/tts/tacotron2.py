@@ -34,14 +34,15 @@ class Encoder(nn.Module):
                 nn.Conv1d(channels, cfg.encoder_channels, cfg.encoder_kernel, padding=cfg.encoder_kernel // 2),
                 nn.BatchNorm1d(cfg.encoder_channels),
                 nn.ReLU(),
-                nn.Dropout(cfg.encoder_dropout),
+                Dropout(cfg.encoder_dropout),
             ]
             channels = cfg.encoder_channels
         self.convs = nn.Sequential(*layers)
         self.lstm = nn.LSTM(channels, cfg.encoder_lstm_dim, batch_first=True, bidirectional=True)
 
     def forward(self, text: torch.Tensor, text_lengths: torch.Tensor) -> torch.Tensor:
-        x = self.convs(self.embedding(text).transpose(1, 2)).transpose(1, 2)  # (B, N, C)
+        mask = length_mask(text_lengths, text.shape[1])[:, None, :]
+        x = _masked_convs(self.convs, self.embedding(text).transpose(1, 2), mask).transpose(1, 2)  # (B, N, C)
         packed = nn.utils.rnn.pack_padded_sequence(x, text_lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=text.shape[1])
@@ -60,7 +61,7 @@ class Prenet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
-            x = F.dropout(F.relu(layer(x)), self.dropout, training=True)
+            x = dropout(F.relu(layer(x)), self.dropout, training=True)
         return x
 
 
@@ -106,19 +107,22 @@ class Decoder(nn.Module):
              processed_memory: torch.Tensor, pad_mask: torch.Tensor):
         attn_h, attn_c, dec_h, dec_c, weights, weights_cum, context = state
         attn_h, attn_c = self.attention_rnn(torch.cat([prenet_out, context], -1), (attn_h, attn_c))
-        attn_h = F.dropout(attn_h, self.cfg.attention_dropout, self.training)
+        attn_h = dropout(attn_h, self.cfg.attention_dropout, self.training)
         weights = self.attention(attn_h, processed_memory, torch.stack([weights, weights_cum], 1), pad_mask)
         weights_cum = weights_cum + weights
         context = torch.bmm(weights[:, None, :], memory).squeeze(1)
         dec_h, dec_c = self.decoder_rnn(torch.cat([attn_h, context], -1), (dec_h, dec_c))
-        dec_h = F.dropout(dec_h, self.cfg.decoder_dropout, self.training)
+        dec_h = dropout(dec_h, self.cfg.decoder_dropout, self.training)
         out = torch.cat([dec_h, context], -1)
         frames = self.projection(out)  # (B, r * M)
         gate = self.gate(out)  # (B, r)
         return frames, gate, weights, [attn_h, attn_c, dec_h, dec_c, weights, weights_cum, context]
 
-    def forward(self, memory: torch.Tensor, text_lengths: torch.Tensor, mel: torch.Tensor):
-        """Teacher forcing: step d is fed the last frame of group d - 1 (a zero "go" frame first)."""
+    def forward(self, memory: torch.Tensor, text_lengths: torch.Tensor, mel: torch.Tensor, fast: bool = True):
+        """Teacher forcing: step d is fed the last frame of group d - 1 (a zero "go" frame first).
+
+        ``fast`` computes the same function as the step-by-step path (``fast=False``, the free-running path's
+        :meth:`step` fed the true frames) with fewer, larger ops per decoder step (:meth:`_teacher_forced`)."""
         b, m, t = mel.shape
         steps = t // self.r
         last_of_group = mel.transpose(1, 2).reshape(b, steps, self.r, m)[:, :, -1, :]  # (B, D, M)
@@ -126,6 +130,8 @@ class Decoder(nn.Module):
         prenet_out = self.prenet(inputs)  # all steps at once: the prenet does not depend on the state
         processed_memory = self.attention.memory(memory)
         pad_mask = ~length_mask(text_lengths, memory.shape[1])
+        if fast:
+            return self._teacher_forced(prenet_out, memory, processed_memory, pad_mask)
         state = self.initial_state(memory)
         frames, gates, alignments = [], [], []
         for d in range(steps):
@@ -136,6 +142,61 @@ class Decoder(nn.Module):
         mel_out = torch.stack(frames, 1).reshape(b, steps * self.r, m).transpose(1, 2)  # (B, M, T)
         gate_out = torch.stack(gates, 1).reshape(b, steps * self.r)  # (B, T)
         return mel_out, gate_out, torch.stack(alignments, 1)  # alignments (B, D, N)
+
+    def _teacher_forced(self, prenet_out: torch.Tensor, memory: torch.Tensor, processed_memory: torch.Tensor,
+                        pad_mask: torch.Tensor):
+        """:meth:`step` for every decoder step, with whatever does not depend on the recurrent state moved out of
+        the loop: the prenet's share of the attention LSTM's input product (one matmul for all steps), every
+        dropout mask (one draw), the location convolution folded with its dense layer (both linear: one conv), the
+        LSTMs' input and recurrent products in one matmul each, and the frame projection and stop gate applied once
+        to the stacked decoder outputs."""
+        cfg, attention, attn_rnn, dec_rnn = self.cfg, self.attention, self.attention_rnn, self.decoder_rnn
+        b, steps, p = prenet_out.shape
+        n = memory.shape[1]
+        # (D, B, 4H): the attention LSTM's input product with the prenet output, both biases included.
+        # One tensor per step (unbind): indexing a step of one tensor would make its backward zero-fill the whole.
+        pre_gates = F.linear(prenet_out.transpose(0, 1), attn_rnn.weight_ih[:, :p],
+                             attn_rnn.bias_ih + attn_rnn.bias_hh).unbind(0)
+        attn_weight = torch.cat([attn_rnn.weight_ih[:, p:], attn_rnn.weight_hh], 1).t()  # [context, h] -> gates
+        dec_weight = torch.cat([dec_rnn.weight_ih, dec_rnn.weight_hh], 1).t()  # [attn_h, context, h] -> gates
+        dec_bias = dec_rnn.bias_ih + dec_rnn.bias_hh
+        # Location features: dense(conv(w)) is one linear map of each K-wide window of the two weight rows, with
+        # the dense layer folded into the kernel: (2 K) -> A, applied to the unfolded windows as one matmul.
+        kernel = cfg.location_kernel
+        location_weight = torch.einsum("af,fck->ack", attention.location_dense.weight,
+                                       attention.location_conv.weight).reshape(-1, 2 * kernel).t()  # (2K, A)
+        v, v_bias = attention.v.weight.t(), attention.v.bias  # (A, 1), (1,)
+        query_weight = attention.query.weight.t()
+        attn_masks = _dropout_masks(prenet_out, (steps, b, cfg.attention_rnn_dim), cfg.attention_dropout,
+                                    self.training)
+        dec_masks = _dropout_masks(prenet_out, (steps, b, cfg.decoder_rnn_dim), cfg.decoder_dropout, self.training)
+        neg = torch.finfo(memory.dtype).min
+
+        attn_h, attn_c, dec_h, dec_c, weights, weights_cum, context = self.initial_state(memory)
+        dec_outputs, contexts, alignments = [], [], []
+        for d in range(steps):
+            attn_h, attn_c = _lstm_cell(torch.addmm(pre_gates[d], torch.cat([context, attn_h], 1), attn_weight),
+                                        attn_c)
+            if attn_masks is not None:
+                attn_h = attn_h * attn_masks[d]
+            windows = F.pad(torch.stack([weights, weights_cum], 1), (kernel // 2, kernel // 2)).unfold(2, kernel, 1)
+            location = windows.transpose(1, 2).reshape(b, n, 2 * kernel) @ location_weight  # (B, N, A)
+            hidden = torch.tanh(location + processed_memory + (attn_h @ query_weight)[:, None, :])
+            energies = ((hidden @ v).view(b, n) + v_bias).masked_fill(pad_mask, neg)
+            weights = torch.softmax(energies, dim=-1)
+            weights_cum = weights_cum + weights
+            context = torch.bmm(weights[:, None, :], memory).view(b, -1)
+            dec_h, dec_c = _lstm_cell(torch.addmm(dec_bias, torch.cat([attn_h, context, dec_h], 1), dec_weight),
+                                      dec_c)
+            if dec_masks is not None:
+                dec_h = dec_h * dec_masks[d]
+            dec_outputs.append(dec_h)
+            contexts.append(context)
+            alignments.append(weights)
+        out = torch.cat([torch.stack(dec_outputs, 1), torch.stack(contexts, 1)], -1)  # (B, D, H + E)
+        mel_out = self.projection(out).reshape(b, steps * self.r, self.n_mels).transpose(1, 2)  # (B, M, T)
+        gate_out = self.gate(out).reshape(b, steps * self.r)  # (B, T)
+        return mel_out, gate_out, torch.stack(alignments, 1)
 
     @torch.no_grad()
     def infer(self, memory: torch.Tensor, text_lengths: torch.Tensor, max_steps: int, gate_threshold: float):
@@ -164,6 +225,47 @@ class Decoder(nn.Module):
         return mel_out, torch.stack(gates, 1).reshape(b, steps * self.r), torch.stack(alignments, 1), dec_lengths
 
 
+def _lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``nn.LSTMCell``'s pointwise part (gate order i, f, g, o) on precomputed gates, in six ops."""
+    i, f, _, o = torch.sigmoid(gates).chunk(4, 1)
+    g = torch.tanh(gates[:, 2 * c.shape[1]: 3 * c.shape[1]])
+    c = torch.addcmul(f * c, i, g)
+    return o * torch.tanh(c), c
+
+
+def _dropout_masks(like: torch.Tensor, shape: tuple[int, ...], p: float, training: bool) -> torch.Tensor | None:
+    """Every step's dropout mask in one draw (scaled like ``F.dropout``), or None when dropout is off."""
+    if not training or p == 0.0:
+        return None
+    return _keep_mask(like.new_empty(shape), p)
+
+
+def _keep_mask(like: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted-dropout mask: 0 with probability p, else 1 / (1 - p). Uniform draws compared with p: on CPU four
+    times faster than ``bernoulli_``, which is what ``F.dropout`` draws with (measured on 2 cores)."""
+    return (torch.rand_like(like) >= p).to(like.dtype).mul_(1.0 / (1.0 - p))
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``F.dropout``, with the cheaper mask on CPU (on CUDA ``F.dropout`` is one fused kernel)."""
+    if not training or p == 0.0:
+        return x
+    if x.is_cuda:
+        return F.dropout(x, p, True)
+    return x * _keep_mask(x, p)
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout`` through :func:`dropout` (no parameters or buffers: checkpoints are unchanged)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
 class Postnet(nn.Module):
     def __init__(self, n_mels: int, cfg: ModelConfig):
         super().__init__()
@@ -173,11 +275,22 @@ class Postnet(nn.Module):
             layers += [nn.Conv1d(a, b, cfg.postnet_kernel, padding=cfg.postnet_kernel // 2), nn.BatchNorm1d(b)]
             if i < len(sizes) - 2:
                 layers.append(nn.Tanh())
-            layers.append(nn.Dropout(cfg.postnet_dropout))
+            layers.append(Dropout(cfg.postnet_dropout))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        return self.net(mel)
+    def forward(self, mel: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return _masked_convs(self.net, mel, frame_mask)
+
+
+def _masked_convs(layers: nn.Sequential, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``layers`` with the padded positions zeroed before each convolution: a real position then sees zeros past
+    the sequence's end however far the batch is padded, so an item's output does not depend on its batch's
+    padding (batch-max or a static-shape grid). ``mask``: (B, 1, T) true at real positions; None: no masking."""
+    for layer in layers:
+        if mask is not None and isinstance(layer, nn.Conv1d):
+            x = x * mask
+        x = layer(x)
+    return x
 
 
 @dataclass
@@ -198,17 +311,21 @@ class Tacotron2(nn.Module):
         self.decoder = Decoder(n_mels, memory_dim, cfg)
         self.postnet = Postnet(n_mels, cfg)
 
-    def forward(self, text: torch.Tensor, text_lengths: torch.Tensor, mel: torch.Tensor) -> Output:
+    def forward(self, text: torch.Tensor, text_lengths: torch.Tensor, mel: torch.Tensor,
+                mel_lengths: torch.Tensor | None = None, fast: bool = True) -> Output:
+        """Teacher-forced; with ``mel_lengths`` the postnet sees zeros past each item's frames."""
         memory = self.encoder(text, text_lengths)
-        mel_out, gate, alignments = self.decoder(memory, text_lengths, mel)
-        return Output(mel_out, mel_out + self.postnet(mel_out), gate, alignments)
+        mel_out, gate, alignments = self.decoder(memory, text_lengths, mel, fast=fast)
+        frame_mask = None if mel_lengths is None else length_mask(mel_lengths, mel_out.shape[2])[:, None, :]
+        return Output(mel_out, mel_out + self.postnet(mel_out, frame_mask), gate, alignments)
 
     @torch.no_grad()
     def infer(self, text: torch.Tensor, text_lengths: torch.Tensor, max_steps: int | None = None) -> Output:
         memory = self.encoder(text, text_lengths)
         mel_out, gate, alignments, dec_lengths = self.decoder.infer(
             memory, text_lengths, max_steps or self.cfg.max_decoder_steps, self.cfg.gate_threshold)
-        return Output(mel_out, mel_out + self.postnet(mel_out), gate, alignments, dec_lengths)
+        frame_mask = length_mask(dec_lengths * self.cfg.r, mel_out.shape[2])[:, None, :]
+        return Output(mel_out, mel_out + self.postnet(mel_out, frame_mask), gate, alignments, dec_lengths)
 
 
 def guided_attention_penalty(alignments: torch.Tensor, text_lengths: torch.Tensor, dec_lengths: torch.Tensor,
@@ -291,7 +408,8 @@ class Tacotron2Family(ModelFamily):
         return self._criteria[device]
 
     def training_forward(self, model: nn.Module, batch: Batch, weights: dict[str, float]) -> TrainingOutput:
-        out = model(batch.text, batch.text_lengths, batch.mel)
+        out = model(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths,
+                    fast=self.config.train.execution != "eager")
         losses = self._criterion(batch.mel.device)(out, batch.mel, batch.mel_lengths, batch.gate,
                                                    batch.text_lengths, weights["ga_weight"])
         total = losses.pop("loss")

@@ -147,26 +147,41 @@ class Decoder(nn.Module):
                         pad_mask: torch.Tensor):
         """:meth:`step` for every decoder step, with whatever does not depend on the recurrent state moved out of
         the loop: the prenet's share of the attention LSTM's input product (one matmul for all steps), every
-        dropout mask (one draw), the location convolution folded with its dense layer (both linear: one conv), the
-        LSTMs' input and recurrent products in one matmul each, and the frame projection and stop gate applied once
-        to the stacked decoder outputs."""
+        dropout mask (one draw), the location convolution folded with its dense layer (both linear: one matmul
+        over the unfolded windows), each LSTM's input and recurrent products in one matmul, the frame projection
+        and stop gate applied once to the stacked decoder outputs, and every weight shared by the steps given its
+        gradient in one matmul over all steps (:class:`_StepProducts`) instead of one matmul and one accumulation
+        per step."""
         cfg, attention, attn_rnn, dec_rnn = self.cfg, self.attention, self.attention_rnn, self.decoder_rnn
         b, steps, p = prenet_out.shape
         n = memory.shape[1]
-        # (D, B, 4H): the attention LSTM's input product with the prenet output, both biases included.
-        # One tensor per step (unbind): indexing a step of one tensor would make its backward zero-fill the whole.
-        pre_gates = F.linear(prenet_out.transpose(0, 1), attn_rnn.weight_ih[:, :p],
-                             attn_rnn.bias_ih + attn_rnn.bias_hh).unbind(0)
-        attn_weight = torch.cat([attn_rnn.weight_ih[:, p:], attn_rnn.weight_hh], 1).t()  # [context, h] -> gates
-        dec_weight = torch.cat([dec_rnn.weight_ih, dec_rnn.weight_hh], 1).t()  # [attn_h, context, h] -> gates
-        dec_bias = dec_rnn.bias_ih + dec_rnn.bias_hh
-        # Location features: dense(conv(w)) is one linear map of each K-wide window of the two weight rows, with
-        # the dense layer folded into the kernel: (2 K) -> A, applied to the unfolded windows as one matmul.
         kernel = cfg.location_kernel
+        # Location features: dense(conv(w)) is one linear map of each K-wide window of the two weight rows, with
+        # the dense layer folded into the kernel: (2 K) -> A.
         location_weight = torch.einsum("af,fck->ack", attention.location_dense.weight,
                                        attention.location_conv.weight).reshape(-1, 2 * kernel).t()  # (2K, A)
-        v, v_bias = attention.v.weight.t(), attention.v.bias  # (A, 1), (1,)
+        # Per-step products with shared weights: (the tensor each step adds its product to, its weight, the
+        # inputs the steps append). Each "base" holds every step's state-free part already: the attention LSTM's
+        # product with the prenet output and both biases; the decoder LSTM's biases; the processed memory.
+        attn_inputs, dec_inputs, query_inputs, window_inputs, hidden_inputs, weight_inputs = [], [], [], [], [], []
+        attn_weight = torch.cat([attn_rnn.weight_ih[:, p:], attn_rnn.weight_hh], 1).t()  # [context, h] -> gates
+        attn_base = F.linear(prenet_out.transpose(0, 1), attn_rnn.weight_ih[:, :p], attn_rnn.bias_ih + attn_rnn.bias_hh)
+        dec_weight = torch.cat([dec_rnn.weight_ih, dec_rnn.weight_hh], 1).t()  # [attn_h, context, h] -> gates
+        dec_base = (dec_rnn.bias_ih + dec_rnn.bias_hh).expand(steps, b, -1)
         query_weight = attention.query.weight.t()
+        v = attention.v.weight.t()  # (A, 1)
+        # One tensor per step (unbind): indexing a step of one tensor would make its backward zero-fill the whole.
+        attn_base = _StepProducts.apply(attn_weight, attn_base, attn_inputs).unbind(0)
+        dec_base = _StepProducts.apply(dec_weight, dec_base, dec_inputs).unbind(0)
+        query_base = _StepProducts.apply(query_weight, processed_memory.new_zeros(steps, b, cfg.attention_dim),
+                                         query_inputs).unbind(0)
+        location_base = _StepProducts.apply(location_weight, processed_memory.expand(steps, -1, -1, -1),
+                                            window_inputs).unbind(0)
+        energy_base = _StepProducts.apply(v, attention.v.bias.expand(steps, b, n, 1), hidden_inputs).unbind(0)
+        context_base = _StepProducts.apply(memory, memory.new_zeros(steps, b, 1, memory.shape[2]), weight_inputs,
+                                           _context_memory_grad).unbind(0)
+        attn_weight, dec_weight, query_weight = attn_weight.detach(), dec_weight.detach(), query_weight.detach()
+        location_weight, v, memory_values = location_weight.detach(), v.detach(), memory.detach()
         attn_masks = _dropout_masks(prenet_out, (steps, b, cfg.attention_rnn_dim), cfg.attention_dropout,
                                     self.training)
         dec_masks = _dropout_masks(prenet_out, (steps, b, cfg.decoder_rnn_dim), cfg.decoder_dropout, self.training)
@@ -175,24 +190,29 @@ class Decoder(nn.Module):
         attn_h, attn_c, dec_h, dec_c, weights, weights_cum, context = self.initial_state(memory)
         dec_outputs, contexts, alignments = [], [], []
         for d in range(steps):
-            attn_h, attn_c = _lstm_cell(torch.addmm(pre_gates[d], torch.cat([context, attn_h], 1), attn_weight),
-                                        attn_c)
+            attn_in = torch.cat([context, attn_h], 1)
+            attn_h, attn_c = _lstm_cell(torch.addmm(attn_base[d], attn_in, attn_weight), attn_c)
             if attn_masks is not None:
                 attn_h = attn_h * attn_masks[d]
             windows = F.pad(torch.stack([weights, weights_cum], 1), (kernel // 2, kernel // 2)).unfold(2, kernel, 1)
-            location = windows.transpose(1, 2).reshape(b, n, 2 * kernel) @ location_weight  # (B, N, A)
-            hidden = torch.tanh(location + processed_memory + (attn_h @ query_weight)[:, None, :])
-            energies = ((hidden @ v).view(b, n) + v_bias).masked_fill(pad_mask, neg)
-            weights = torch.softmax(energies, dim=-1)
+            windows = windows.transpose(1, 2).reshape(b, n, 2 * kernel)
+            query = torch.addmm(query_base[d], attn_h, query_weight)
+            hidden = torch.tanh(torch.baddbmm(location_base[d], windows, location_weight.expand(b, -1, -1))
+                                + query[:, None, :])
+            energies = torch.baddbmm(energy_base[d], hidden, v.expand(b, -1, -1)).view(b, n)
+            weights = torch.softmax(energies.masked_fill(pad_mask, neg), dim=-1)
             weights_cum = weights_cum + weights
-            context = torch.bmm(weights[:, None, :], memory).view(b, -1)
-            dec_h, dec_c = _lstm_cell(torch.addmm(dec_bias, torch.cat([attn_h, context, dec_h], 1), dec_weight),
-                                      dec_c)
+            context = torch.baddbmm(context_base[d], weights[:, None, :], memory_values).view(b, -1)
+            dec_in = torch.cat([attn_h, context, dec_h], 1)
+            dec_h, dec_c = _lstm_cell(torch.addmm(dec_base[d], dec_in, dec_weight), dec_c)
             if dec_masks is not None:
                 dec_h = dec_h * dec_masks[d]
+            for inputs, value in ((attn_inputs, attn_in), (dec_inputs, dec_in), (query_inputs, attn_h),
+                                  (window_inputs, windows), (hidden_inputs, hidden), (weight_inputs, weights)):
+                inputs.append(value.detach())
+            alignments.append(weights)
             dec_outputs.append(dec_h)
             contexts.append(context)
-            alignments.append(weights)
         out = torch.cat([torch.stack(dec_outputs, 1), torch.stack(contexts, 1)], -1)  # (B, D, H + E)
         mel_out = self.projection(out).reshape(b, steps * self.r, self.n_mels).transpose(1, 2)  # (B, M, T)
         gate_out = self.gate(out).reshape(b, steps * self.r)  # (B, T)
@@ -223,6 +243,38 @@ class Decoder(nn.Module):
         steps = len(frames)
         mel_out = torch.stack(frames, 1).reshape(b, steps * self.r, self.n_mels).transpose(1, 2)
         return mel_out, torch.stack(gates, 1).reshape(b, steps * self.r), torch.stack(alignments, 1), dec_lengths
+
+
+class _StepProducts(torch.autograd.Function):
+    """Products ``x_d @ W`` of a loop's steps with one shared weight, whose gradient is one matmul over all steps.
+
+    ``apply(W, base, inputs)`` returns a copy of ``base`` (D, ...); step ``d`` adds ``x_d @ W.detach()`` to its row
+    and appends ``x_d`` (detached) to ``inputs``. Autograd computes each ``x_d``'s gradient through the detached
+    weight as usual, delivers every step's output gradient here together, and ``W``'s gradient is
+    ``sum_d x_d^T grad_d`` in one matmul, where plain autograd runs a small matmul and an accumulation per step;
+    ``base`` gets the output gradient unchanged. ``weight_grad(inputs, grad)`` computes other products' gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, base, inputs, weight_grad=None):
+        ctx.inputs, ctx.weight_grad = inputs, weight_grad or _matmul_weight_grad
+        return base.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight_grad = ctx.weight_grad(ctx.inputs, grad) if ctx.needs_input_grad[0] else None
+        return weight_grad, grad, None, None
+
+
+def _matmul_weight_grad(inputs: list[torch.Tensor], grad: torch.Tensor) -> torch.Tensor:
+    """Of ``x_d @ W`` for every step: ``sum_d x_d^T grad_d`` (inputs (..., in), grad (D, ..., out))."""
+    stacked = torch.stack(inputs)
+    return stacked.reshape(-1, stacked.shape[-1]).t() @ grad.reshape(-1, grad.shape[-1])
+
+
+def _context_memory_grad(weights: list[torch.Tensor], grad: torch.Tensor) -> torch.Tensor:
+    """Of ``context_d = w_d @ memory`` for every step (w_d (B, N), grad (D, B, 1, E)): (B, N, E)."""
+    return torch.bmm(torch.stack(weights, 2), grad.squeeze(2).transpose(0, 1))
 
 
 def _lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

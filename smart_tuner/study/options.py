@@ -89,7 +89,9 @@ class StudyOptions:
     trials: int = option(10, "optimize", help="trials to run now (a study continues when re-run)")
     timeout: float | None = option(None, "optimize", help="stop starting trials after this many seconds")
     n_jobs: int = option(1, "optimize", help="worker processes on this machine")
-    gpus: str | None = option(None, "optimize", help="comma-separated GPU ids: one worker process per GPU")
+    gpus: str | None = option(None, "optimize",
+                              help="comma-separated GPU ids: --trials-per-gpu worker processes per GPU")
+    trials_per_gpu: int = option(1, "optimize", help="with --gpus: worker processes (trials at once) per GPU")
     threads: int = option(0, *RUN, help="torch threads per worker (default cores / workers)")
     # Set by `optimize` for its worker processes (the `worker` command is hidden).
     target: int | None = option(None, "worker", required=True)  # the study's trial budget, in counted trials
@@ -110,9 +112,15 @@ class StudyOptions:
         return [g.strip() for g in self.gpus.split(",") if g.strip()] if self.gpus else None
 
     @property
+    def worker_slots(self) -> list[str | None]:
+        """The GPU of each worker process: ``trials_per_gpu`` per GPU id, else ``n_jobs`` without one (None)."""
+        if self.gpu_ids:
+            return [gpu for gpu in self.gpu_ids for _ in range(max(1, self.trials_per_gpu))]
+        return [None] * max(1, self.n_jobs)
+
+    @property
     def workers(self) -> int:
-        """Worker processes: one per GPU, else ``n_jobs``."""
-        return len(self.gpu_ids) if self.gpu_ids else max(1, self.n_jobs)
+        return len(self.worker_slots)
 
     @property
     def artifact_store_dir(self) -> Path:

@@ -1,8 +1,8 @@
 """Running the study: ``optimize``, its worker processes, the progress bar and the study's MLflow run.
 
 ``optimize`` opens (or continues) the study, prepares the corpus once, then runs trials in this process or in
-worker processes (``--n-jobs``, or one per GPU with ``--gpus``), each a ``python -m smart_tuner worker`` with the
-options of this one. Workers share the study through its storage and stop when it holds the requested number of
+worker processes (``--n-jobs``, or ``--trials-per-gpu`` per GPU with ``--gpus``), each a
+``python -m smart_tuner worker`` with the options of this one. Workers share the study through its storage and stop when it holds the requested number of
 counted trials (see :mod:`smart_tuner.study.storage`); every worker's trials nest under the study's one parent
 MLflow run.
 """
@@ -24,7 +24,7 @@ from ..config import build_config, flatten, parse_set_overrides, redact_url
 from .objective import Objective, trial_base
 from .options import StudyOptions
 from .space import ObjectiveSpec, load_objective, make_pruner, make_sampler, reference_params
-from .storage import open_storage, route_optuna_logging, study_trials
+from .storage import StudyError, open_storage, route_optuna_logging, study_trials
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,11 @@ def optimize(options: StudyOptions, progress: bool = True) -> optuna.Study:
     """Run ``options.trials`` more trials of the study, in ``options.workers`` worker processes (one per GPU).
     ``options`` is left as it is: what this run decides (threads, the MLflow parent run) goes into a copy."""
     route_optuna_logging()
+    if options.trials_per_gpu < 1 or (options.trials_per_gpu > 1 and not options.gpu_ids):
+        raise StudyError(f"--trials-per-gpu {options.trials_per_gpu}: give a count >= 1, together with --gpus")
     spec = load_objective(options.objective)
     study = open_study(options, spec)
-    if not options.threads and not options.gpu_ids:  # threads x processes <= cores
+    if not options.threads:  # threads x processes <= cores, GPU workers included (several may share a GPU)
         options = dataclasses.replace(options, threads=max(1, (os.cpu_count() or 1) // options.workers))
     base = trial_base(spec, options)
     tracker = study_tracker(options, base)
@@ -150,10 +152,10 @@ def _update_bar(bar: tqdm, study: optuna.Study, start: int) -> None:
 
 
 def _run_worker_processes(options: StudyOptions, study: optuna.Study, bar: tqdm, start: int) -> None:
-    """One ``worker`` process per GPU (else ``options.n_jobs`` on CPU), each running trials until the study is
-    full."""
+    """One ``worker`` process per slot (``--trials-per-gpu`` per GPU, else ``--n-jobs`` on CPU), each running
+    trials until the study is full."""
     procs = []
-    for index, gpu in enumerate(options.gpu_ids or [None] * options.workers):
+    for index, gpu in enumerate(options.worker_slots):
         env = dict(os.environ)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu

@@ -186,6 +186,7 @@ class Decoder(nn.Module):
                                     self.training)
         dec_masks = _dropout_masks(prenet_out, (steps, b, cfg.decoder_rnn_dim), cfg.decoder_dropout, self.training)
         neg = torch.finfo(memory.dtype).min
+        recording = torch.is_grad_enabled()
 
         attn_h, attn_c, dec_h, dec_c, weights, weights_cum, context = self.initial_state(memory)
         dec_outputs, contexts, alignments = [], [], []
@@ -207,9 +208,10 @@ class Decoder(nn.Module):
             dec_h, dec_c = _lstm_cell(torch.addmm(dec_base[d], dec_in, dec_weight), dec_c)
             if dec_masks is not None:
                 dec_h = dec_h * dec_masks[d]
-            for inputs, value in ((attn_inputs, attn_in), (dec_inputs, dec_in), (query_inputs, attn_h),
-                                  (window_inputs, windows), (hidden_inputs, hidden), (weight_inputs, weights)):
-                inputs.append(value.detach())
+            if recording:  # the inputs of the shared weights' gradients (none without autograd: evaluation)
+                for inputs, value in ((attn_inputs, attn_in), (dec_inputs, dec_in), (query_inputs, attn_h),
+                                      (window_inputs, windows), (hidden_inputs, hidden), (weight_inputs, weights)):
+                    inputs.append(value.detach())
             alignments.append(weights)
             dec_outputs.append(dec_h)
             contexts.append(context)

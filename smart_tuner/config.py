@@ -62,6 +62,10 @@ class DataConfig:
     split_seed: int = 1234  # which utterances are held out
     cache_dir: str | None = None  # feature cache; default <corpus>/.smart_tuner_cache
     max_frames: int = 1000  # utterances with more mel frames are skipped (and reported)
+    cleaner: str = "basic"  # text normalizer: basic (any script) | english (NVIDIA's English cleaning)
+    # Standardize each mel channel with the training set's mean and std; false: the model predicts log-mels as
+    # computed (NVIDIA / HiFi-GAN / WaveGlow convention), as a converted NVIDIA checkpoint does.
+    mel_standardize: bool = True
 
 
 @dataclass
@@ -124,6 +128,11 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = True  # bf16 autocast on CUDA; CPU always runs fp32
     num_threads: int = 0  # torch CPU threads; 0: all cores
+    # Warm start: model weights only (fresh optimizer, step 0) from a smart_tuner or NVIDIA checkpoint.
+    init_from: str | None = None
+    init_ignore: list[str] = field(default_factory=list)  # regular expressions of parameter names not to load
+    freeze_modules: list[str] = field(default_factory=list)  # parameter-name prefixes kept fixed at first
+    freeze_steps: int = 0  # how many steps they stay fixed
 
 
 @dataclass
@@ -383,6 +392,10 @@ def validate(config: Config) -> None:
         (0 <= config.data.max_bad_share <= 1, "data.max_bad_share must be within [0, 1]"),
         (config.data.val_size >= 1, "data.val_size must be >= 1"),
         (config.data.demo_lang in ("en", "ru"), "data.demo_lang must be en or ru"),
+        (config.data.cleaner in ("basic", "english"), "data.cleaner must be basic or english"),
+        (config.train.freeze_steps >= 0, "train.freeze_steps must be >= 0"),
+        (not config.train.freeze_modules or config.train.freeze_steps > 0,
+         "train.freeze_modules needs train.freeze_steps > 0 (how many steps they stay fixed)"),
         (config.audio.fmax <= config.audio.sample_rate / 2, "audio.fmax must be <= audio.sample_rate / 2"),
         (config.audio.win_length <= config.audio.n_fft, "audio.win_length must be <= audio.n_fft"),
         (config.adapters.lr.patience >= 0, "adapters.lr.patience must be >= 0"),

@@ -153,3 +153,22 @@ def test_other_files_are_refused_with_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error:") and "not an NVIDIA Tacotron 2 checkpoint" in err[0]
     assert cli.main(["convert", "nvidia", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "o.pt")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_english_cleaning_reads_numbers_and_abbreviations():
+    from smart_tuner.data.text import english_cleaner, number_words
+
+    assert number_words(0) == "zero" and number_words(115) == "one hundred fifteen"
+    assert number_words(2_000_017) == "two million seventeen"
+    assert english_cleaner("Mr. Smith paid $3.50 in 1984.") == (
+        "mister smith paid three dollars and fifty cents in nineteen eighty four.")
+    assert english_cleaner("The 21st of 2,500 people; 12.5%  café  — “ok”") == (
+        'the twenty first of two thousand five hundred people; twelve point five percent cafe - "ok"')
+    assert english_cleaner("In 2005, Dr. Lee saw 1 cat.") == "in two thousand five, doctor lee saw one cat."
+    assert english_cleaner("Привет") == "привет"  # no ASCII form: kept, so that a symbol check can name it
+
+
+def test_a_symbol_table_saved_before_cleaners_reads_as_before():
+    old = {"symbols": ["<pad>", "<eos>", "<unk>", " ", "a", "b"], "lowercase": True}
+    table = SymbolTable.from_dict(old)
+    assert table.encode("Ab c") == [4, 5, 3, 2, 1] and table.cleaner == "basic" and table.pad_id == 0

@@ -114,3 +114,18 @@ def test_error_cases_are_one_line(checkpoint, tmp_path, speak):
     assert "not a readable checkpoint" in one_error(speak("--checkpoint", garbage, "--text", "hi", "--out", out))
     assert "name one checkpoint" in one_error(speak("--text", "hi", "--out", out))
     assert not out.exists()
+
+
+def test_from_study_speaks_with_the_best_trials_checkpoint(checkpoint, tmp_path, speak):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'speech.db'}"
+    study = optuna.create_study(study_name="speech", storage=storage)
+    run_dir = checkpoint.parent.parent
+    study.add_trial(optuna.trial.create_trial(value=2.0, user_attrs={"run_dir": str(tmp_path / "worse")}))
+    study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={"run_dir": str(run_dir)}))
+    result = speak("--from-study", "speech", "--storage", storage, "--text", "hello.", "--out", tmp_path / "o")
+    assert result.returncode == 0, result.stderr
+    assert f"from {run_dir / 'checkpoints' / 'best.pt'}" in result.stdout and (tmp_path / "o" / "001.wav").is_file()
+    assert "name one checkpoint" in one_error(speak("--from-study", "speech", "--storage", storage, "--checkpoint",
+                                                    checkpoint, "--text", "hi", "--out", tmp_path / "p"))

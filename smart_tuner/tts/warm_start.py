@@ -98,8 +98,8 @@ def read_source(path: str | Path, family: ModelFamily) -> WeightSource:
                             not stats.is_identity)
     try:
         foreign = family.foreign_checkpoint(data)
-    except ValueError as exc:
-        raise WarmStartError(f"{path}: {exc}") from None
+    except (ValueError, KeyError) as exc:  # a known layout with tensors missing or misnamed
+        raise WarmStartError(f"{path}: cannot read its weights: {type(exc).__name__}: {exc}") from None
     if foreign is None:
         raise WarmStartError(f"{path}: neither a smart_tuner checkpoint nor a {family.name} checkpoint in a layout "
                              f"smart_tuner knows")

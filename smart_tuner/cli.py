@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -48,7 +49,8 @@ def setup_logging(level: str = "INFO") -> None:
 # Errors caused by input, printed as one clear line and never as a traceback: (module, class).
 USER_ERRORS = (("smart_tuner.config", "ConfigError"), ("smart_tuner.data.corpus", "CorpusError"),
                ("smart_tuner.data.audio", "AudioError"), ("smart_tuner.tts.checkpoint", "CheckpointError"),
-               ("smart_tuner.train.trainer", "TrainingError"), ("smart_tuner.data.espeak", "EspeakError"))
+               ("smart_tuner.train.trainer", "TrainingError"), ("smart_tuner.data.espeak", "EspeakError"),
+               ("smart_tuner.tts.nvidia", "ConversionError"))
 
 
 def _is_user_error(exc: BaseException) -> bool:
@@ -83,6 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         sets.append(f"data.corpus={args.corpus}")
     if args.max_steps is not None:
         sets.append(f"train.max_steps={args.max_steps}")
+    if args.init_from:
+        sets.append(f"train.init_from={json.dumps(args.init_from)}")  # a JSON string is a YAML string
     from_study = StudyOptions.from_args(args, "train")
     if from_study.study:
         if args.config:
@@ -116,6 +120,74 @@ def cmd_train(args: argparse.Namespace) -> int:
                     f"(free-running {last.infer_diagonality:.3f}), focus {last.focus:.3f}")
     print(summary)
     return 0 if result.status == "completed" else 1
+
+
+# ------------------------------------------------------------------------------------------------- speech
+def cmd_convert_nvidia(args: argparse.Namespace) -> int:
+    from .tts.nvidia import convert
+
+    done = convert(args.checkpoint, args.out)
+    print(f"converted {done['tensors']} tensors ({done['parameters']:,} parameters) into {done['out']}: NVIDIA's "
+          f"symbols, English cleaning and unstandardized log-mels")
+    return 0
+
+
+def _checkpoint_to_speak(args: argparse.Namespace) -> Path:
+    options = StudyOptions.from_args(args, "synthesize")
+    if bool(options.study) == bool(args.checkpoint):
+        from .tts.synthesis import SynthesisError
+
+        raise SynthesisError("name one checkpoint: --checkpoint CKPT or --from-study NAME")
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    from .study.storage import best_checkpoint, open_study_readonly
+
+    return best_checkpoint(open_study_readonly(options.study_name, options.storage))
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .data.audio import wav_bytes
+    from .data.dataset import LOG_FLOOR
+    from .files import write_atomic
+    from .train.trainer import pick_device
+    from .tts.inference import load_for_inference, min_vocodable_frames, vocode
+    from .tts.synthesis import encode_lines, read_lines, synthesize
+    from .watch.plots import alignment_png
+
+    lines = read_lines(args.text, args.text_file)
+    path = _checkpoint_to_speak(args)
+    device = pick_device(args.device)
+    loaded = load_for_inference(path, device)
+    sentences = encode_lines(loaded, lines, args.drop_missing, origin=args.text_file or "--text")
+    audio = loaded.config.audio
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(sentences), desc="synthesize", disable=args.no_progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    for spoken in synthesize(loaded, sentences, device, args.batch_size, args.seed):
+        name = out / f"{spoken.sentence.number:03d}"
+        mel = spoken.mel
+        if mel.shape[1] < min_vocodable_frames(audio):  # too short to vocode: pad with silence
+            floor = mel.new_full((mel.shape[0], min_vocodable_frames(audio) - mel.shape[1]), LOG_FLOOR)
+            mel = torch.cat([mel, floor], 1)
+        write_atomic(name.with_suffix(".wav"), wav_bytes(vocode(mel, audio), audio.sample_rate))
+        if spoken.alignment is not None:
+            write_atomic(name.with_suffix(".png"),
+                         alignment_png(spoken.alignment, title=f"sentence {spoken.sentence.number}"))
+        if args.mel:
+            array = spoken.mel.numpy().astype(np.float32)
+            write_atomic(name.with_suffix(".npy"), lambda handle: np.save(handle, array))
+        frames = spoken.mel.shape[1]
+        bar.update(1)
+        tqdm.write(f"{spoken.sentence.number:03d}: {frames} frames, {frames * audio.hop_length / audio.sample_rate:.2f} s, "
+                   f"{'stopped' if spoken.stopped else 'hit the step limit'}, diagonality {spoken.diagonality:.3f}: "
+                   f"{spoken.sentence.text[:60]}")
+    bar.close()
+    print(f"{len(sentences)} sentences from {path} in {out} [{time.perf_counter() - start:.1f} s]")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -213,9 +285,35 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="where checkpoints and logs go (default runs/<config>-<time>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir (default: the latest)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--init-from", metavar="CKPT", help="warm start: model weights from a smart_tuner or NVIDIA "
+                       "checkpoint (shorthand for --set train.init_from=CKPT)")
     add_arguments(train, "train")  # --from-study NAME, --storage
     train.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db)")
     train.set_defaults(func=cmd_train)
+
+    speak = sub.add_parser("synthesize", help="speech from text with a trained checkpoint (Griffin-Lim WAVs, "
+                           "alignment images, log-mels)")
+    speak.add_argument("--checkpoint", metavar="CKPT", help="a smart_tuner checkpoint (converted NVIDIA ones too)")
+    add_arguments(speak, "synthesize")  # --from-study NAME, --storage
+    said = speak.add_mutually_exclusive_group(required=True)
+    said.add_argument("--text", help="one sentence")
+    said.add_argument("--text-file", metavar="FILE", help="UTF-8 text, one sentence per line")
+    speak.add_argument("--out", required=True, metavar="DIR", help="where NNN.wav, NNN.png (and NNN.npy) go")
+    speak.add_argument("--mel", action="store_true", help="also write each log-mel as NNN.npy (n_mels x frames)")
+    speak.add_argument("--seed", type=int, default=0, help="prenet dropout stays on at inference: the seed fixes it")
+    speak.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    speak.add_argument("--batch-size", type=int, default=8, help="sentences decoded together")
+    speak.add_argument("--drop-missing", action="store_true",
+                       help="drop characters the checkpoint's symbol table lacks instead of stopping")
+    speak.add_argument("--no-progress", action="store_true", help="no progress bar")
+    speak.set_defaults(func=cmd_synthesize)
+
+    convert = sub.add_parser("convert", help="import another project's checkpoint").add_subparsers(
+        dest="convert_command", required=True)
+    nvidia = convert.add_parser("nvidia", help="an NVIDIA/tacotron2 or DeepLearningExamples Tacotron 2 checkpoint")
+    nvidia.add_argument("checkpoint", metavar="IN.pt")
+    nvidia.add_argument("--out", required=True, metavar="OUT.pt")
+    nvidia.set_defaults(func=cmd_convert_nvidia)
 
     opt = sub.add_parser("optimize", help="run an Optuna study: each trial trains with the adapters on")
     add_arguments(opt, "optimize")

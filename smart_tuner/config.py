@@ -65,6 +65,10 @@ class DataConfig:
     # Static shapes: pad every batch's frames and text to one of at most this many lengths (quantiles of the
     # training set's lengths), so that compiled or captured code is reused; 0: pad to each batch's longest item.
     length_grid: int = 0
+    cleaner: str = "basic"  # text normalizer: basic (any script) | english (NVIDIA's English cleaning)
+    # Standardize each mel channel with the training set's mean and std; false: the model predicts log-mels as
+    # computed (NVIDIA / HiFi-GAN / WaveGlow convention), as a converted NVIDIA checkpoint does.
+    mel_standardize: bool = True
 
 
 @dataclass
@@ -130,6 +134,11 @@ class TrainConfig:
     # loop), eager (the step-by-step path, for comparison), auto (the fastest correct one on the device: fast).
     execution: str = "auto"
     num_threads: int = 0  # torch CPU threads; 0: all cores
+    # Warm start: model weights only (fresh optimizer, step 0) from a smart_tuner or NVIDIA checkpoint.
+    init_from: str | None = None
+    init_ignore: list[str] = field(default_factory=list)  # regular expressions of parameter names not to load
+    freeze_modules: list[str] = field(default_factory=list)  # parameter-name prefixes kept fixed at first
+    freeze_steps: int = 0  # how many steps they stay fixed
 
 
 @dataclass
@@ -391,6 +400,10 @@ def validate(config: Config) -> None:
         (config.data.val_size >= 1, "data.val_size must be >= 1"),
         (config.data.length_grid >= 0, "data.length_grid must be >= 0 (0: no grid)"),
         (config.data.demo_lang in ("en", "ru"), "data.demo_lang must be en or ru"),
+        (config.data.cleaner in ("basic", "english"), "data.cleaner must be basic or english"),
+        (config.train.freeze_steps >= 0, "train.freeze_steps must be >= 0"),
+        (not config.train.freeze_modules or config.train.freeze_steps > 0,
+         "train.freeze_modules needs train.freeze_steps > 0 (how many steps they stay fixed)"),
         (config.audio.fmax <= config.audio.sample_rate / 2, "audio.fmax must be <= audio.sample_rate / 2"),
         (config.audio.win_length <= config.audio.n_fft, "audio.win_length must be <= audio.n_fft"),
         (config.adapters.lr.patience >= 0, "adapters.lr.patience must be >= 0"),

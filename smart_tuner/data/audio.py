@@ -8,6 +8,7 @@ use), so neither librosa nor torchaudio is needed.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -23,6 +24,7 @@ __all__ = [
     "AudioError",
     "load_wav",
     "save_wav",
+    "wav_bytes",
     "trim_silence",
     "hz_to_mel",
     "mel_to_hz",
@@ -80,18 +82,28 @@ def load_wav(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     return wav
 
 
+def _pcm_ready(wav: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().cpu().numpy()
+    return np.clip(np.nan_to_num(np.asarray(wav, dtype=np.float32)), -1.0, 1.0)
+
+
 def save_wav(path: str | os.PathLike, wav: np.ndarray | torch.Tensor, sample_rate: int) -> None:
     """Write a mono waveform as 16-bit PCM, clipping to [-1, 1] first.
 
     The parent directory is created if needed (previews go to fresh run dirs).
     """
-    if isinstance(wav, torch.Tensor):
-        wav = wav.detach().cpu().numpy()
-    wav = np.clip(np.nan_to_num(np.asarray(wav, dtype=np.float32)), -1.0, 1.0)
     parent = os.path.dirname(os.fspath(path))
     if parent:
         os.makedirs(parent, exist_ok=True)
-    sf.write(os.fspath(path), wav, int(sample_rate), subtype="PCM_16")
+    sf.write(os.fspath(path), _pcm_ready(wav), int(sample_rate), subtype="PCM_16")
+
+
+def wav_bytes(wav: np.ndarray | torch.Tensor, sample_rate: int) -> bytes:
+    """A mono waveform as the bytes of a 16-bit PCM WAV file (for the atomic writer)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, _pcm_ready(wav), int(sample_rate), format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------

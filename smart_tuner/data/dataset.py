@@ -2,7 +2,8 @@
 
 Log-mel features are computed once per utterance and cached on disk under a key of the audio settings, so a
 change of any audio setting never reuses stale features. Mels are normalized per channel with the training
-set's mean and std; padding uses the normalized log floor (the value of silence), not zero.
+set's mean and std (``data.mel_standardize``; without it the model works on log-mels as computed, NVIDIA's
+convention); padding uses the normalized log floor (the value of silence), not zero.
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ class MelStats:
     @property
     def pad_value(self) -> torch.Tensor:
         return (LOG_FLOOR - self.mean) / self.std
+
+    @classmethod
+    def identity(cls, n_mels: int) -> "MelStats":
+        """No standardization: normalized mels are the log-mels as computed."""
+        return cls(torch.zeros(n_mels), torch.ones(n_mels))
+
+    @property
+    def is_identity(self) -> bool:
+        return bool((self.mean == 0).all() and (self.std == 1).all())
 
     def to_dict(self) -> dict:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
@@ -269,7 +279,8 @@ def prepare_data(config: Config, run_dir: Path | None = None) -> PreparedData:
     if len(usable) < 2:
         raise CorpusError(f"{corpus_dir / 'metadata.csv'}: need at least 2 usable utterances, found {len(usable)}")
 
-    symbols = SymbolTable.from_texts([u.text for u in usable], lowercase=config.data.lowercase)
+    symbols = SymbolTable.from_texts([u.text for u in usable], lowercase=config.data.lowercase,
+                                     cleaner=config.data.cleaner)
     n_val = min(config.data.val_size, max(1, len(usable) // 5))
     val_ids = set(random.Random(config.data.split_seed).sample(sorted(u.id for u in usable), n_val))
     split = {True: ([], []), False: ([], [])}
@@ -278,18 +289,8 @@ def prepare_data(config: Config, run_dir: Path | None = None) -> PreparedData:
         split[utt.id in val_ids][1].append(n)
 
     train_utts, train_frames = split[False]
-    # Per-channel statistics of the training mels (sum and sum of squares, one pass).
-    total = torch.zeros(config.audio.n_mels, dtype=torch.float64)
-    total_sq = torch.zeros_like(total)
-    count = 0
-    for utt in train_utts:
-        mel = torch.from_numpy(np.load(cache.path(utt.id))).double()
-        total += mel.sum(1)
-        total_sq += (mel * mel).sum(1)
-        count += mel.shape[1]
-    mean = total / count
-    std = (total_sq / count - mean * mean).clamp_min(1e-8).sqrt().clamp_min(1e-3)
-    stats = MelStats(mean.float(), std.float())
+    stats = mel_statistics([cache.path(u.id) for u in train_utts], config.audio.n_mels) \
+        if config.data.mel_standardize else MelStats.identity(config.audio.n_mels)
 
     def dataset(utts: list, n: list[int]) -> MelTextDataset:
         return MelTextDataset([u.id for u in utts], [u.text for u in utts], [cache.path(u.id) for u in utts],
@@ -297,3 +298,18 @@ def prepare_data(config: Config, run_dir: Path | None = None) -> PreparedData:
 
     return PreparedData(corpus_dir, symbols, stats, dataset(train_utts, train_frames),
                         dataset(*split[True]), corpus.bad, report_path)
+
+
+def mel_statistics(mel_paths: list[Path], n_mels: int) -> MelStats:
+    """Per-channel mean and std of cached log-mels (sum and sum of squares, one pass)."""
+    total = torch.zeros(n_mels, dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    count = 0
+    for path in mel_paths:
+        mel = torch.from_numpy(np.load(path)).double()
+        total += mel.sum(1)
+        total_sq += (mel * mel).sum(1)
+        count += mel.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(1e-8).sqrt().clamp_min(1e-3)
+    return MelStats(mean.float(), std.float())

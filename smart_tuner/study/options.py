@@ -64,10 +64,13 @@ class StudyOptions:
     study: str | None = option(None, *RUN, help="study name (default: the objective file's name)", variants={
         "best": {"required": True, "help": None}, "report": {"required": True, "help": None},
         "train": {"name": "--from-study", "metavar": "NAME",
-                  "help": "train the best config of this study (instead of --config)"}})
+                  "help": "train the best config of this study (instead of --config)"},
+        "synthesize": {"name": "--from-study", "metavar": "NAME",
+                       "help": "speak with the best trial's checkpoint of this study (instead of --checkpoint)"}})
     storage: str | None = option(None, *RUN, help=f"Optuna storage URL ({DEFAULT_STORAGE})", variants={
         "best": {"help": DEFAULT_STORAGE}, "report": {"help": DEFAULT_STORAGE},
-        "train": {"help": f"the study's storage URL ({DEFAULT_STORAGE})"}})
+        "train": {"help": f"the study's storage URL ({DEFAULT_STORAGE})"},
+        "synthesize": {"help": f"the study's storage URL ({DEFAULT_STORAGE})"}})
     sampler: str = option("tpe", *RUN, choices=SAMPLERS)
     startup_trials: int = option(
         5, *RUN, help="random trials before TPE/GP/CMA-ES take over (Optuna's default of 10 is long here)")

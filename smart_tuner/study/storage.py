@@ -192,3 +192,18 @@ def best_config(study: optuna.Study, objective: Path | None = None) -> tuple[Con
     path = objective or Path(study.user_attrs.get("objective", ""))
     spec = load_objective(path)
     return build_config(merge(spec.config, params_to_overrides(best.params))), best
+
+
+def best_checkpoint(study: optuna.Study) -> Path:
+    """The checkpoint of the best trial: ``best.pt`` of its run directory, else ``last.pt``."""
+    best = study_trials(study).best
+    if best is None:
+        raise StudyError(f"study {study.study_name!r} has no complete trial yet")
+    run_dir = best.user_attrs.get("run_dir")
+    if not run_dir:
+        raise StudyError(f"study {study.study_name!r}: trial {best.number} recorded no run directory")
+    for name in ("best.pt", "last.pt"):
+        path = Path(run_dir) / "checkpoints" / name
+        if path.is_file():
+            return path
+    raise StudyError(f"study {study.study_name!r}: trial {best.number} left no checkpoint under {run_dir}/checkpoints")

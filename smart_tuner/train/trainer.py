@@ -33,6 +33,7 @@ from ..hooks import CONTROLS, Decision, EvalStats, Event, Hook, RunInfo, StepSta
 from ..tts import build_family, count_parameters
 from ..tts import checkpoint as ckpt
 from ..tts.alignment import METRICS, alignment_metrics, diagonality
+from ..tts.warm_start import init_from
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ class Trainer:
         self.stats: MelStats = self.data.stats
         self.family = build_family(config)
         self.model = self.family.build(len(self.symbols)).to(self.device)
+        if cfg.init_from and not resume:  # a resumed run already holds the warm-started weights
+            self._warm_start()
+        self.frozen = self._frozen_parameters(cfg.freeze_modules)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                            weight_decay=cfg.weight_decay)
         self.sampler = BucketBatchSampler(self.data.train.frames, cfg.batch_size, cfg.seed)
@@ -121,6 +125,38 @@ class Trainer:
                  100 * (on_grid / real - 1), 100 * (per_batch / real - 1))
         return Collate(self.symbols.pad_id, self.stats.pad_value, multiple, frame_grid, text_grid)
 
+    # ----------------------------------------------------------------------------------------- warm start
+    def _warm_start(self) -> None:
+        """Model weights from ``train.init_from`` (the family's rules, see tts/warm_start.py), reported in the log
+        and in ``init_report.json``."""
+        report = init_from(self.model, self.family, self.symbols, self.config)
+        write_atomic(self.run_dir / "init_report.json", json.dumps(report.to_dict(), indent=1))
+        log.info("%s", report.table())
+        for warning in report.warnings:
+            log.warning("warm start: %s", warning)
+
+    def _frozen_parameters(self, prefixes: list[str]) -> list[torch.nn.Parameter]:
+        """Parameters under the ``train.freeze_modules`` prefixes (a prefix names a module, e.g. ``encoder``)."""
+        named = dict(self.model.named_parameters())
+        frozen = []
+        for prefix in prefixes:
+            found = [p for n, p in named.items() if n == prefix or n.startswith(prefix + ".")]
+            if not found:
+                modules = sorted({n.rsplit(".", 1)[0] for n in named})
+                raise TrainingError(f"train.freeze_modules: no module named {prefix!r}; modules with parameters: "
+                                    f"{', '.join(modules)}")
+            frozen += found
+        return frozen
+
+    def _set_frozen(self, frozen: bool) -> None:
+        """Frozen parameters get no gradient, so AdamW leaves them (and their weight decay) alone."""
+        changed = [p for p in self.frozen if p.requires_grad == frozen]
+        for p in changed:
+            p.requires_grad_(not frozen)
+        if changed and not frozen:
+            log.info("step %d: %s trainable again (train.freeze_steps)", self.step,
+                     ", ".join(self.config.train.freeze_modules))
+
     # ----------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
         return {
@@ -143,7 +179,7 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         state = ckpt.load(path, map_location=self.device)
-        if state["symbols"] != self.symbols.to_dict():
+        if SymbolTable.from_dict(state["symbols"]) != self.symbols:
             raise TrainingError(f"{path}: the corpus's symbol table differs from the checkpoint's; resume with "
                                 f"the corpus the run started with")
         self.model.load_state_dict(state["model"])
@@ -304,6 +340,7 @@ class Trainer:
         try:
             while self.step < cfg.max_steps:
                 started = time.perf_counter()
+                self._set_frozen(self.step < cfg.freeze_steps)
                 batch = self._next_batch()
                 stats, safe = self.train_step(batch)
                 requests = [(h, d) for h in self.hooks for d in h.on_step(stats)]

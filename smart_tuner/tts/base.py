@@ -18,12 +18,14 @@ batch, mel channels, frames, normalized as the training targets are (see ``smart
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import Config
 from ..data.dataset import Batch
+from ..data.text import SymbolTable
 
 
 @dataclass
@@ -44,12 +46,21 @@ class Synthesis:
     alignment_lengths: torch.Tensor | None = None  # (B,) query steps of each item, up to its stop
 
 
+@dataclass
+class ForeignWeights:
+    kind: str  # the layout's name, e.g. "nvidia"
+    state_dict: dict[str, torch.Tensor]  # under the family's parameter names
+    symbols: SymbolTable  # the rows of the symbol tensors
+    config: Config  # the model's sizes and its data conventions (text cleaning, mel standardization)
+
+
 class ModelFamily:
     """Base class of the model families; subclasses are registered in ``smart_tuner.tts.FAMILIES``."""
 
     name = "family"
     reconstruction_losses: tuple[str, ...] = ()  # their sum is the validation loss
     output_loss = ""  # the term that measures the final output
+    symbol_rows: tuple[str, ...] = ()  # parameters with one row per symbol: a warm start maps them by symbol
 
     def __init__(self, config: Config):
         self.config = config
@@ -68,6 +79,11 @@ class ModelFamily:
 
     def training_forward(self, model: nn.Module, batch: Batch, weights: dict[str, float]) -> TrainingOutput:
         raise NotImplementedError
+
+    def foreign_checkpoint(self, data: Any) -> ForeignWeights | None:
+        """Weights of another project's checkpoint (already loaded safely) under this family's names, with its
+        symbols and config, or None if ``data`` is not in a layout the family knows."""
+        return None
 
     def synthesize(self, model: nn.Module, text: torch.Tensor, text_lengths: torch.Tensor,
                    max_frames: int | None = None) -> Synthesis:

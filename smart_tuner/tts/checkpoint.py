@@ -27,15 +27,24 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_any(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """Whatever a torch file holds, loaded safely (tensors and plain data only)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable smart_tuner checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def is_ours(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    data = load_any(path, map_location)
+    if not is_ours(data):
         raise CheckpointError(f"{path}: not a smart_tuner checkpoint of format {FORMAT}")
     return data
 

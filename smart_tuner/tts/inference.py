@@ -17,6 +17,7 @@ from ..data.dataset import MelStats
 from ..data.text import SymbolTable
 from . import build_family
 from . import checkpoint as ckpt
+from . import nvidia
 from .base import ModelFamily
 
 GRIFFIN_LIM_ITERS = 32
@@ -33,7 +34,13 @@ class LoadedModel:
 
 def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """A trained model from a checkpoint alone."""
-    state = ckpt.load(path, map_location=device)
+    data = ckpt.load_any(path, map_location=device)
+    if not ckpt.is_ours(data):
+        if nvidia.nvidia_state_dict(data) is not None:
+            raise ckpt.CheckpointError(f"{path}: an NVIDIA Tacotron 2 checkpoint; convert it first: python -m "
+                                       f"smart_tuner convert nvidia {path} --out converted.pt")
+        raise ckpt.CheckpointError(f"{path}: not a smart_tuner checkpoint (format {ckpt.FORMAT})")
+    state = data
     config = from_dict(state["config"])
     family = build_family(config)
     symbols = SymbolTable.from_dict(state["symbols"])

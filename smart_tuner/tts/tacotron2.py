@@ -12,6 +12,7 @@ Shapes: B batch, N text tokens, E encoder width, T mel frames, D = T / r decoder
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,8 @@ from torch import nn
 from ..config import Config, LossConfig, ModelConfig
 from ..data.dataset import Batch
 from .alignment import length_mask
-from .base import ModelFamily, Synthesis, TrainingOutput
+from . import nvidia
+from .base import ForeignWeights, ModelFamily, Synthesis, TrainingOutput
 
 
 class Encoder(nn.Module):
@@ -441,6 +443,7 @@ class Tacotron2Family(ModelFamily):
     name = "tacotron2"
     reconstruction_losses = ("mel", "postnet", "gate")
     output_loss = "postnet"
+    symbol_rows = ("encoder.embedding.weight",)
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -469,6 +472,13 @@ class Tacotron2Family(ModelFamily):
         total = losses.pop("loss")
         return TrainingOutput(losses, total, out.mel_postnet, out.alignments,
                               decoder_steps(batch.mel_lengths, self.config.model.r))
+
+    def foreign_checkpoint(self, data: Any) -> ForeignWeights | None:
+        """NVIDIA's checkpoints (NVIDIA/tacotron2, DeepLearningExamples), see nvidia.py."""
+        state = nvidia.nvidia_state_dict(data)
+        if state is None:
+            return None
+        return ForeignWeights("nvidia", nvidia.to_ours(state), nvidia.symbol_table(), nvidia.config_for(state))
 
     def synthesize(self, model: nn.Module, text: torch.Tensor, text_lengths: torch.Tensor,
                    max_frames: int | None = None) -> Synthesis:

@@ -88,9 +88,10 @@ def test_a_warm_run_writes_its_report_and_keeps_frozen_modules_fixed(pretrained,
     after = load_checkpoint(tmp_path / "frozen" / "checkpoints" / "last.pt")
     assert after["step"] == 4 and after["optimizer"]["state"]  # a fresh optimizer that has stepped
     params = dict(build_family(config).build(len(after["symbols"]["symbols"])).named_parameters())
-    for name in params:
-        same = torch.equal(after["model"][name], source[name])
-        assert same == name.startswith("encoder."), name  # encoder fixed, the rest trained
+    changed = {name for name in params if not torch.equal(after["model"][name], source[name])}
+    assert not {name for name in changed if name.startswith("encoder.")}  # the encoder stayed fixed
+    # The rest trained (the attention's v bias may not move: a constant added to every energy has no gradient).
+    assert changed >= {name for name in params if not name.startswith("encoder.")} - {"decoder.attention.v.bias"}
 
     # Frozen for 2 of 4 steps: the encoder trains afterwards.
     config = tiny_config(corpus_en, tmp_path, train={"init_from": str(pretrained), "freeze_modules": ["encoder"],

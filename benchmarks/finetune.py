@@ -8,10 +8,12 @@
    at equal steps; the goal is that the warm start needs <= 1/3 of the steps.
 
 Both arms run with the online adapters, as a real run does. A run that never reaches the target counts as its
-step budget (a lower bound), and the ratio is then marked as censored.
+step budget (a lower bound), and the ratio is then marked as censored. With ``--stop-at-target`` a run stops at
+its first evaluation at or above the target once it has trained ``--compare-steps`` steps (the validation losses
+are compared up to there); ``--jobs 2`` runs two trainings at a time (give each ``--threads 1`` on 2 cores).
 
-Usage: python benchmarks/finetune.py [--pretrain-steps 400] [--steps 400] [--seeds 3] [--threads 2]
-                                     [--target-size 60] [--pretrained CKPT]
+Usage: python benchmarks/finetune.py [--pretrain-steps 400] [--steps 400] [--seeds 3] [--threads 2] [--jobs 1]
+                                     [--target-size 60] [--pretrained CKPT] [--stop-at-target --compare-steps 100]
 """
 
 from __future__ import annotations
@@ -23,22 +25,40 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smart_tuner.adapters import build_adapters  # noqa: E402
 from smart_tuner.config import load_config_file  # noqa: E402
+from smart_tuner.hooks import Decision, Hook  # noqa: E402
 from smart_tuner.train.trainer import Trainer  # noqa: E402
 
 Evaluations = list[dict]  # the run's metrics.jsonl, one mapping per evaluation
 
 
-def train(args, workdir: Path, label: str, sets: list[str]) -> Evaluations:
+class StopAtTarget(Hook):
+    """Stops a run at its first evaluation at or above the target once it has trained ``after`` steps."""
+
+    name = "stop_at_target"
+
+    def __init__(self, target: float, after: int):
+        self.target, self.after = target, after
+
+    def on_eval(self, stats):
+        if stats.step >= self.after and stats.infer_diagonality >= self.target:
+            return [Decision("stop", None, "reached the target", stats.infer_diagonality)]
+        return []
+
+
+def train(args, workdir: Path, label: str, sets: list[str], stop: bool = False) -> Evaluations:
+    logging.basicConfig(level=logging.WARNING)
     config = load_config_file(args.config, [f"train.num_threads={args.threads}", "train.device=cpu",
                                             "tracking.enabled=false", f"train.eval_every={args.eval_every}", *sets])
     start = time.perf_counter()
-    result = Trainer(config, workdir / label, hooks=build_adapters(config), progress=False).fit()
+    hooks = [*build_adapters(config), *([StopAtTarget(args.target, args.compare_steps)] if stop else [])]
+    result = Trainer(config, workdir / label, hooks=hooks, progress=False).fit()
     evals = [json.loads(line) for line in (workdir / label / "metrics.jsonl").read_text().splitlines()]
     last, reached = evals[-1], first_step(evals, args.target)
     print(f"{label:>16}: {result.step} steps in {time.perf_counter() - start:6.1f} s; free-running diagonality >= "
@@ -64,8 +84,14 @@ def main() -> None:
     parser.add_argument("--target-lang", default="ru", choices=["en", "ru"])
     parser.add_argument("--target-size", type=int, default=60)
     parser.add_argument("--set", action="append", default=[], help="extra config overrides for the fine-tuning runs")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings at a time")
+    parser.add_argument("--stop-at-target", action="store_true", help="stop a fine-tuning run once it aligned")
+    parser.add_argument("--compare-steps", type=int, default=100,
+                        help="with --stop-at-target: steps every run trains at least")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.pretrained:
+        args.pretrained = str(Path(args.pretrained).resolve())
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         start = time.perf_counter()
@@ -81,10 +107,15 @@ def main() -> None:
         target = [f"data.demo_lang={args.target_lang}", f"data.demo_size={args.target_size}",
                   f"train.max_steps={args.steps}", *args.set]
         runs: dict[str, list[Evaluations]] = {"scratch": [], "warm": []}
-        for seed in range(args.seeds):
-            for arm in ("scratch", "warm"):  # alternating, so both arms see the same machine load
-                init = [f"train.init_from={pretrained}"] if arm == "warm" else []
-                runs[arm].append(train(args, workdir, f"{arm}-seed{seed}", [*target, f"train.seed={seed}", *init]))
+        with ProcessPoolExecutor(args.jobs) as pool:
+            futures = []
+            for seed in range(args.seeds):
+                for arm in ("scratch", "warm"):  # alternating, so both arms see the same machine load
+                    init = [f"train.init_from={pretrained}"] if arm == "warm" else []
+                    futures.append((arm, pool.submit(train, args, workdir, f"{arm}-seed{seed}",
+                                                     [*target, f"train.seed={seed}", *init], args.stop_at_target)))
+            for arm, future in futures:
+                runs[arm].append(future.result())
 
         print(f"\nsteps to free-running diagonality >= {args.target} (budget {args.steps}; 'never' counts as the budget)")
         means = {}
@@ -96,13 +127,13 @@ def main() -> None:
         censored = any(first_step(evals, args.target) is None for evals in runs["scratch"])
         print(f"warm / scratch = {means['warm'] / means['scratch']:.3f}"
               f"{' (an upper bound: some scratch runs never aligned)' if censored else ''} (goal <= 0.333)")
-        print("\nvalidation loss at equal steps (mean over seeds)")
-        eval_steps = [e["step"] for e in runs["scratch"][0]]
+        print("\nvalidation loss at equal steps (mean over seeds; steps every run reached)")
+        common = min(len(evals) for logs in runs.values() for evals in logs)
         print(f"{'step':>6} {'scratch':>9} {'warm':>9}")
-        for i, step in enumerate(eval_steps):
-            if step in (25, 50, 100, 150, 200, 300, 400, 500, 600, 800, 1000) or i == len(eval_steps) - 1:
-                values = [statistics.mean(evals[i]["val_loss"] for evals in runs[arm]) for arm in ("scratch", "warm")]
-                print(f"{step:>6} {values[0]:>9.4f} {values[1]:>9.4f}")
+        for i in range(common):
+            step = runs["scratch"][0][i]["step"]
+            values = [statistics.mean(evals[i]["val_loss"] for evals in runs[arm]) for arm in ("scratch", "warm")]
+            print(f"{step:>6} {values[0]:>9.4f} {values[1]:>9.4f}")
         print(f"total {time.perf_counter() - start:.0f} s")
 
 

@@ -88,9 +88,10 @@ def test_a_warm_run_writes_its_report_and_keeps_frozen_modules_fixed(pretrained,
     after = load_checkpoint(tmp_path / "frozen" / "checkpoints" / "last.pt")
     assert after["step"] == 4 and after["optimizer"]["state"]  # a fresh optimizer that has stepped
     params = dict(build_family(config).build(len(after["symbols"]["symbols"])).named_parameters())
-    for name in params:
-        same = torch.equal(after["model"][name], source[name])
-        assert same == name.startswith("encoder."), name  # encoder fixed, the rest trained
+    changed = {name for name in params if not torch.equal(after["model"][name], source[name])}
+    assert not {name for name in changed if name.startswith("encoder.")}  # the encoder stayed fixed
+    # The rest trained (the attention's v bias may not move: a constant added to every energy has no gradient).
+    assert changed >= {name for name in params if not name.startswith("encoder.")} - {"decoder.attention.v.bias"}
 
     # Frozen for 2 of 4 steps: the encoder trains afterwards.
     config = tiny_config(corpus_en, tmp_path, train={"init_from": str(pretrained), "freeze_modules": ["encoder"],
@@ -106,13 +107,14 @@ def test_a_warm_run_writes_its_report_and_keeps_frozen_modules_fixed(pretrained,
 
 @pytest.mark.slow
 def test_a_warm_start_evaluates_far_better_than_a_fresh_one(corpus_en, tmp_path):
-    """The first evaluation (after 2 steps) of a run warm-started from a model that aligned (100 steps with a
-    strong guided-attention weight) against a fresh run of the same config. A tiny model's teacher-forced mel
-    terms move little in 100 steps; its attention and its stop gate are what it learned, and they carry over."""
-    config = tiny_config(corpus_en, tmp_path, train={"max_steps": 100, "eval_every": 100, "lr": 5e-3,
+    """The first evaluation (after 2 steps) of a run warm-started from a model that aligned (150 steps with a
+    strong guided-attention weight; teacher-forced diagonality about 0.96) against a fresh run of the same config.
+    A tiny model's teacher-forced mel terms move little in 150 steps; its attention and its stop gate are what it
+    learned, and they carry over."""
+    config = tiny_config(corpus_en, tmp_path, train={"max_steps": 150, "eval_every": 150, "lr": 5e-3,
                                                      "batch_size": 8}, loss={"ga_weight": 10.0})
     source = Trainer(config, tmp_path / "source", progress=False).fit().last_eval
-    assert source.diagonality > 0.5, source  # the pretraining (mostly) aligned
+    assert source.diagonality > 0.6, (source.diagonality, source.val_loss)  # the pretraining aligned
 
     def first_eval(**train):
         config = tiny_config(corpus_en, tmp_path, train={"max_steps": 2, "eval_every": 2, **train})
@@ -121,7 +123,7 @@ def test_a_warm_start_evaluates_far_better_than_a_fresh_one(corpus_en, tmp_path)
     fresh, warm = first_eval(), first_eval(init_from=str(tmp_path / "source" / "checkpoints" / "last.pt"))
     assert warm.diagonality > fresh.diagonality + 0.3, (warm.diagonality, fresh.diagonality)
     assert warm.val_losses["gate"] < 0.3 * fresh.val_losses["gate"], (warm.val_losses, fresh.val_losses)
-    assert warm.val_loss < 0.95 * fresh.val_loss, (warm.val_loss, fresh.val_loss)
+    assert warm.val_loss < 0.9 * fresh.val_loss, (warm.val_loss, fresh.val_loss)
 
 
 def test_train_init_from_a_missing_file_is_one_error_line(corpus_en, tmp_path, capsys, monkeypatch):

@@ -151,9 +151,9 @@ class Decoder(nn.Module):
         the loop: the prenet's share of the attention LSTM's input product (one matmul for all steps), every
         dropout mask (one draw), the location convolution folded with its dense layer (both linear: one matmul
         over the unfolded windows), each LSTM's input and recurrent products in one matmul, the frame projection
-        and stop gate applied once to the stacked decoder outputs, and every weight shared by the steps given its
-        gradient in one matmul over all steps (:class:`_StepProducts`) instead of one matmul and one accumulation
-        per step."""
+        and stop gate applied once to the stacked decoder outputs, and the large weights shared by the steps (the
+        LSTMs', the query's, the memory) given their gradient in one matmul over all steps
+        (:class:`_StepProducts`) instead of one matmul and one accumulation per step."""
         cfg, attention, attn_rnn, dec_rnn = self.cfg, self.attention, self.attention_rnn, self.decoder_rnn
         b, steps, p = prenet_out.shape
         n = memory.shape[1]
@@ -165,7 +165,7 @@ class Decoder(nn.Module):
         # Per-step products with shared weights: (the tensor each step adds its product to, its weight, the
         # inputs the steps append). Each "base" holds every step's state-free part already: the attention LSTM's
         # product with the prenet output and both biases; the decoder LSTM's biases; the processed memory.
-        attn_inputs, dec_inputs, query_inputs, window_inputs, hidden_inputs, weight_inputs = [], [], [], [], [], []
+        attn_inputs, dec_inputs, query_inputs, weight_inputs = [], [], [], []
         attn_weight = torch.cat([attn_rnn.weight_ih[:, p:], attn_rnn.weight_hh], 1).t()  # [context, h] -> gates
         attn_base = F.linear(prenet_out.transpose(0, 1), attn_rnn.weight_ih[:, :p], attn_rnn.bias_ih + attn_rnn.bias_hh)
         dec_weight = torch.cat([dec_rnn.weight_ih, dec_rnn.weight_hh], 1).t()  # [attn_h, context, h] -> gates
@@ -177,13 +177,12 @@ class Decoder(nn.Module):
         dec_base = _StepProducts.apply(dec_weight, dec_base, dec_inputs).unbind(0)
         query_base = _StepProducts.apply(query_weight, processed_memory.new_zeros(steps, b, cfg.attention_dim),
                                          query_inputs).unbind(0)
-        location_base = _StepProducts.apply(location_weight, processed_memory.expand(steps, -1, -1, -1),
-                                            window_inputs).unbind(0)
-        energy_base = _StepProducts.apply(v, attention.v.bias.expand(steps, b, n, 1), hidden_inputs).unbind(0)
+        # The location and energy products keep plain autograd: batching their small weights' gradients would
+        # materialize (D, B, N, A) tensors, gigabytes at LJSpeech shapes.
         context_base = _StepProducts.apply(memory, memory.new_zeros(steps, b, 1, memory.shape[2]), weight_inputs,
                                            _context_memory_grad).unbind(0)
         attn_weight, dec_weight, query_weight = attn_weight.detach(), dec_weight.detach(), query_weight.detach()
-        location_weight, v, memory_values = location_weight.detach(), v.detach(), memory.detach()
+        memory_values = memory.detach()
         attn_masks = _dropout_masks(prenet_out, (steps, b, cfg.attention_rnn_dim), cfg.attention_dropout,
                                     self.training)
         dec_masks = _dropout_masks(prenet_out, (steps, b, cfg.decoder_rnn_dim), cfg.decoder_dropout, self.training)
@@ -200,9 +199,9 @@ class Decoder(nn.Module):
             windows = F.pad(torch.stack([weights, weights_cum], 1), (kernel // 2, kernel // 2)).unfold(2, kernel, 1)
             windows = windows.transpose(1, 2).reshape(b, n, 2 * kernel)
             query = torch.addmm(query_base[d], attn_h, query_weight)
-            hidden = torch.tanh(torch.baddbmm(location_base[d], windows, location_weight.expand(b, -1, -1))
+            hidden = torch.tanh(torch.baddbmm(processed_memory, windows, location_weight.expand(b, -1, -1))
                                 + query[:, None, :])
-            energies = torch.baddbmm(energy_base[d], hidden, v.expand(b, -1, -1)).view(b, n)
+            energies = (hidden @ v).view(b, n) + attention.v.bias
             weights = torch.softmax(energies.masked_fill(pad_mask, neg), dim=-1)
             weights_cum = weights_cum + weights
             context = torch.baddbmm(context_base[d], weights[:, None, :], memory_values).view(b, -1)
@@ -212,7 +211,7 @@ class Decoder(nn.Module):
                 dec_h = dec_h * dec_masks[d]
             if recording:  # the inputs of the shared weights' gradients (none without autograd: evaluation)
                 for inputs, value in ((attn_inputs, attn_in), (dec_inputs, dec_in), (query_inputs, attn_h),
-                                      (window_inputs, windows), (hidden_inputs, hidden), (weight_inputs, weights)):
+                                      (weight_inputs, weights)):
                     inputs.append(value.detach())
             alignments.append(weights)
             dec_outputs.append(dec_h)

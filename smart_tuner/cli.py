@@ -6,13 +6,15 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .study.options import StudyOptions, add_arguments
+from . import interrupts
+from .study.options import StudyOptions, add_arguments, at_least
 
 log = logging.getLogger("smart_tuner")
 
@@ -50,7 +52,7 @@ def setup_logging(level: str = "INFO") -> None:
 USER_ERRORS = (("smart_tuner.config", "ConfigError"), ("smart_tuner.data.corpus", "CorpusError"),
                ("smart_tuner.data.audio", "AudioError"), ("smart_tuner.tts.checkpoint", "CheckpointError"),
                ("smart_tuner.train.trainer", "TrainingError"), ("smart_tuner.data.espeak", "EspeakError"),
-               ("smart_tuner.tts.nvidia", "ConversionError"))
+               ("smart_tuner.tts.nvidia", "ConversionError"), ("smart_tuner.files", "DiskFullError"))
 
 
 def _is_user_error(exc: BaseException) -> bool:
@@ -112,13 +114,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .watch.tracking import open_tracking, train_reporter
 
         hooks.append(train_reporter(open_tracking(args.tracking_uri), config, run_dir))
-    result = run_training(config, run_dir, resume=args.resume, extra_hooks=hooks, progress=not args.no_progress)
+    with interrupts.handle_signals():
+        result = run_training(config, run_dir, resume=args.resume, extra_hooks=hooks, progress=not args.no_progress)
     last = result.last_eval
     summary = f"{result.status} at step {result.step}: {result.reason}; run dir {result.run_dir}"
     if last:
         summary += (f"\nvalidation loss {last.val_loss:.4f}, diagonality {last.diagonality:.3f} "
                     f"(free-running {last.infer_diagonality:.3f}), focus {last.focus:.3f}")
     print(summary)
+    if result.status == "interrupted":
+        print(f"checkpoint written at step {result.step}; resume with:\n  python -m smart_tuner train --config "
+              f"{result.run_dir / 'config.yaml'} --run-dir {result.run_dir} --resume", flush=True)
+        return interrupts.exit_code(interrupts.requested() or signal.SIGINT)
     return 0 if result.status == "completed" else 1
 
 
@@ -218,16 +225,24 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from .study.storage import summary
     from .study.workers import optimize
 
-    study = optimize(StudyOptions.from_args(args, "optimize"), progress=not args.no_progress)
+    with interrupts.handle_signals():
+        study = optimize(StudyOptions.from_args(args, "optimize"), progress=not args.no_progress)
     print(summary(study))
+    signum = interrupts.requested()
+    if signum is not None:
+        print("interrupted: the running trial was failed as interrupted and re-queued; run the same command again "
+              "to continue the study (the re-queued trial resumes from its last checkpoint)", flush=True)
+        return interrupts.exit_code(signum)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from .study.workers import run_worker
 
-    run_worker(StudyOptions.from_args(args, "worker"))
-    return 0
+    with interrupts.handle_signals():
+        run_worker(StudyOptions.from_args(args, "worker"))
+    signum = interrupts.requested()
+    return 0 if signum is None else interrupts.exit_code(signum)
 
 
 def cmd_best(args: argparse.Namespace) -> int:
@@ -272,6 +287,13 @@ def cmd_debug(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- parser
+def port_number(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1-65535)")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smart_tuner", description=__doc__)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -333,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = data.add_parser("demo", help="synthesize the demo corpus with eSpeak NG")
     demo.add_argument("--out", help="output directory (default data/demo-<lang>-<size>)")
     demo.add_argument("--lang", default="en", choices=["en", "ru"])
-    demo.add_argument("--size", type=int, default=400, help="number of sentences")
+    demo.add_argument("--size", type=at_least(1, int), default=400, help="number of sentences")
     demo.add_argument("--seed", type=int, default=1234)
     demo.add_argument("--force", action="store_true", help="rebuild even if it exists")
     demo.set_defaults(func=cmd_data_demo)
@@ -345,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     dash = sub.add_parser("dashboard", help="browse a study in optuna-dashboard (with the trials' images)")
     dash.add_argument("--study", help="study name: its default storage sqlite:///studies/<study>.db")
     dash.add_argument("--storage", help="Optuna storage URL (instead of --study)")
-    dash.add_argument("--port", type=int, default=8080)
+    dash.add_argument("--port", type=port_number, default=8080)
     dash.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
     dash.add_argument("--artifact-dir", help="the study's artifact store, where its trials uploaded their images "
                       "(default: artifacts/ next to a SQLite study file, else studies/artifacts)")
@@ -353,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = sub.add_parser("mlflow-ui", help="open the MLflow UI on the store the runs used")
     ui.add_argument("--tracking-uri", help="default $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=port_number, default=5000)
     ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
     ui.set_defaults(func=cmd_mlflow_ui)
 
@@ -375,8 +397,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return interrupts.exit_code(interrupts.requested() or signal.SIGINT)
     except Exception as exc:
+        if isinstance(exc, OSError) and exc.filename is not None and not _is_user_error(exc):
+            # A path the user named cannot be written or read (a directory, a missing folder, a full disk).
+            print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         if not _is_user_error(exc):
             raise
         print(f"error: {exc}", file=sys.stderr)

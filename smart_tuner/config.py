@@ -50,95 +50,170 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
+# ----------------------------------------------------------------------------------------------- bounds
+# Each field may declare, next to its default, what values it takes (checked by validate(), one pass over every
+# section) and whether a resumed run may change it (fixed: the checkpoint's model or features depend on it).
+def setting(default: Any = dataclasses.MISSING, *, factory: Any = None, ge: float | None = None,
+            gt: float | None = None, le: float | None = None, lt: float | None = None,
+            choices: tuple[str, ...] | None = None, pattern: str | None = None, length: int | None = None,
+            min_length: int | None = None, items: dict[str, float] | None = None, pattern_help: str | None = None,
+            fixed: bool = False) -> Any:
+    """A config field with its bounds: ``ge``/``gt``/``le``/``lt`` for a number (``items`` for each number of a
+    list), ``choices`` or a regular expression ``pattern`` for a string, ``length``/``min_length`` for a list."""
+    rules = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, pattern=pattern, length=length,
+                                   min_length=min_length, items=items, pattern_help=pattern_help).items()
+             if v is not None}
+    metadata = {"rules": rules, "fixed": fixed}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def fixed(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
+    """A setting that a resumed run cannot change (the model's shape, the features, the data split)."""
+    return setting(default, fixed=True, **rules)
+
+
+_OPS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"), "le": (lambda v, b: v <= b, "<="),
+        "lt": (lambda v, b: v < b, "<")}
+
+
+def _check_number(key: str, value: Any, rules: dict[str, Any]) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
+    for name, (ok, sign) in _OPS.items():
+        if name in rules and not ok(value, rules[name]):
+            raise ConfigError(f"{key}: {value!r} must be {sign} {rules[name]:g}")
+
+
+def _check_field(key: str, value: Any, rules: dict[str, Any]) -> None:
+    if value is None:
+        return
+    if isinstance(value, list):
+        if "length" in rules and len(value) != rules["length"]:
+            raise ConfigError(f"{key}: {value!r} must hold {rules['length']} values")
+        if "min_length" in rules and len(value) < rules["min_length"]:
+            raise ConfigError(f"{key}: {value!r} must hold at least {rules['min_length']} value(s)")
+        for i, item in enumerate(value):
+            if is_number(item):
+                _check_number(f"{key}[{i}]", item, rules.get("items", {}))
+    elif is_number(value):
+        _check_number(key, value, rules)
+    elif isinstance(value, str):
+        if "choices" in rules and value not in rules["choices"]:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(rules['choices'])}")
+        if "pattern" in rules and not re.fullmatch(rules["pattern"], value):
+            raise ConfigError(f"{key}: {value!r} is not valid (expected {rules['pattern_help']})"
+                              if "pattern_help" in rules else f"{key}: {value!r} does not match {rules['pattern']}")
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def fields_of(obj: Any, prefix: str = "") -> list[tuple[str, Any, dataclasses.Field]]:
+    """Every leaf field of a config (or section): (dotted key, value, its dataclass field)."""
+    found = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            found += fields_of(value, f"{prefix}{f.name}.")
+        else:
+            found.append((f"{prefix}{f.name}", value, f))
+    return found
+
+
 @dataclass
 class DataConfig:
-    corpus: str | None = None  # LJSpeech-format dir; None builds and uses the demo corpus
-    demo_lang: str = "en"  # language of the demo corpus when no corpus is given: en | ru
-    demo_size: int = 400  # sentences in the demo corpus
-    lowercase: bool = True  # lowercase texts before building the symbol table
-    max_bad_share: float = 0.1  # refuse a corpus with more bad lines than this share
-    val_size: int = 16  # utterances held out for validation
-    val_infer: int = 4  # validation sentences also decoded free-running at each evaluation
-    split_seed: int = 1234  # which utterances are held out
+    corpus: str | None = fixed(None)  # LJSpeech-format dir; None builds and uses the demo corpus
+    demo_lang: str = fixed("en", choices=("en", "ru"))  # language of the demo corpus when no corpus is given: en | ru
+    demo_size: int = fixed(400, ge=1)  # sentences in the demo corpus
+    lowercase: bool = fixed(True)  # lowercase texts before building the symbol table
+    max_bad_share: float = setting(0.1, ge=0, le=1)  # refuse a corpus with more bad lines than this share
+    val_size: int = fixed(16, ge=1)  # utterances held out for validation
+    val_infer: int = setting(4, ge=0)  # validation sentences also decoded free-running at each evaluation
+    split_seed: int = fixed(1234)  # which utterances are held out
     cache_dir: str | None = None  # feature cache; default <corpus>/.smart_tuner_cache
-    max_frames: int = 1000  # utterances with more mel frames are skipped (and reported)
+    max_frames: int = fixed(1000, ge=1)  # utterances with more mel frames are skipped (and reported)
     # Static shapes: pad every batch's frames and text to one of at most this many lengths (quantiles of the
     # training set's lengths), so that compiled or captured code is reused; 0: pad to each batch's longest item.
-    length_grid: int = 0
-    cleaner: str = "basic"  # text normalizer: basic (any script) | english (NVIDIA's English cleaning)
+    length_grid: int = setting(0, ge=0)
+    # text normalizer: basic (any script) | english (NVIDIA's English cleaning)
+    cleaner: str = fixed("basic", choices=("basic", "english"))
     # Standardize each mel channel with the training set's mean and std; false: the model predicts log-mels as
     # computed (NVIDIA / HiFi-GAN / WaveGlow convention), as a converted NVIDIA checkpoint does.
-    mel_standardize: bool = True
+    mel_standardize: bool = fixed(True)
 
 
 @dataclass
 class AudioConfig:
-    sample_rate: int = 22050
-    n_fft: int = 1024
-    hop_length: int = 256
-    win_length: int = 1024
-    n_mels: int = 80
-    fmin: float = 0.0
-    fmax: float = 8000.0
-    trim_db: float = 40.0  # leading/trailing audio quieter than peak - trim_db is cut
+    sample_rate: int = fixed(22050, ge=1000, le=192000)
+    n_fft: int = fixed(1024, ge=16)
+    hop_length: int = fixed(256, ge=1)
+    win_length: int = fixed(1024, ge=1)
+    n_mels: int = fixed(80, ge=1)
+    fmin: float = fixed(0.0, ge=0)
+    fmax: float = fixed(8000.0, gt=0)
+    trim_db: float = fixed(40.0, gt=0)  # leading/trailing audio quieter than peak - trim_db is cut
 
 
 @dataclass
 class ModelConfig:
-    family: str = "tacotron2"  # the model family (smart_tuner.tts); the sizes below are its hyperparameters
-    embedding_dim: int = 512
-    encoder_conv_layers: int = 3
-    encoder_kernel: int = 5
-    encoder_channels: int = 512
-    encoder_lstm_dim: int = 256  # per direction
-    encoder_dropout: float = 0.5
-    attention_rnn_dim: int = 1024
-    decoder_rnn_dim: int = 1024
-    attention_dim: int = 128
-    location_filters: int = 32
-    location_kernel: int = 31
-    attention_dropout: float = 0.1
-    decoder_dropout: float = 0.1
-    prenet_dims: list[int] = field(default_factory=lambda: [256, 256])
-    prenet_dropout: float = 0.5  # kept on at inference too (Tacotron 2)
-    postnet_channels: int = 512
-    postnet_kernel: int = 5
-    postnet_layers: int = 5
-    postnet_dropout: float = 0.5
-    r: int = 1  # mel frames emitted per decoder step
-    max_decoder_steps: int = 1000
-    gate_threshold: float = 0.5
+    family: str = fixed("tacotron2")  # the model family (smart_tuner.tts); the sizes below are its hyperparameters
+    embedding_dim: int = fixed(512, ge=1)
+    encoder_conv_layers: int = fixed(3, ge=1)
+    encoder_kernel: int = fixed(5, ge=1)
+    encoder_channels: int = fixed(512, ge=1)
+    encoder_lstm_dim: int = fixed(256, ge=1)  # per direction
+    encoder_dropout: float = fixed(0.5, ge=0, lt=1)
+    attention_rnn_dim: int = fixed(1024, ge=1)
+    decoder_rnn_dim: int = fixed(1024, ge=1)
+    attention_dim: int = fixed(128, ge=1)
+    location_filters: int = fixed(32, ge=1)
+    location_kernel: int = fixed(31, ge=1)
+    attention_dropout: float = fixed(0.1, ge=0, lt=1)
+    decoder_dropout: float = fixed(0.1, ge=0, lt=1)
+    prenet_dims: list[int] = fixed(factory=lambda: [256, 256], min_length=1, items={"ge": 1})
+    prenet_dropout: float = fixed(0.5, ge=0, lt=1)  # kept on at inference too (Tacotron 2)
+    postnet_channels: int = fixed(512, ge=1)
+    postnet_kernel: int = fixed(5, ge=1)
+    postnet_layers: int = fixed(5, ge=1)
+    postnet_dropout: float = fixed(0.5, ge=0, lt=1)
+    r: int = fixed(1, ge=1)  # mel frames emitted per decoder step
+    max_decoder_steps: int = fixed(1000, ge=1)
+    gate_threshold: float = fixed(0.5, gt=0, lt=1)
 
 
 @dataclass
 class LossConfig:
-    ga_weight: float = 2.0  # guided-attention weight (the adapters may change it between steps)
-    ga_sigma: float = 0.2  # g in W[n,t] = 1 - exp(-(n/N - t/T)^2 / (2 g^2))
-    gate_pos_weight: float = 5.0  # BCE positive-class weight: one stop frame per utterance
+    ga_weight: float = setting(2.0, ge=0)  # guided-attention weight (the adapters may change it between steps)
+    ga_sigma: float = setting(0.2, gt=0)  # g in W[n,t] = 1 - exp(-(n/N - t/T)^2 / (2 g^2))
+    gate_pos_weight: float = setting(5.0, gt=0)  # BCE positive-class weight: one stop frame per utterance
 
 
 @dataclass
 class TrainConfig:
-    lr: float = 1e-3
-    batch_size: int = 16
-    max_steps: int = 1000
-    eval_every: int = 50
-    checkpoint_every: int = 0  # 0: at every evaluation
+    lr: float = setting(1e-3, gt=0)
+    batch_size: int = setting(16, ge=1)
+    max_steps: int = setting(1000, ge=0)
+    eval_every: int = setting(50, ge=1)
+    checkpoint_every: int = setting(0, ge=0)  # 0: at every evaluation
     seed: int = 0
-    weight_decay: float = 1e-6
-    grad_clip: float = 1.0
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    weight_decay: float = setting(1e-6, ge=0)
+    grad_clip: float = setting(1.0, gt=0)
+    adam_betas: list[float] = setting(factory=lambda: [0.9, 0.999], length=2, items={"ge": 0, "lt": 1})
+    device: str = setting("auto", pattern=r"auto|cpu|cuda(:[0-9]+)?",
+                                  pattern_help="auto, cpu, cuda or cuda:N")  # auto | cpu | cuda | cuda:N
     bf16: bool = True  # bf16 autocast on CUDA; CPU always runs fp32
     # How the model computes a training forward: fast (the teacher-forced decoder with state-free work out of its
     # loop), eager (the step-by-step path, for comparison), auto (the fastest correct one on the device: fast).
-    execution: str = "auto"
-    num_threads: int = 0  # torch CPU threads; 0: all cores
+    execution: str = setting("auto", choices=("auto", "fast", "eager"))
+    num_threads: int = setting(0, ge=0)  # torch CPU threads; 0: a share of the cores among smart_tuner processes
     # Warm start: model weights only (fresh optimizer, step 0) from a smart_tuner or NVIDIA checkpoint.
     init_from: str | None = None
     init_ignore: list[str] = field(default_factory=list)  # regular expressions of parameter names not to load
     freeze_modules: list[str] = field(default_factory=list)  # parameter-name prefixes kept fixed at first
-    freeze_steps: int = 0  # how many steps they stay fixed
+    freeze_steps: int = setting(0, ge=0)  # how many steps they stay fixed
 
 
 @dataclass
@@ -146,21 +221,21 @@ class LrAdapterConfig:
     """Learning-rate adapter: plateau (torch's ReduceLROnPlateau semantics), emergency, recovery."""
 
     enabled: bool = True
-    patience: int = 10  # evaluations without improvement of the validation loss before a reduction
-    factor: float = 0.5  # plateau reduction
-    threshold: float = 1e-4  # relative improvement that counts (torch's threshold_mode="rel")
-    cooldown: int = 0  # evaluations to wait after a reduction
+    patience: int = setting(10, ge=0)  # evaluations without improvement of the validation loss before a reduction
+    factor: float = setting(0.5, gt=0, lt=1)  # plateau reduction
+    threshold: float = setting(1e-4, ge=0)  # relative improvement that counts (torch's threshold_mode="rel")
+    cooldown: int = setting(0, ge=0)  # evaluations to wait after a reduction
     # Plateau counting starts at the first evaluation whose diagonality reaches this (0: from the first one):
     # before attention aligns, the validation loss often rises while the model learns to use it.
-    plateau_from_diagonality: float = 0.5
-    min_lr: float = 1e-8
-    max_lr: float = 0.0  # upper bound; 0: twice train.lr
-    emergency_factor: float = 0.1  # multiplies the rate on a non-finite loss, a huge loss or gradient
-    loss_limit: float = 1e6  # a loss above this is an emergency
-    grad_limit: float = 1000.0  # a gradient norm (before clipping) above this is an emergency
-    max_emergencies: int = 3  # consecutive emergencies before a rollback is asked for
-    recovery_steps: int = 50  # healthy steps before each climb back toward the rate before the emergency
-    recovery_factor: float = 2.0  # each climb multiplies the rate by this, up to its pre-emergency value
+    plateau_from_diagonality: float = setting(0.5, ge=0, le=1)
+    min_lr: float = setting(1e-8, ge=0)
+    max_lr: float = setting(0.0, ge=0)  # upper bound; 0: twice train.lr
+    emergency_factor: float = setting(0.1, gt=0, lt=1)  # multiplies the rate on a non-finite loss, a huge loss or gradient
+    loss_limit: float = setting(1e6, gt=0)  # a loss above this is an emergency
+    grad_limit: float = setting(1000.0, gt=0)  # a gradient norm (before clipping) above this is an emergency
+    max_emergencies: int = setting(3, ge=1)  # consecutive emergencies before a rollback is asked for
+    recovery_steps: int = setting(50, ge=1)  # healthy steps before each climb back toward the rate before the emergency
+    recovery_factor: float = setting(2.0, gt=1)  # each climb multiplies the rate by this, up to its pre-emergency value
 
 
 @dataclass
@@ -168,16 +243,16 @@ class GaAdapterConfig:
     """Guided-attention weight adapter, driven by validation diagonality at each evaluation."""
 
     enabled: bool = True
-    metric: str = "diagonality"  # diagonality (teacher-forced) | infer_diagonality (free-running)
-    critical: float = 0.1
-    critical_boost: float = 2.0
-    critical_cap: float = 20.0
-    low: float = 0.3
-    low_boost: float = 1.2
-    low_cap: float = 10.0
-    high: float = 0.7
-    decay: float = 0.95
-    floor: float = 1.0
+    metric: str = setting("diagonality", choices=("diagonality", "infer_diagonality"))  # diagonality (teacher-forced) | infer_diagonality (free-running)
+    critical: float = setting(0.1, ge=0, le=1)
+    critical_boost: float = setting(2.0, ge=1)
+    critical_cap: float = setting(20.0, ge=0)
+    low: float = setting(0.3, ge=0, le=1)
+    low_boost: float = setting(1.2, ge=1)
+    low_cap: float = setting(10.0, ge=0)
+    high: float = setting(0.7, ge=0, le=1)
+    decay: float = setting(0.95, gt=0, le=1)
+    floor: float = setting(1.0, ge=0)
 
 
 @dataclass
@@ -185,8 +260,8 @@ class GradAdapterConfig:
     """Gradient health: vanishing gradients trigger a rollback (non-finite ones are never applied)."""
 
     enabled: bool = True
-    vanish_eps: float = 1e-8
-    vanish_patience: int = 10  # consecutive steps with a gradient norm below vanish_eps
+    vanish_eps: float = setting(1e-8, ge=0)
+    vanish_patience: int = setting(10, ge=1)  # consecutive steps with a gradient norm below vanish_eps
 
 
 @dataclass
@@ -194,15 +269,15 @@ class AdaptersConfig:
     lr: LrAdapterConfig = field(default_factory=LrAdapterConfig)
     ga: GaAdapterConfig = field(default_factory=GaAdapterConfig)
     grad: GradAdapterConfig = field(default_factory=GradAdapterConfig)
-    max_rollbacks: int = 3  # a run that needs more rollbacks ends as failed
+    max_rollbacks: int = setting(3, ge=0)  # a run that needs more rollbacks ends as failed
 
 
 @dataclass
 class FaultsConfig:
     """Deliberate faults, to test the adapters and a set-up: 1-based steps."""
 
-    nan_loss_at: list[int] = field(default_factory=list)
-    inf_grad_at: list[int] = field(default_factory=list)
+    nan_loss_at: list[int] = setting(factory=list, items={"ge": 1})
+    inf_grad_at: list[int] = setting(factory=list, items={"ge": 1})
 
 
 @dataclass
@@ -210,11 +285,11 @@ class TelegramConfig:
     token: str | None = None  # secret: prefer SMART_TUNER_TELEGRAM_TOKEN; never written anywhere
     chat_id: str | None = None  # or SMART_TUNER_TELEGRAM_CHAT_ID
     api_url: str | None = None  # or SMART_TUNER_TELEGRAM_API_URL; default https://api.telegram.org
-    summary_every: int = 10  # evaluations between summary messages; 0: none
+    summary_every: int = setting(10, ge=0)  # evaluations between summary messages; 0: none
     send_photos: bool = True  # alignment images with summaries and emergencies
-    timeout: float = 10.0  # seconds per HTTP request
-    max_retries: int = 4  # per message, for 429 and 5xx answers and network errors
-    queue_size: int = 64  # pending messages; when full, new alerts are dropped with a log line
+    timeout: float = setting(10.0, gt=0)  # seconds per HTTP request
+    max_retries: int = setting(4, ge=0)  # per message, for 429 and 5xx answers and network errors
+    queue_size: int = setting(64, ge=1)  # pending messages; when full, new alerts are dropped with a log line
 
 
 @dataclass
@@ -225,8 +300,8 @@ class AlertsConfig:
 @dataclass
 class DebugConfig:
     enabled: bool = True
-    buffer_steps: int = 200  # steps kept in the ring buffer
-    max_bundles: int = 20  # debug bundles written per run at most
+    buffer_steps: int = setting(200, ge=1)  # steps kept in the ring buffer
+    max_bundles: int = setting(20, ge=0)  # debug bundles written per run at most
 
 
 @dataclass
@@ -236,7 +311,7 @@ class TrackingConfig:
 
     enabled: bool = True
     experiment: str = ""  # MLflow experiment of `train` runs; "": the source study's name, else "train"
-    log_every: int = 10  # steps per batched metric write
+    log_every: int = setting(10, ge=1)  # steps per batched metric write
     log_checkpoint: bool = True  # upload the run's best checkpoint at its end (`train` runs)
     source_study: str = ""  # set by `best` / `train --from-study`: where this config came from (run tags)
     source_trial: int = -1
@@ -367,7 +442,7 @@ def build_config(overrides: dict[str, Any] | None = None) -> Config:
     if not isinstance(overrides, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {_describe(overrides)}")
     preset = overrides.pop("preset", "demo")
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise ConfigError(f"preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     config = Config(preset=preset)
     for layer in (PRESETS[preset], overrides):
@@ -382,54 +457,35 @@ def build_config(overrides: dict[str, Any] | None = None) -> Config:
 
 
 def validate(config: Config) -> None:
-    """Cross-field checks that a type alone cannot express."""
+    """One pass over every field's declared bounds (:func:`setting`), then the checks that tie fields together."""
+    for key, value, f in fields_of(config):
+        _check_field(key, value, f.metadata.get("rules", {}))
     checks = [
-        (config.train.lr > 0, "train.lr must be > 0"),
-        (config.train.batch_size >= 1, "train.batch_size must be >= 1"),
-        (config.train.max_steps >= 0, "train.max_steps must be >= 0"),
-        (config.train.eval_every >= 1, "train.eval_every must be >= 1"),
-        (config.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),
-        (config.train.grad_clip > 0, "train.grad_clip must be > 0"),
-        (config.train.execution in ("auto", "fast", "eager"), "train.execution must be auto, fast or eager"),
-        (len(config.train.adam_betas) == 2, "train.adam_betas must hold two numbers"),
-        (config.model.r >= 1, "model.r must be >= 1"),
-        (len(config.model.prenet_dims) >= 1, "model.prenet_dims must hold at least one size"),
-        (config.loss.ga_weight >= 0, "loss.ga_weight must be >= 0"),
-        (config.loss.ga_sigma > 0, "loss.ga_sigma must be > 0"),
-        (0 <= config.data.max_bad_share <= 1, "data.max_bad_share must be within [0, 1]"),
-        (config.data.val_size >= 1, "data.val_size must be >= 1"),
-        (config.data.length_grid >= 0, "data.length_grid must be >= 0 (0: no grid)"),
-        (config.data.demo_lang in ("en", "ru"), "data.demo_lang must be en or ru"),
-        (config.data.cleaner in ("basic", "english"), "data.cleaner must be basic or english"),
-        (config.train.freeze_steps >= 0, "train.freeze_steps must be >= 0"),
+        (config.audio.fmin < config.audio.fmax, "audio.fmin must be < audio.fmax"),
         (not config.train.freeze_modules or config.train.freeze_steps > 0,
          "train.freeze_modules needs train.freeze_steps > 0 (how many steps they stay fixed)"),
         (config.audio.fmax <= config.audio.sample_rate / 2, "audio.fmax must be <= audio.sample_rate / 2"),
         (config.audio.win_length <= config.audio.n_fft, "audio.win_length must be <= audio.n_fft"),
-        (config.adapters.lr.patience >= 0, "adapters.lr.patience must be >= 0"),
-        (0 < config.adapters.lr.factor < 1, "adapters.lr.factor must be within (0, 1)"),
-        (0 < config.adapters.lr.emergency_factor < 1, "adapters.lr.emergency_factor must be within (0, 1)"),
         (config.adapters.lr.max_lr == 0 or config.adapters.lr.max_lr >= config.adapters.lr.min_lr,
          "adapters.lr.max_lr must be 0 (twice train.lr) or >= adapters.lr.min_lr"),
-        (config.adapters.lr.max_emergencies >= 1, "adapters.lr.max_emergencies must be >= 1"),
-        (config.adapters.lr.recovery_factor > 1, "adapters.lr.recovery_factor must be > 1"),
-        (config.adapters.ga.metric in ("diagonality", "infer_diagonality"),
-         "adapters.ga.metric must be diagonality or infer_diagonality"),
         (config.adapters.ga.critical <= config.adapters.ga.low <= config.adapters.ga.high,
          "adapters.ga thresholds must satisfy critical <= low <= high"),
-        (config.adapters.ga.critical_boost >= 1 and config.adapters.ga.low_boost >= 1,
-         "adapters.ga boosts must be >= 1"),
-        (0 < config.adapters.ga.decay <= 1, "adapters.ga.decay must be within (0, 1]"),
-        (config.adapters.ga.floor >= 0, "adapters.ga.floor must be >= 0"),
-        (config.adapters.grad.vanish_patience >= 1, "adapters.grad.vanish_patience must be >= 1"),
-        (config.adapters.max_rollbacks >= 0, "adapters.max_rollbacks must be >= 0"),
-        (config.debug.buffer_steps >= 1, "debug.buffer_steps must be >= 1"),
-        (config.alerts.telegram.queue_size >= 1, "alerts.telegram.queue_size must be >= 1"),
-        (config.tracking.log_every >= 1, "tracking.log_every must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def resume_changes(saved: dict[str, Any], config: Config) -> tuple[list[str], list[str]]:
+    """How ``config`` differs from the config a checkpoint was saved with: (changes a resumed run cannot make,
+    because the model or its features depend on them; changes it applies), each as ``key: old -> new``."""
+    old = flatten(saved)
+    cannot, applied = [], []
+    for key, value, f in fields_of(config):
+        if key.startswith("alerts.telegram.token") or key not in old or old[key] == value:
+            continue
+        (cannot if f.metadata.get("fixed") else applied).append(f"{key}: {old[key]!r} -> {value!r}")
+    return cannot, applied
 
 
 def parse_set_overrides(items: list[str]) -> dict[str, Any]:
@@ -487,10 +543,14 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def read_yaml(path: str | Path) -> Any:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; name a YAML config or objective file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     try:
@@ -552,6 +612,12 @@ def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+_SECRET_QUERY = re.compile(r"([?&;](?:password|passwd|pwd|pass|secret|token|api_key|apikey|access_token)=)[^&;#]*",
+                           re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """A storage or tracking URL without its password, for logs, summaries and tags."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    """A storage or tracking URL without its password, for logs, summaries and tags: the password of
+    ``user:password@`` (also with an empty user, ``://:password@``) and secret query parameters (``?password=``)."""
+    url = re.sub(r"://([^:/@?#]*):[^@/?#]*@", r"://\1:***@", url)
+    return _SECRET_QUERY.sub(r"\1***", url)

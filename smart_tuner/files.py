@@ -4,11 +4,18 @@ Everything the project leaves on disk for later (checkpoints, reports, configs, 
 features, truncated logs on resume) goes through :func:`write_atomic` or :func:`atomic_dir`: the content is
 written under a temporary name in the same directory, flushed, and renamed over the final name, so a crash, a kill
 or a full disk never leaves half a file where a reader (a resumed run, a browser, another worker) would find it.
+A kill can leave the temporary file itself; :func:`remove_stale_temporaries` removes those of dead processes.
+Logs that grow line by line (``metrics.jsonl``, ``events.jsonl``) get whole lines or nothing (:func:`append_line`).
+A full disk is a :class:`DiskFullError` naming the file. A run directory is written by one process at a time
+(:func:`lock_directory`).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
@@ -17,11 +24,28 @@ from pathlib import Path
 from typing import BinaryIO
 
 Content = bytes | str | Callable[[BinaryIO], None]  # a callable writes into the open binary file
+FULL = (errno.ENOSPC, errno.EDQUOT)
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+class DiskFullError(OSError):
+    """No space left where a file was being written; the message names the file (the previous one is intact)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class DirectoryLocked(RuntimeError):
+    """Another process writes into this directory."""
 
 
 def _temporary_name(path: Path) -> Path:
     # Unique per process and call: several workers may write the same cache entry at once.
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _full(exc: OSError, path: Path) -> DiskFullError:
+    return DiskFullError(exc.errno, f"no space left on the device of {path.parent} while writing {path}", str(path))
 
 
 def write_atomic(path: str | os.PathLike, content: Content) -> Path:
@@ -31,6 +55,8 @@ def write_atomic(path: str | os.PathLike, content: Content) -> Path:
     umask). On any error, the temporary file is removed and the previous file at ``path``, if any, is untouched.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory; name a file to write", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -43,10 +69,86 @@ def write_atomic(path: str | os.PathLike, content: Content) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in FULL:
+            raise _full(exc, path) from None
         raise
     return path
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append ``line`` and a newline to ``path``, whole or not at all: a write that fails (a full disk) is cut
+    back to the file's previous end, so a reader never finds half a line."""
+    path = Path(path)
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        except BaseException as exc:
+            os.ftruncate(fd, end)
+            if isinstance(exc, OSError) and exc.errno in FULL:
+                raise _full(exc, path) from None
+            raise
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that :func:`write_atomic` left in ``directory`` when its process was killed
+    (their process is gone); returns them."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if match and entry.is_file() and not _alive(int(match.group(1))):
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class DirectoryLock:
+    """An exclusive ``flock`` on ``<directory>/.lock``, held until :meth:`release` (or the process ends, even by
+    SIGKILL: the kernel drops it). The file holds the owner's pid, for the message another process gets."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.path = Path(directory) / ".lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self._fd)
+            self._fd = None
+            raise DirectoryLocked(f"{self.path.parent} is in use by another process (pid {owner}); wait for it to "
+                                  "end, or choose another directory") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.release()
 
 
 @contextmanager

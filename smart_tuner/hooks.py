@@ -135,7 +135,7 @@ class RunInfo:
 
 @dataclass
 class TrainResult:
-    status: str  # "completed" | "stopped" | "failed"
+    status: str  # "completed" | "stopped" | "interrupted" (a signal) | "failed"
     step: int
     reason: str
     run_dir: Path

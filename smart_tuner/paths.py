@@ -1,7 +1,9 @@
 """Default places, in one module: the data directory, the default stores, and where their artifacts live.
 
 The environment is read here and nowhere else: ``SMART_TUNER_DATA`` (where the demo corpus is built, default
-``data``) and ``MLFLOW_TRACKING_URI`` (the MLflow store, default ``sqlite:///mlflow/mlflow.db``). Computing a default
+``data``), ``MLFLOW_TRACKING_URI`` (the MLflow store, default ``sqlite:///mlflow/mlflow.db``) and
+``SMART_TUNER_CORE_SHARE`` (where the processes of one machine register to share its cores, see
+:mod:`smart_tuner.cores`; default ``<temp dir>/smart_tuner-<uid>/cores``). Computing a default
 never creates anything: directories are made by the code that writes files into them
 (:func:`make_sqlite_dir` when a database is opened for writing).
 
@@ -16,17 +18,25 @@ own artifact root). Paths are resolved when a store is created, so a later worki
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 STUDIES_DIR = Path("studies")
 MLFLOW_DIR = Path("mlflow")
 DATA_ENV = "SMART_TUNER_DATA"
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
+CORE_SHARE_ENV = "SMART_TUNER_CORE_SHARE"
 
 
 def demo_corpus_dir(lang: str, size: int) -> Path:
     """Where the demo corpus of a language and size lives unless told otherwise: ``$SMART_TUNER_DATA`` or ./data."""
     return Path(os.environ.get(DATA_ENV) or "data") / f"demo-{lang}-{size}"
+
+
+def core_share_dir() -> Path:
+    """Where this user's smart_tuner processes register to divide the machine's cores among them."""
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(os.environ.get(CORE_SHARE_ENV) or Path(tempfile.gettempdir()) / f"smart_tuner-{uid}" / "cores")
 
 
 def default_tracking_uri() -> str:

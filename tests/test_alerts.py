@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import re
 import logging
 import socket
 import threading
@@ -194,7 +195,7 @@ def test_5xx_is_retried_with_exponential_backoff(bot, make_client, logs):
     assert times[2] - times[1] >= 0.19  # doubled
     assert client.stats["sent"] == 1 and client.stats["failed"] == 0
     # urllib3 logs each request line at DEBUG, URL included: it must come out redacted.
-    assert any(f"/bot***/sendMessage" in r.getMessage() for r in logs.records)
+    assert any("/bot***/sendMessage" in r.getMessage() for r in logs.records)
     assert_no_token(logs)
 
 
@@ -509,3 +510,49 @@ def test_a_real_run_alerts_through_the_bot_api_and_never_writes_the_token(bot, m
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
     assert TOKEN not in caplog.text
+
+
+# ----------------------------------------------------------------------------------------------- issue 14: secrets
+def test_a_redirect_is_never_followed_and_counts_as_failed(bot, make_client, logs):
+    other = FakeBotAPI()  # another host: it must never see the token's path
+    thread = threading.Thread(target=other.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        bot.always = (302, {}, {"Location": f"{other.url}/bot{TOKEN}/sendMessage"})
+        client = make_client(bot.url)
+        client.send_message("follow me")
+        assert client.flush(5.0)
+        time.sleep(0.2)
+        assert other.requests == [] and len(bot.requests) == 1
+        assert client.stats["sent"] == 0 and client.stats["failed"] == 1
+        assert "redirect (HTTP 302)" in logs.text and TOKEN not in logs.text
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
+def test_a_200_without_ok_true_is_a_failure(bot, make_client, logs):
+    bot.script = [(200, {"ok": False, "description": "nope"}, {}), (200, {"result": 1}, {})]
+    client = make_client(bot.url)
+    client.send_message("a")
+    client.send_message("b")
+    assert client.flush(5.0)
+    assert client.stats["sent"] == 0 and client.stats["failed"] == 2
+
+
+def test_the_token_is_redacted_url_encoded_too(make_client, logs):
+    from urllib.parse import quote
+
+    make_client(f"http://127.0.0.1:{closed_port()}")  # registers the token
+    logging.getLogger("smart_tuner.watch.alerts").warning("GET /bot%s/x and /bot%s/y", quote(TOKEN, safe=""), TOKEN)
+    assert quote(TOKEN, safe="") not in logs.text and TOKEN not in logs.text and "/bot***/x" in logs.text
+
+
+def test_close_says_how_many_queued_messages_were_dropped(bot, make_client, logs):
+    bot.hang = 5.0
+    client = make_client(bot.url, timeout=5.0)
+    for i in range(4):
+        client.send_message(f"m{i}")
+    assert bot.wait_for(1)
+    client.close(timeout=0.3)
+    assert re.search(r"Telegram: [34] queued message\(s\) dropped at close", logs.text), logs.text

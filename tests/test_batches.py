@@ -71,5 +71,5 @@ def test_a_run_on_the_grid_logs_its_padding(corpus_en, tmp_path, caplog):
 
 
 def test_a_negative_grid_is_a_config_error():
-    with pytest.raises(Exception, match="data.length_grid must be >= 0"):
+    with pytest.raises(Exception, match="data.length_grid: -1 must be >= 0"):
         build_config({"data": {"length_grid": -1}})

@@ -184,3 +184,35 @@ def test_train_resume_without_checkpoint(tmp_path):
     assert "no checkpoint" in line
     assert str(run_dir) in line
     assert list(run_dir.iterdir()) == []  # nothing written into it
+
+
+def test_bad_arguments_found_by_a_hostile_user_are_one_error_line(tmp_path, corpus_en):
+    """Issue 14, item 7: each is one `error` line with exit status 2, no traceback."""
+    import subprocess
+    import sys
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    cases = [
+        (["train", "--config", tmp_path], "is a directory"),
+        (["train", "--run-dir", a_file, "--corpus", corpus_en, "--max-steps", "1"], "is a file, not a directory"),
+        (["report", "--study", "s", "--storage", f"sqlite:///{tmp_path}/none.db", "--out", tmp_path],
+         "no study storage"),
+        (["dashboard", "--study", "s", "--port", "99999"], "99999 is not a TCP port (1-65535)"),
+        (["data", "demo", "--out", a_file, "--size", "4"], "exists and is not a directory; choose another"),
+        (["data", "demo", "--out", foreign, "--size", "4"], "choose another directory (--out)"),
+        (["data", "demo", "--size", "0"], "0 is below the minimum of 1"),
+    ]
+    for argv, message in cases:
+        result = subprocess.run([sys.executable, "-m", "smart_tuner", *map(str, argv)], capture_output=True,
+                                text=True, cwd=tmp_path, timeout=300)
+        assert result.returncode == 2, (argv, result.stderr)
+        assert "Traceback" not in result.stderr and message in result.stderr, (argv, result.stderr)
+    # An existing study, and --out naming a directory: the report is not written over it.
+    from smart_tuner.files import write_atomic
+
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        write_atomic(tmp_path, "x")

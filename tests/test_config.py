@@ -105,8 +105,8 @@ def test_int_is_coerced_to_float():
     assert config.train.lr == 1.0 and type(config.train.lr) is float
     assert config.train.grad_clip == 2.0 and type(config.train.grad_clip) is float
     assert config.loss.ga_weight == 0.0 and type(config.loss.ga_weight) is float
-    betas = build_config({"train": {"adam_betas": [0, 1]}}).train.adam_betas
-    assert betas == [0.0, 1.0] and all(type(b) is float for b in betas)
+    betas = build_config({"train": {"adam_betas": [0, 0]}}).train.adam_betas
+    assert betas == [0.0, 0.0] and all(type(b) is float for b in betas)
 
 
 def test_none_is_accepted_for_optional_keys_only():
@@ -283,7 +283,7 @@ def test_missing_file_names_the_path(tmp_path):
     ("objective.yaml", b"config: [1, 2]\n", "config"),
     ("objective.yaml", b"config:\n  train: {lrr: 0.1}\n", "train.lrr"),
     ("latin1.yaml", b"train: {device: \"caf\xe9\"}\n", "UTF-8"),
-    ("bad_lr.yaml", b"train: {lr: 0}\n", "train.lr must be > 0"),
+    ("bad_lr.yaml", b"train: {lr: 0}\n", "train.lr: 0.0 must be > 0"),
 ])
 def test_a_malformed_file_names_the_path(tmp_path, name, content, says):
     path = tmp_path / name
@@ -309,8 +309,22 @@ def test_wrong_type_inside_file_names_path_and_key(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"train": {"lr": 0}}, "train.lr must be > 0"),
-        ({"train": {"lr": -1e-3}}, "train.lr must be > 0"),
+        ({"train": {"lr": 0}}, "train.lr: 0.0 must be > 0"),
+        ({"train": {"lr": -1e-3}}, "train.lr: -0.001 must be > 0"),
+        # The values found by a hostile user (issue 14): each is one error naming the key, from the bounds declared
+        # next to the field.
+        ({"train": {"num_threads": -1}}, "train.num_threads: -1 must be >= 0"),
+        ({"model": {"embedding_dim": 0}}, "model.embedding_dim: 0 must be >= 1"),
+        ({"data": {"demo_size": 0}}, "data.demo_size: 0 must be >= 1"),
+        ({"train": {"weight_decay": -1}}, "train.weight_decay: -1.0 must be >= 0"),
+        ({"train": {"adam_betas": [2, 0.5]}}, "train.adam_betas[0]: 2.0 must be < 1"),
+        ({"audio": {"hop_length": 0}}, "audio.hop_length: 0 must be >= 1"),
+        ({"model": {"max_decoder_steps": 0}}, "model.max_decoder_steps: 0 must be >= 1"),
+        ({"data": {"val_infer": -1}}, "data.val_infer: -1 must be >= 0"),
+        ({"preset": [1]}, "preset: unknown preset [1]"),
+        ({"train": {"device": "tpu"}}, "train.device: 'tpu' is not valid (expected auto, cpu, cuda or cuda:N)"),
+        ({"train": {"lr": float("inf")}}, "train.lr: inf is not a finite number"),
+        ({"faults": {"nan_loss_at": [0]}}, "faults.nan_loss_at[0]: 0 must be >= 1"),
         ({"train": {"batch_size": 0}}, "train.batch_size"),
         ({"train": {"eval_every": 0}}, "train.eval_every"),
         ({"train": {"grad_clip": 0}}, "train.grad_clip"),
@@ -403,3 +417,21 @@ def test_set_errors_name_the_command_line_not_the_file(tmp_path):
     path.write_text("config:\n  train: {lrr: 1}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"good\.yaml: unknown key 'train\.lrr'"):
         load_config_file(path, ["train.lr=0.1"])
+
+
+def test_every_number_field_declares_its_bounds():
+    """The one validation pass covers every numeric setting: a new field without bounds is caught here."""
+    from smart_tuner.config import Config, fields_of
+
+    unbounded = [key for key, value, f in fields_of(Config())
+                 if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                     or isinstance(value, list) and ("int" in str(f.type) or "float" in str(f.type)))
+                 and not f.metadata.get("rules") and not key.endswith("seed") and key != "tracking.source_trial"]
+    assert not unbounded, unbounded
+
+
+def test_config_paths_that_are_directories_are_clear_errors(tmp_path):
+    from smart_tuner.config import load_config_file
+
+    with pytest.raises(ConfigError, match="is a directory; name a YAML config or objective file"):
+        load_config_file(tmp_path)

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -489,3 +490,47 @@ def test_changed_wav_invalidates_only_its_entry(corpus, tmp_path, change):
         np.testing.assert_allclose(new_mel, old_mel, rtol=1e-5, atol=1e-5)
     manifest = json.loads((key_dir / "manifest.json").read_text())
     assert manifest[uid] == [wav.stat().st_size, wav.stat().st_mtime_ns]
+
+
+# ------------------------------------------------------------------------------------ issue 14: hostile corpora
+@pytest.mark.parametrize("bad_id", ["../outside", "/etc/outside", "wavs/../../outside", "..", ".hidden"])
+def test_an_id_that_is_a_path_is_a_bad_line_and_reads_nothing_outside(corpus, tmp_path, bad_id):
+    outside = corpus.parent / "outside.wav"  # a real WAV that an id with ../ would reach
+    sf.write(outside, np.zeros(22050, dtype=np.int16), 22050, subtype="PCM_16")
+    lines = meta_lines(corpus)
+    lines[2] = bad_id.encode() + b"|" + lines[2].split(b"|", 1)[1]
+    write_meta(corpus, lines)
+    assert_one_bad_line(read_corpus(corpus), 3, bad_id, "not a plain file name")
+
+
+def test_an_absurd_sample_rate_is_a_bad_line_from_the_header(corpus):
+    uid = uid_at(corpus, 5)
+    sf.write(wav_of(corpus, uid), np.zeros(7000, dtype=np.int16), 7, subtype="PCM_16")  # 7 Hz, 1000 s
+    assert_one_bad_line(read_corpus(corpus), 5, uid, "absurd sample rate 7 Hz in the header")
+
+
+@pytest.mark.parametrize("value,reason", [(1e25, "absurd sample values"), (np.inf, "NaN or inf")])
+def test_absurd_or_non_finite_samples_are_bad_lines_before_the_mel_statistics(corpus, tmp_path, cache_copy, value,
+                                                                             reason):
+    uid = uid_at(corpus, 6)
+    wav = np.random.default_rng(0).uniform(-0.5, 0.5, 22050).astype(np.float32)
+    wav[1000] = value
+    sf.write(wav_of(corpus, uid), wav, 22050, subtype="FLOAT")
+    data = prepare_data(data_config(corpus, tmp_path), tmp_path / "run")
+    assert [(b.line, b.id) for b in data.skipped] == [(6, uid)] and reason in data.skipped[0].reason
+    mean = data.stats.mean.numpy()
+    assert np.isfinite(mean).all() and np.abs(mean).max() < 20
+
+
+def test_a_read_only_corpus_says_to_set_the_cache_dir(corpus, tmp_path):
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(corpus), str(readonly)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount read-only here: {mounted.stderr.decode().strip()}")
+    try:
+        config = build_config({"data": {"corpus": str(readonly), "val_size": 2}})
+        with pytest.raises(CorpusError, match="read-only .*set data.cache_dir to a writable directory"):
+            prepare_data(config)
+    finally:
+        subprocess.run(["umount", "-l", str(readonly)], check=False)

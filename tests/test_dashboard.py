@@ -27,7 +27,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from smart_tuner.study.storage import StudyError
-from smart_tuner.view.dashboard import (cmd_dashboard, cmd_mlflow_ui, mlflow_server_command, server_url,
+from smart_tuner.view.dashboard import (cmd_dashboard, cmd_mlflow_ui, listens_on_all_interfaces,
+                                        mlflow_server_command, mlflow_server_env, server_url,
                                         wait_for_http)
 from tests.chromium import dump_dom
 
@@ -302,7 +303,10 @@ def test_mlflow_server_command_local_store(tmp_path):
     assert command[:4] == [sys.executable, "-m", "mlflow", "server"]
     flags = {flag: command[i + 1] for i, flag in enumerate(command) if flag.startswith("--") and i + 1 < len(command)}
     assert "--no-serve-artifacts" in command
-    assert flags["--backend-store-uri"] == f"sqlite:///{tmp_path}/store/mlflow.db"
+    # The store's URI (it may hold a password) is in the server's environment, never on its command line.
+    assert "--backend-store-uri" not in command and not any("mlflow.db" in part for part in command)
+    assert mlflow_server_env(f"sqlite:///{tmp_path}/store/mlflow.db")["MLFLOW_BACKEND_STORE_URI"] == \
+        f"sqlite:///{tmp_path}/store/mlflow.db"
     assert flags["--default-artifact-root"] == (tmp_path / "store" / "artifacts").as_uri()
     assert (flags["--host"], flags["--port"]) == ("127.0.0.1", "5123")
     assert (tmp_path / "store" / "artifacts").is_dir()
@@ -344,6 +348,13 @@ def test_mlflow_ui_shows_runs_and_artifacts(tmp_path, monkeypatch):
     try:
         wait_up(f"{base}/health", process, log_path, timeout=120)
         spawned = children(process.pid)
+        # Any local user reads command lines (ps): the store's URI is in none of the server's processes'.
+        for pid in [process.pid, *spawned]:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            assert b"mlflow.db" not in cmdline, cmdline
         experiments = post_json(f"{base}/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]
         (experiment,) = [e for e in experiments if e["name"] == "dash-exp"]
         assert experiment["artifact_location"] == artifacts_root
@@ -375,3 +386,10 @@ def test_mlflow_ui_shows_runs_and_artifacts(tmp_path, monkeypatch):
     assert f"MLflow UI: {base}" in output
     assert not still_up, "the MLflow server still listens after Ctrl-C"
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlartifacts").exists()
+
+
+def test_every_spelling_of_all_interfaces_warns():
+    for host in ("0.0.0.0", "0", "0.0", "::", "::0", "0:0:0:0:0:0:0:0", ""):
+        assert listens_on_all_interfaces(host), host
+    for host in ("127.0.0.1", "localhost", "::1", "192.168.1.5", "example.org"):
+        assert not listens_on_all_interfaces(host), host

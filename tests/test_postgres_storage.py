@@ -4,8 +4,9 @@
   twice. ``MaxTrialsCallback`` alone is *not* an exact budget with several workers: it is checked only after a
   worker's own trial ends, so the trials other workers are running at that moment also complete (overshoot up to
   workers - 1; with two workers in step, 11 complete trials for a budget of 10 is the usual outcome). An exact budget
-  needs an admission check at the start of the trial: ``guard`` mode below runs smart_tuner's own,
-  ``Objective.admit``, in each worker.
+  needs a check before each trial is created: ``guard`` mode below runs smart_tuner's own,
+  ``BudgetedStudy.ask`` (the budget check and the trial's creation under one PostgreSQL advisory lock), in each
+  worker, and no trial beyond the budget is ever created.
 * A worker SIGKILLed mid-trial leaves a RUNNING trial whose heartbeat stops. After the grace period, the next
   worker's ``study.optimize`` (``_run_trial`` calls ``optuna.storages.fail_stale_trials`` before each ``ask``; a
   bare ``study.ask`` does not) marks it FAIL and ``RetryHeartbeatStaleTrialCallback`` enqueues a WAITING copy with
@@ -43,9 +44,8 @@ GRACE_PERIOD = 3
 TRIAL_SECONDS = 0.2
 
 # A worker process: argv = url, study name, budget N, label, mode (plain | guard | hang), output directory.
-# plain: MaxTrialsCallback(N) only. guard: each trial first passes smart_tuner's admission check (Objective.admit
-# with target N, as every trial of a study does), which prunes a trial beyond the budget and stops the worker, so
-# the count of complete trials is exact. hang: the first trial signals readiness, then sleeps far longer than the
+# plain: MaxTrialsCallback(N) only. guard: the study is smart_tuner's BudgetedStudy with --study-trials N, whose ask
+# refuses to create a trial beyond the budget (StudyFull ends the worker), so the count of trials is exact. hang: the first trial signals readiness, then sleeps far longer than the
 # test waits.
 WORKER = r'''
 import json, os, sys, time, warnings
@@ -63,18 +63,12 @@ storage = optuna.storages.RDBStorage(
     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
 study = optuna.load_study(study_name=study_name, storage=storage)
 if mode == "guard":
-    from smart_tuner.study.objective import Objective
-    from smart_tuner.study.options import StudyOptions
-    from smart_tuner.study.space import load_objective
+    from smart_tuner.study.storage import BudgetedStudy
 
-    spec = out / "objective.yaml"
-    admission = Objective(load_objective(spec), StudyOptions(objective=spec, study=study_name, storage=url),
-                          target=budget)
+    study = BudgetedStudy(study, storage, budget)
 
 
 def objective(trial):
-    if mode == "guard":
-        admission.admit(trial)
     x = trial.suggest_float("x", -10.0, 10.0)
     trial.set_user_attr("worker", label)
     if mode == "hang" and not (out / "ready").exists():
@@ -93,7 +87,11 @@ while not go.exists():  # start barrier, so that the workers really run side by 
     if time.monotonic() > deadline:
         sys.exit("no go signal")
     time.sleep(0.01)
-study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(budget, states=(TrialState.COMPLETE,))])
+try:
+    study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(budget, states=(TrialState.COMPLETE,))])
+except Exception as exc:
+    if type(exc).__name__ != "StudyFull":
+        raise
 '''.replace("HEARTBEAT_INTERVAL", str(HEARTBEAT_INTERVAL)).replace("GRACE_PERIOD", str(GRACE_PERIOD)) \
    .replace("TRIAL_SECONDS", str(TRIAL_SECONDS))
 
@@ -111,8 +109,6 @@ class Workers:
         self.url, self.study_name, self.out = url, study_name, out
         self.script = out / "worker.py"
         self.script.write_text(WORKER)
-        # The objective file of guard mode's Objective: its trials never train, so any valid one does.
-        (out / "objective.yaml").write_text("config: {preset: demo, tracking: {enabled: false}}\n")
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, label, budget, mode, go=True):
@@ -226,17 +222,14 @@ def test_two_workers_share_a_study_max_trials_callback(study_env):
     assert study.best_value == min(t.value for t in complete)
 
 
-def test_two_workers_exact_budget_with_admission_guard(study_env):
-    """With smart_tuner's admission check at the start of each trial, exactly N trials complete: numbers 0..N-1;
-    a trial beyond the budget is pruned and marked over budget."""
+def test_two_workers_exact_budget_with_the_budgeted_study(study_env):
+    """With smart_tuner's budget check under a lock before each trial is created, exactly N trials exist, all
+    complete: numbers 0..N-1, and no stub beyond the budget."""
     study, _, workers = study_env
     budget = 12
     complete, _ = run_side_by_side(study, workers, budget, "guard")
     assert sorted(t.number for t in complete) == list(range(budget)), workers.logs()
-    others = [t for t in study.get_trials() if t.state != TrialState.COMPLETE]
-    assert all(t.state == TrialState.PRUNED and t.number >= budget and t.user_attrs["over_budget"]
-               for t in others), others
-    assert len(others) <= 2  # a worker stops at its first trial beyond the budget
+    assert len(study.get_trials()) == budget
 
 
 def heartbeat_age(storage, trial_id):

@@ -86,8 +86,7 @@ def crafted(number_value, state, events=None, status=None, **attrs):
 @pytest.fixture(scope="module")
 def real_study(corpus_en, tmp_path_factory):
     """Two real trials (4 steps of the tiny model each, one evaluation and its preview at the end), then a
-    pruned, a failed and an over-budget trial as other workers would have left them: trials 0-4 are results,
-    trial 5 is not."""
+    pruned and a failed trial as other workers would have left them."""
     root = tmp_path_factory.mktemp("report")
     config = {"preset": "demo", "model": TINY_MODEL, "tracking": {"enabled": False},
               "data": {"corpus": str(corpus_en), "val_size": 4, "val_infer": 2, "cache_dir": str(root / "cache")},
@@ -107,7 +106,6 @@ def real_study(corpus_en, tmp_path_factory):
                             reason="pruned by Optuna at step 10", step=10))
     study.add_trial(crafted((None, 1e-3), TrialState.FAIL,
                             traceback="Traceback (most recent call last):\nRuntimeError: disk on fire"))
-    study.add_trial(crafted((None, 2e-3), TrialState.PRUNED, over_budget=True))
     return root, storage, study
 
 
@@ -129,10 +127,10 @@ def test_cli_writes_a_self_contained_report_of_every_trial(real_study, cli_repor
     root, storage, study = real_study
     out, text = cli_report
     trials = study.get_trials()
-    assert len(trials) == 5 and [t.state for t in trials[:2]] == [TrialState.COMPLETE] * 2
+    assert len(trials) == 4 and [t.state for t in trials[:2]] == [TrialState.COMPLETE] * 2
     assert STUDY in text and f"{best_of(study).value:.4f}" in text
     tables = Tables(text)
-    # Every result trial has its row; the over-budget one (number 4) is not a result and appears nowhere.
+    # Every trial has its row.
     assert tables.row_ids == ["trial-0", "trial-1", "trial-2", "trial-3"]
     rows = {row[0]: row for row in tables.tables["trials"]}
     assert rows["2"][1] == "pruned" and "pruned by Optuna at step 10" in rows["2"][5]
@@ -198,8 +196,6 @@ def test_adapter_statistics_and_rescued_trials_match_the_trials(tmp_path):
     study.add_trial(crafted((2.0, 6e-4), TrialState.COMPLETE,  # rescued: the trainer skipped, then a rollback
                             {"trainer.skip_update": 2, "lr.rollback": 1}, "completed",
                             alarms={"trainer.skip_update": 2, "lr.rollback": 1}))
-    study.add_trial(crafted((0.1, 7e-4), TrialState.COMPLETE, {"lr.lr": 100, "lr.rollback": 9}, "completed",
-                            over_budget=True, alarms={"lr.rollback": 9}))  # not a result: counted nowhere
     study.add_trial(crafted((3.0, 8e-4), TrialState.COMPLETE,  # only the trainer's own skip: no adapter rescued it
                             {"trainer.skip_update": 3}, "completed", alarms={"trainer.skip_update": 3}))
     study.add_trial(crafted((4.0, 9e-4), TrialState.COMPLETE,  # recorded before alarms existed: not rescued
@@ -213,7 +209,7 @@ def test_adapter_statistics_and_rescued_trials_match_the_trials(tmp_path):
     tables = Tables(text)
     assert tables.tables["best"][0][:2] == ["1", "0.5000"]
     rows = {row[0]: row for row in tables.tables["trials"]}
-    assert set(rows) == {"0", "1", "2", "3", "4", "6", "7"}
+    assert set(rows) == {"0", "1", "2", "3", "4", "5", "6"}
     assert rows["3"][5] == "failed: rollback budget spent (2 of 2)"
     assert "No preview found for trial 1" in text  # crafted trials have no run dir
 

@@ -106,7 +106,7 @@ BAD_DIMENSIONS = [
     # A bound or choice that the trainer's own checks refuse.
     ("adapters.lr.factor: {type: float, low: 0.5, high: 1.5}", "search_space.adapters.lr.factor",
      "high (1.5)"),
-    ("model.r: {type: categorical, choices: [0, 2]}", "search_space.model.r", "model.r must be >= 1"),
+    ("model.r: {type: categorical, choices: [0, 2]}", "search_space.model.r", "model.r: 0 must be >= 1"),
 ]
 
 

@@ -1,5 +1,6 @@
-"""Several worker processes on one study in a real PostgreSQL server: an exact trial count, and a killed worker's
-trial failed by its missing heartbeat, re-queued and finished by another worker."""
+"""Several worker processes on one study in a real PostgreSQL server: exact budgets (``--trials`` per command,
+``--study-trials`` for the study, no stub trials), and a killed worker's trial failed by its missing heartbeat,
+re-queued and resumed from its last checkpoint by another worker."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from smart_tuner.study.options import StudyOptions
@@ -23,10 +25,11 @@ from .test_study import objective_file
 pytestmark = pytest.mark.slow
 
 
-def worker(tmp_path, path, url, study, target, heartbeat=1, grace=3, seed=0):
+def worker(tmp_path, path, url, study, trials=None, study_trials=None, heartbeat=1, grace=3, seed=0):
     """A ``worker`` process with the command line ``optimize`` gives its workers."""
-    options = StudyOptions(objective=path, study=study, storage=url, target=target, threads=1, seed=seed,
-                           runs_dir=tmp_path / "runs", heartbeat_interval=heartbeat, grace_period=grace)
+    options = StudyOptions(objective=path, study=study, storage=url, trials=trials, study_trials=study_trials,
+                           threads=1, seed=seed, runs_dir=tmp_path / "runs", heartbeat_interval=heartbeat,
+                           grace_period=grace)
     return subprocess.Popen([sys.executable, "-m", "smart_tuner", "worker", *options.worker_argv()], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -37,30 +40,39 @@ def create(tmp_path, path, url, study):
     return open_study(options, load_objective(path))
 
 
-def test_two_workers_run_exactly_the_requested_trials(postgres_url, corpus_en, tmp_path):  # noqa: F811
-    path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"}, train={"max_steps": 8, "eval_every": 4})
+def test_budgets_two_workers_trials_each_then_study_trials_however_many_workers(
+        postgres_url, corpus_en, tmp_path):  # noqa: F811
+    path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"}, train={"max_steps": 4, "eval_every": 2})
     study = create(tmp_path, path, postgres_url, "two-workers")
-    procs = [worker(tmp_path, path, postgres_url, "two-workers", target=5, seed=i) for i in range(2)]
+    # --trials is per command: two workers with 2 each run 4 trials, the reference among them, no stub.
+    procs = [worker(tmp_path, path, postgres_url, "two-workers", trials=2, seed=i) for i in range(2)]
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     trials = StudyTrials.of(study.get_trials())
-    complete = trials.complete
-    assert len(complete) == 5 and len(trials.results) == 5 and trials.counted == 5
-    assert sorted(t.number for t in complete) == list(range(5))  # none lost, none duplicated
-    assert len({t.user_attrs["run_dir"] for t in complete}) == 5
-    assert complete[0].user_attrs.get("reference") is True
+    assert len(trials.complete) == 4 and len(trials.results) == 4 and trials.counted == 4
+    assert sorted(t.number for t in trials.complete) == list(range(4))  # none lost, none duplicated
+    assert len({t.user_attrs["run_dir"] for t in trials.complete}) == 4
+    assert trials.complete[0].user_attrs.get("reference") is True
+    # --study-trials 7: three workers, one started late, stop once the study holds 7, with no trial beyond it.
+    early = [worker(tmp_path, path, postgres_url, "two-workers", study_trials=7, seed=10 + i) for i in range(2)]
+    time.sleep(3)
+    late = worker(tmp_path, path, postgres_url, "two-workers", study_trials=7, seed=20)
+    outputs = [p.communicate(timeout=240)[0] for p in [*early, late]]
+    assert [p.returncode for p in [*early, late]] == [0, 0, 0], outputs
+    trials = StudyTrials.of(study.get_trials())
+    assert len(trials.results) == 7 and len(trials.complete) == 7, [t.state for t in trials.results]
 
 
 def test_a_killed_worker_trial_is_failed_by_heartbeat_retried_and_the_study_completes(
         postgres_url, corpus_en, tmp_path):  # noqa: F811
     # Long enough trials that the kill lands mid-trial.
-    path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"}, train={"max_steps": 400, "eval_every": 200})
+    path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"}, train={"max_steps": 400, "eval_every": 10})
     study = create(tmp_path, path, postgres_url, "killed")
-    victim = worker(tmp_path, path, postgres_url, "killed", target=2)
+    victim = worker(tmp_path, path, postgres_url, "killed", study_trials=2)
     deadline = time.time() + 120
-    while time.time() < deadline:  # wait until its first trial runs and has sent a heartbeat
+    while time.time() < deadline:  # wait until its first trial runs and has written a checkpoint
         running = study.get_trials(states=(TrialState.RUNNING,))
-        if running and (tmp_path / "runs" / "killed" / f"trial-{running[0].number:04d}" / "config.yaml").is_file():
+        if running and running[0].intermediate_values:
             break
         time.sleep(0.3)
     else:
@@ -71,9 +83,11 @@ def test_a_killed_worker_trial_is_failed_by_heartbeat_retried_and_the_study_comp
     victim.wait(timeout=30)
     time.sleep(4)  # past the grace period: the trial is stale now
 
+    checkpoint = torch.load(tmp_path / "runs" / "killed" / f"trial-{killed_number:04d}" / "checkpoints" / "last.pt",
+                            weights_only=True)["step"]
     fast = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"},
-                          train={"max_steps": 8, "eval_every": 4}, name="fast")
-    rescuer = worker(tmp_path, fast, postgres_url, "killed", target=2)
+                          train={"max_steps": checkpoint + 20, "eval_every": 10}, name="fast")
+    rescuer = worker(tmp_path, fast, postgres_url, "killed", study_trials=2)
     output = rescuer.communicate(timeout=240)[0]
     assert rescuer.returncode == 0, output
 
@@ -83,6 +97,14 @@ def test_a_killed_worker_trial_is_failed_by_heartbeat_retried_and_the_study_comp
     retries = [t for t in trials if retried_number(t) == killed_number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == killed.params
+    # The retry continued the killed trial's run from its last checkpoint: the killed trial's values up to it, then
+    # new ones after it, in the same run directory.
+    retry = retries[0]
+    assert retry.user_attrs["run_dir"] == killed.user_attrs["run_dir"]
+    inherited = {s: v for s, v in killed.intermediate_values.items() if s <= checkpoint}
+    assert inherited and all(retry.intermediate_values[s] == v for s, v in inherited.items())
+    new_steps = sorted(s for s in retry.intermediate_values if s not in inherited)
+    assert new_steps and new_steps[0] > checkpoint and max(retry.intermediate_values) == checkpoint + 20
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 2
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))

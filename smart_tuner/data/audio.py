@@ -20,6 +20,8 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
+from .corpus import MAX_ABS_SAMPLE, header_problem
+
 __all__ = [
     "AudioError",
     "load_wav",
@@ -64,7 +66,12 @@ def load_wav(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
     try:
+        problem = header_problem(sf.info(os.fspath(path)).samplerate)  # before decoding and resampling
+        if problem:
+            raise AudioError(f"audio file {os.fspath(path)!r}: {problem}")
         data, file_rate = sf.read(os.fspath(path), dtype="float32", always_2d=True)
+    except AudioError:
+        raise
     except (RuntimeError, OSError, TypeError, ValueError) as exc:
         # soundfile raises LibsndfileError (a RuntimeError) for garbage and
         # for missing files alike; one exception type keeps callers simple.
@@ -72,6 +79,12 @@ def load_wav(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     if data.shape[0] == 0:
         raise AudioError(f"audio file {os.fspath(path)!r} has zero frames")
 
+    if not np.isfinite(data).all():
+        raise AudioError(f"audio file {os.fspath(path)!r} contains NaN or inf samples")
+    peak = float(np.abs(data).max())
+    if peak > MAX_ABS_SAMPLE:
+        raise AudioError(f"audio file {os.fspath(path)!r} has absurd sample values (peak {peak:.3g}; full scale is "
+                         f"1, at most {MAX_ABS_SAMPLE:g} is accepted)")
     wav = data.mean(axis=1)  # downmix first: resampling one channel is cheaper
     if file_rate != sample_rate:
         g = math.gcd(int(file_rate), int(sample_rate))

@@ -19,6 +19,28 @@ class CorpusError(ValueError):
     """The corpus cannot be used; the message says which file and what to do."""
 
 
+# What an audio file of speech can be: rates outside this range are broken headers (a WAV declaring 7 Hz would be
+# resampled into gigabytes), and samples beyond this magnitude are broken data (a float WAV holding 1e25 wrecks the
+# mel statistics). Full scale is 1; float files may overshoot a little.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768000
+MAX_ABS_SAMPLE = 4.0
+
+
+def header_problem(samplerate: int) -> str | None:
+    """Why a file's header rules it out before decoding, or None."""
+    if not MIN_SAMPLE_RATE <= samplerate <= MAX_SAMPLE_RATE:
+        return (f"absurd sample rate {samplerate} Hz in the header (expected {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} "
+                "Hz)")
+    return None
+
+
+def id_problem(uid: str) -> str | None:
+    """Why an id cannot name a file in ``wavs/`` (``../x`` or ``/etc/x`` would read audio outside the corpus)."""
+    if "/" in uid or "\\" in uid or uid.startswith(".") or "\0" in uid:
+        return "the id is not a plain file name (a path, or starting with '.'); ids name files in wavs/"
+    return None
+
+
 @dataclass
 class Utterance:
     id: str
@@ -112,6 +134,10 @@ def read_corpus(root: str | Path) -> Corpus:
             reject(f"duplicate id (first on line {seen[uid]})", uid)
             continue
         seen[uid] = number
+        problem = id_problem(uid)
+        if problem:
+            reject(problem, uid)
+            continue
         wav = root / "wavs" / f"{uid}.wav"
         if not wav.is_file():
             reject(f"missing audio file {wav}", uid)
@@ -123,6 +149,10 @@ def read_corpus(root: str | Path) -> Corpus:
             continue
         if info.frames == 0:
             reject(f"zero-length audio file {wav}", uid)
+            continue
+        problem = header_problem(info.samplerate)
+        if problem:
+            reject(f"{wav}: {problem}", uid)
             continue
         utterances.append(Utterance(uid, text, wav, number))
     return Corpus(root, utterances, bad, total)

@@ -8,6 +8,7 @@ convention); padding uses the normalized log floor (the value of silence), not z
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -253,7 +254,14 @@ def prepare_data(config: Config, run_dir: Path | None = None) -> PreparedData:
     corpus.check_bad_share(config.data.max_bad_share, report_path)
 
     cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else corpus_dir / ".smart_tuner_cache"
-    cache = FeatureCache(cache_dir, config)
+    try:
+        cache = FeatureCache(cache_dir, config)
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        where = "the corpus directory is read-only" if not config.data.cache_dir else "it is not writable"
+        raise CorpusError(f"cannot write the feature cache in {cache_dir}: {where} ({exc.strerror}); set "
+                          "data.cache_dir to a writable directory, e.g. --set data.cache_dir=/tmp/tts-cache") from None
     extra: list[BadLine] = []
     usable, frames = [], []
     for utt in corpus.utterances:

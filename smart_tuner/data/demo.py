@@ -20,6 +20,7 @@ import numpy as np
 import soundfile as sf
 
 from ..paths import demo_corpus_dir
+from .corpus import CorpusError
 from .espeak import EspeakSynthesizer
 
 __all__ = [
@@ -314,17 +315,17 @@ def build_demo_corpus(
 
     if out_dir.exists() or out_dir.is_symlink():
         if not out_dir.is_dir():
-            raise ValueError(f"{out_dir} exists and is not a directory")
+            raise CorpusError(f"{out_dir} exists and is not a directory; choose another directory (--out)")
         found = _read_manifest(out_dir)
         if found is None:
             if any(out_dir.iterdir()):
-                raise ValueError(f"{out_dir} exists and is not a demo corpus; refusing to "
-                                 "touch it, choose another out_dir")
+                raise CorpusError(f"{out_dir} exists, is not empty and is not a demo corpus; refusing to "
+                                  "touch it: choose another directory (--out)")
         elif matches(found) and not force:
             return out_dir
         elif not force:
-            raise ValueError(f"{out_dir} holds a demo corpus built with other settings; "
-                             "pass force=True to rebuild it or choose another out_dir")
+            raise CorpusError(f"{out_dir} holds a demo corpus built with other settings; rebuild it with --force "
+                              "(force=True) or choose another directory (--out)")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Build in a hidden sibling (same filesystem, so the final rename is atomic) so that

@@ -16,21 +16,23 @@ import logging
 import math
 import shutil
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from ..config import Config, build_config, merge, parse_set_overrides
-from ..hooks import Decision, EvalStats, Event, Hook, TrainResult
+from ..hooks import Decision, EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
 from ..train.runner import run_training
 from ..tts import build_family
 from ..watch.previews import list_previews
 from .options import StudyOptions
 from .space import ObjectiveSpec, suggest
-from .storage import StudyTrials, allow_experimental, retried_number
+from .storage import allow_experimental, retried_number
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +53,22 @@ class OptunaReporter(Hook):
 
     name = "optuna"
 
-    def __init__(self, trial: optuna.Trial, ga_penalty: float, output_loss: str):
-        # output_loss: the model family's term that measures the final output (ModelFamily.output_loss)
+    def __init__(self, trial: optuna.Trial, ga_penalty: float, output_loss: str,
+                 inherited: dict[int, float] | None = None):
+        # output_loss: the model family's term that measures the final output (ModelFamily.output_loss);
+        # inherited: the intermediate values of the trial this one continues, reported again up to its checkpoint
         self.trial, self.ga_penalty, self.output_loss = trial, ga_penalty, output_loss
+        self.inherited = dict(inherited or {})
         self.value: float | None = None
         self.pruned_at: int | None = None
         self.event_counts: dict[str, int] = {}  # applied decisions by "<source>.<control>"
         self.alarm_counts: dict[str, int] = {}  # the applied ones that answered trouble (Event.is_alarm)
+
+    def on_train_start(self, info: RunInfo) -> None:
+        for step, value in sorted(self.inherited.items()):
+            if step <= info.start_step:
+                self.trial.report(value, step)
+                self.value = value
 
     def objective_value(self, stats: EvalStats) -> float:
         return stats.val_losses[self.output_loss] + self.ga_penalty * (1.0 - stats.diagonality)
@@ -96,7 +107,7 @@ class OptunaReporter(Hook):
 class TrialOutcome:
     """How a trial ended: complete with a value, pruned, failed with a reason, or failed by an exception."""
 
-    state: str  # as the trial's MLflow run records it (trial_state): complete | pruned | fail
+    state: str  # as the trial's MLflow run records it (trial_state): complete | pruned | fail | interrupted
     reason: str  # its trial_reason
     value: float | None = None  # complete: the value Optuna gets
     error: BaseException | None = None  # otherwise what ends the trial in Optuna
@@ -104,6 +115,9 @@ class TrialOutcome:
 
     @classmethod
     def of_run(cls, result: TrainResult, reporter: OptunaReporter) -> TrialOutcome:
+        if result.status == "interrupted":  # a signal: failed at once (not left running), and re-queued
+            return cls("interrupted", "interrupted", error=TrialFailed(result.reason),
+                       user_attrs={"failure": f"interrupted: {result.reason}"})
         if reporter.pruned_at is not None:
             reason = f"pruned at step {reporter.pruned_at}"
             return cls("pruned", reason, error=optuna.TrialPruned(reason))
@@ -131,49 +145,103 @@ class TrialOutcome:
         return self.value
 
 
-# ----------------------------------------------------------------------------------------------- objective
-class Objective:
-    """The study's objective: each call trains the config of one trial and reports it to Optuna."""
+def frozen(trial: optuna.Trial, number: int | None = None) -> FrozenTrial:
+    """The stored record of ``trial`` (or of trial ``number`` of its study)."""
+    number = trial.number if number is None else number
+    return next(t for t in trial.study.get_trials(deepcopy=False) if t.number == number)
 
-    def __init__(self, spec: ObjectiveSpec, options: StudyOptions, target: int | None = None, tracker: Any = None):
+
+def inherited_values(trial: optuna.Trial) -> dict[int, float]:
+    """The intermediate values of the failed trial that ``trial`` runs again (the last one of its retry chain)."""
+    with allow_experimental():
+        history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen(trial))
+    return dict(frozen(trial, history[-1]).intermediate_values) if history else {}
+
+
+def requeue(trial: optuna.Trial) -> None:
+    """Queue a copy of an interrupted trial (same params, user attributes and retry history), as the heartbeat
+    callback does for a trial whose worker died: the next worker to ask for a trial continues it."""
+    with allow_experimental():
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)(trial.study, frozen(trial))
+
+
+# ----------------------------------------------------------------------------------------------- objective
+class ProgressReporter(Hook):
+    """Shows a running trial's step, loss and diagonality to a person: through ``show`` in this process, or as the
+    trial's ``progress`` user attribute (at most every ``interval`` seconds), which ``optimize`` reads for the
+    trials of its worker processes."""
+
+    name = "progress"
+
+    def __init__(self, trial: optuna.Trial, max_steps: int, show: Callable[[dict[str, Any]], None] | None = None,
+                 interval: float = 5.0):
+        self.trial, self.show, self.interval = trial, show, interval
+        self.progress: dict[str, Any] = {"trial": trial.number, "step": 0, "max_steps": max_steps,
+                                         "loss": None, "diagonality": None}
+        self.last = -math.inf
+
+    def on_step(self, stats: StepStats) -> list[Decision]:
+        self.progress.update(step=stats.step, loss=stats.loss if math.isfinite(stats.loss) else None)
+        self._publish()
+        return []
+
+    def on_eval(self, stats: EvalStats) -> list[Decision]:
+        self.progress["diagonality"] = stats.diagonality if math.isfinite(stats.diagonality) else None
+        self._publish(force=True)
+        return []
+
+    def _publish(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < (0.5 if self.show else self.interval):
+            return
+        self.last = now
+        if self.show is not None:
+            self.show(dict(self.progress))
+        else:
+            self.trial.set_user_attr("progress", dict(self.progress))
+
+
+class Objective:
+    """The study's objective: each call trains the config of one trial and reports it to Optuna. A re-queued trial
+    (its worker died, or it was interrupted) continues the dead trial's run from its ``last.pt``, with the dead
+    trial's intermediate values up to that checkpoint."""
+
+    def __init__(self, spec: ObjectiveSpec, options: StudyOptions, tracker: Any = None,
+                 on_progress: Callable[[dict[str, Any]], None] | None = None):
         self.spec, self.options = spec, options
-        self.target = target  # the study's trial budget (counted trials) for the admission check; None: no check
         self.tracker = tracker  # a tracking.StudyTracker, or None when tracking is off
+        self.on_progress = on_progress  # shows progress in this process; None: the trial's user attribute
         self.artifact_store: optuna.artifacts.FileSystemArtifactStore | None = None
         self.base = trial_base(spec, options)
 
     def config_for(self, trial: optuna.Trial) -> Config:
         return build_config(merge(self.base, suggest(trial, self.spec.space)))
 
-    def admit(self, trial: optuna.Trial) -> None:
-        """Workers check the budget before they ask for a trial; two may ask at once. Trial numbers are given
-        out in order, so a trial that finds the budget taken by lower numbers leaves as over budget."""
-        if self.target is None:
-            return
-        trials = trial.study.get_trials(deepcopy=False)
-        mine = next(t for t in trials if t.number == trial.number)
-        if retried_number(mine) is not None:
-            return  # a re-queued killed trial replaces one already counted
-        if StudyTrials.of(t for t in trials if t.number < trial.number).counted >= self.target:
-            trial.set_user_attr("over_budget", True)
-            trial.study.stop()
-            raise optuna.TrialPruned("over the study's trial budget (another worker took the last slot)")
+    def run_dir_for(self, trial: optuna.Trial) -> tuple[Path, bool]:
+        """Where the trial trains, and whether it resumes there: a retry continues the run directory of the trial
+        it replaces when that run left a checkpoint."""
+        inherited = trial.user_attrs.get("run_dir") if retried_number(frozen(trial)) is not None else None
+        if inherited and (Path(inherited) / "checkpoints" / "last.pt").is_file():
+            return Path(inherited), True
+        return self.options.runs_dir / self.options.study_name / f"trial-{trial.number:04d}", False
 
     def __call__(self, trial: optuna.Trial) -> float:
-        self.admit(trial)
         mlflow_run = None
         try:
             config = self.config_for(trial)
-            run_dir = self.options.runs_dir / self.options.study_name / f"trial-{trial.number:04d}"
+            run_dir, resume = self.run_dir_for(trial)
             trial.set_user_attr("run_dir", str(run_dir))
             trial.set_user_attr("config", config.to_dict())
-            reporter = OptunaReporter(trial, self.spec.ga_penalty, build_family(config).output_loss)
-            hooks: list[Hook] = [reporter]
+            reporter = OptunaReporter(trial, self.spec.ga_penalty, build_family(config).output_loss,
+                                      inherited=inherited_values(trial) if resume else {})
+            hooks: list[Hook] = [reporter, ProgressReporter(trial, config.train.max_steps, self.on_progress)]
             if self.tracker is not None and config.tracking.enabled:
                 mlflow_run = self.tracker.reporter(trial.number, config, trial.params, reporter.objective_value)
                 hooks.append(mlflow_run)
+            if resume:
+                log.info("trial %d continues %s from its last checkpoint", trial.number, run_dir)
             try:
-                result = run_training(config, run_dir, resume=False, extra_hooks=hooks, progress=False)
+                result = run_training(config, run_dir, resume=resume, extra_hooks=hooks, progress=False)
             finally:
                 if mlflow_run is not None and mlflow_run.run_id:
                     trial.set_user_attr("mlflow_run_id", mlflow_run.run_id)
@@ -183,6 +251,8 @@ class Objective:
             raise
         except Exception as exc:
             outcome = TrialOutcome.of_exception(exc)
+        if outcome.state == "interrupted":
+            requeue(trial)
         return outcome.record(trial, mlflow_run)
 
     def _upload_previews(self, trial: optuna.Trial, run_dir: Path) -> None:

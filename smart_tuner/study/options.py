@@ -16,13 +16,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..paths import study_artifact_dir
 from .space import PRUNERS, SAMPLERS
-from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, storage_url
+from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, StudyError, storage_url
 
 RUN = ("optimize", "worker")  # the commands that run trials
+DEFAULT_TRIALS = 10
 FLAG = "flag"  # the metadata key of a field's Flag
 DEFAULT_STORAGE = "default sqlite:///studies/<study>.db"
 
@@ -37,6 +38,7 @@ class Flag:
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
     required: bool = False
+    minimum: int | None = None  # the smallest value allowed
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # per command: what differs there
 
     def on(self, command: str, field_name: str) -> Flag:
@@ -89,18 +91,37 @@ class StudyOptions:
     artifact_dir: Path | None = option(
         None, *RUN, help="Optuna artifact store of the trials' preview images and audio "
                          "(default: artifacts/ next to a SQLite study file, else studies/artifacts)")
-    trials: int = option(10, "optimize", help="trials to run now (a study continues when re-run)")
+    trials: int | None = option(
+        None, *RUN, minimum=1, help=f"trials to run in this command, shared by its workers (Optuna's n_trials; "
+                                    f"default {DEFAULT_TRIALS} unless --study-trials is given)")
+    study_trials: int | None = option(
+        None, *RUN, minimum=1, help="stop every worker, on any machine, once the study holds this many finished "
+                                    "trials (running and waiting ones count as they will finish)")
     timeout: float | None = option(None, "optimize", help="stop starting trials after this many seconds")
-    n_jobs: int = option(1, "optimize", help="worker processes on this machine")
+    n_jobs: int = option(1, "optimize", minimum=1, help="worker processes on this machine")
     gpus: str | None = option(None, "optimize",
                               help="comma-separated GPU ids: --trials-per-gpu worker processes per GPU")
-    trials_per_gpu: int = option(1, "optimize", help="with --gpus: worker processes (trials at once) per GPU")
-    threads: int = option(0, *RUN, help="torch threads per worker (default cores / workers)")
+    trials_per_gpu: int = option(1, "optimize", minimum=1,
+                                 help="with --gpus: worker processes (trials at once) per GPU")
+    threads: int = option(0, *RUN, minimum=0, help="torch threads per worker (default: see train.num_threads)")
     # Set by `optimize` for its worker processes (the `worker` command is hidden).
-    target: int | None = option(None, "worker", required=True)  # the study's trial budget, in counted trials
     deadline: float | None = option(None, "worker")  # time.time() after which no trial starts
     mlflow_parent: str | None = option(None, "worker", help="the study's parent MLflow run")
     enqueue_reference: bool = option(True, "worker")  # a new study's first trial is the objective's base config
+
+    def __post_init__(self) -> None:
+        """The bounds of the flags, for callers that build options without the command line."""
+        for f, flag in _flags(None):
+            value = getattr(self, f.name)
+            if flag.minimum is not None and value is not None and value < flag.minimum:
+                raise StudyError(f"--{f.name.replace('_', '-')} {value}: must be >= {flag.minimum}")
+
+    @property
+    def trial_budget(self) -> int | None:
+        """Trials this command runs (None: until --study-trials or --timeout stops it)."""
+        if self.trials is None and self.study_trials is None and self.timeout is None:
+            return DEFAULT_TRIALS
+        return self.trials
 
     @property
     def study_name(self) -> str:
@@ -163,12 +184,25 @@ class StudyOptions:
         return argv
 
 
-def _flags(command: str) -> Iterator[tuple[dataclasses.Field, Flag]]:
-    """The fields ``command`` takes as flags, in field order, each with its flag as that command takes it."""
+def _flags(command: str | None) -> Iterator[tuple[dataclasses.Field, Flag]]:
+    """The fields ``command`` (None: any) takes as flags, in field order, each with its flag as that command
+    takes it."""
     for f in dataclasses.fields(StudyOptions):
         flag = f.metadata.get(FLAG)
-        if flag is not None and command in flag.commands:
-            yield f, flag.on(command, f.name)
+        if flag is not None and (command is None or command in flag.commands):
+            yield f, flag.on(command or flag.commands[0], f.name)
+
+
+def at_least(minimum: int, kind: Any) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` of the text, refused below ``minimum``."""
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum of {minimum}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
 
 
 def _value_type(hint: Any) -> Any:
@@ -189,5 +223,6 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         elif kind is list:  # repeated; None until given, so from_args keeps the field's default
             parser.add_argument(flag.name, dest=f.name, action="append", metavar=flag.metavar, help=flag.help)
         else:
+            kind = kind if flag.minimum is None else at_least(flag.minimum, kind)
             parser.add_argument(flag.name, dest=f.name, type=kind, default=f.default, choices=flag.choices,
                                 metavar=flag.metavar, required=flag.required, help=flag.help)

@@ -2,9 +2,10 @@
 
 Nothing here trains, so ``best``, ``report``, ``dashboard`` and the workers' budget check share it without importing
 torch. :class:`StudyTrials` is the one place that sorts a study's trials by outcome: the complete, pruned, failed,
-running and waiting trials are its results; a trial that a worker left as over budget (it found the study's trial
-budget taken) is no result and appears nowhere; a failed trial that the heartbeat callback re-queued stays a failed
-result, but its retry takes its place in the budget. The best trial is the complete one with the lowest finite
+running and waiting trials; a failed trial that was re-queued (its worker died, or it was interrupted) stays a failed
+result, but its retry takes its place in the budget. :class:`BudgetedStudy` refuses to create a trial beyond
+``--study-trials`` under a lock shared by every worker (:func:`study_lock`), so a study never holds a trial it did not
+run. The best trial is the complete one with the lowest finite
 value. Storages are RDB storages with heartbeats (SQLite by default; PostgreSQL or any SQLAlchemy URL for several
 machines), so that a killed worker's trial is failed and re-queued by ``RetryHeartbeatStaleTrialCallback``.
 """
@@ -12,14 +13,18 @@ machines), so that a killed worker's trial is failed and re-queued by ``RetryHea
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import random
 import time
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+from urllib.parse import quote
 
 import optuna
+import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from ..config import Config, ConfigError, build_config, is_finite_number, merge, redact_url
@@ -85,21 +90,108 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL,
     raise AssertionError("unreachable")
 
 
+def open_storage_readonly(url: str) -> optuna.storages.RDBStorage:
+    """An RDB storage for reading only: never creating tables (in a file that is no Optuna study, say an MLflow
+    database), and a SQLite file opened read-only, so that a reader cannot change it. The file must exist."""
+    database = _sqlite_file_or_none(url)
+    engine_url = url
+    if database is not None:
+        if not database.is_file():
+            raise StudyError(f"storage {redact_url(url)}: no database file {database}; run `optimize` first, or "
+                             "name the study's file with --storage")
+        engine_url = f"sqlite:///file:{quote(str(database.resolve()))}?mode=ro&uri=true"
+    storage = None
+    try:
+        engine = sqlalchemy.create_engine(engine_url)
+        try:
+            is_study = sqlalchemy.inspect(engine).has_table("studies")
+        finally:
+            engine.dispose()
+        if is_study:
+            storage = optuna.storages.RDBStorage(engine_url, skip_compatibility_check=True, skip_table_creation=True)
+            storage.get_all_studies()
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or database
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise StudyError(f"storage {redact_url(url)}: cannot read studies from it ({type(exc).__name__}: "
+                         f"{redact_url(first)[:200]})") from None
+    if storage is None:
+        raise StudyError(f"storage {redact_url(url)}: not an Optuna study storage (it has no studies table); name "
+                         "the study's storage with --storage")
+    return storage
+
+
+def _sqlite_file_or_none(url: str) -> Path | None:
+    try:
+        return sqlite_file(url)
+    except Exception:  # noqa: BLE001 - a malformed URL: opening it names the problem
+        return None
+
+
 def open_study_readonly(name: str, storage: str | None = None) -> optuna.Study:
-    """An existing study, for reading its results (``best``, ``report``, ``train --from-study``); a SQLite file
-    that is not there is an error, never a new empty database."""
+    """An existing study, for reading its results (``best``, ``report``, ``train --from-study``), through a
+    read-only storage: a SQLite file that is not there is an error, never a new empty database."""
     route_optuna_logging()
     url = storage_url(name, storage)
-    try:
-        database = sqlite_file(url)
-    except Exception:  # noqa: BLE001 - a malformed URL: open_storage below names it
-        database = None
+    database = _sqlite_file_or_none(url)
     if database is not None and not database.is_file():
         raise StudyError(f"no study storage at {database}; run `optimize --study {name}` first, or pass --storage")
     try:
-        return optuna.load_study(study_name=name, storage=open_storage(url))
+        return optuna.load_study(study_name=name, storage=open_storage_readonly(url))
     except KeyError:
         raise StudyError(f"no study {name!r} in {redact_url(url)}") from None
+
+
+class StudyFull(Exception):
+    """The study holds ``--study-trials`` trials: no worker starts another."""
+
+
+@contextlib.contextmanager
+def study_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterator[None]:
+    """Held by one process at a time, on every machine sharing the storage: the budget check and the creation of a
+    trial happen under it, so that concurrent workers never overshoot ``--study-trials``. SQLite: ``flock`` on the
+    database file (independent of SQLite's own locks; every process of a SQLite study is on one machine);
+    PostgreSQL: a session advisory lock; another database: no lock (the budget may be overshot by a worker)."""
+    database = _sqlite_file_or_none(str(storage.engine.url))
+    if database is not None:
+        with open(database, "rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    if storage.engine.dialect.name != "postgresql":
+        yield
+        return
+    key = zlib.crc32(f"smart_tuner study {study_name}".encode())
+    with storage.engine.connect() as connection:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()
+
+
+class BudgetedStudy(optuna.Study):
+    """A study whose ``ask`` (the one ``optimize`` calls for each trial) refuses to create a trial beyond
+    ``study_trials`` counted trials: it raises :class:`StudyFull` instead, before any trial exists, so a study never
+    holds an over-budget trial. A waiting trial (the enqueued reference, a re-queued one) is already counted and is
+    always run."""
+
+    def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, study_trials: int | None):
+        super().__init__(study_name=study.study_name, storage=storage, sampler=study.sampler, pruner=study.pruner)
+        self.rdb, self.study_trials = storage, study_trials
+
+    def ask(self, fixed_distributions: Any = None) -> optuna.Trial:
+        if self.study_trials is None:
+            return super().ask(fixed_distributions)
+        with study_lock(self.rdb, self.study_name):
+            trials = study_trials(self)
+            if not trials.waiting and trials.counted >= self.study_trials:
+                raise StudyFull(f"the study holds {trials.counted} of --study-trials {self.study_trials} trials")
+            return super().ask(fixed_distributions)
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -114,8 +206,7 @@ class StudyTrials:
     """A study's trials by outcome. Every result is in exactly one of ``complete``, ``pruned``, ``failed``,
     ``running`` and ``waiting``; lists are in trial-number order."""
 
-    results: list[FrozenTrial]  # every trial but the over-budget ones
-    over_budget: list[FrozenTrial]  # left by a worker that found the study's trial budget taken: no result
+    results: list[FrozenTrial]  # every trial of the study
     complete: list[FrozenTrial] = field(init=False)
     pruned: list[FrozenTrial] = field(init=False)
     failed: list[FrozenTrial] = field(init=False)
@@ -138,8 +229,7 @@ class StudyTrials:
     @classmethod
     def of(cls, trials: Iterable[FrozenTrial]) -> StudyTrials:
         ordered = sorted(trials, key=lambda t: t.number)
-        return cls(results=[t for t in ordered if not t.user_attrs.get("over_budget")],
-                   over_budget=[t for t in ordered if t.user_attrs.get("over_budget")])
+        return cls(results=ordered)
 
     @property
     def counted(self) -> int:

@@ -2,9 +2,11 @@
 
 ``optimize`` opens (or continues) the study, prepares the corpus once, then runs trials in this process or in
 worker processes (``--n-jobs``, or ``--trials-per-gpu`` per GPU with ``--gpus``), each a
-``python -m smart_tuner worker`` with the options of this one. Workers share the study through its storage and stop when it holds the requested number of
-counted trials (see :mod:`smart_tuner.study.storage`); every worker's trials nest under the study's one parent
-MLflow run.
+``python -m smart_tuner worker`` with the options of this one. ``--trials N`` is Optuna's ``n_trials`` for this
+command, shared by its workers; ``--study-trials M`` stops every worker once the study holds M trials
+(:class:`~smart_tuner.study.storage.BudgetedStudy`); every worker's trials nest under the study's one parent MLflow
+run. SIGINT or SIGTERM ends the running trials as failed ("interrupted") and re-queues them: a later run resumes
+them from their last checkpoint.
 """
 
 from __future__ import annotations
@@ -18,70 +20,107 @@ import time
 from typing import Any, Callable
 
 import optuna
+import sqlalchemy
 from tqdm import tqdm
 
-from ..config import build_config, flatten, parse_set_overrides, redact_url
+from .. import interrupts
+from ..config import Config, build_config, flatten, is_finite_number, parse_set_overrides, redact_url
+from ..tts import build_family
 from .objective import Objective, trial_base
 from .options import StudyOptions
 from .space import ObjectiveSpec, load_objective, make_pruner, make_sampler, reference_params
-from .storage import StudyError, open_storage, route_optuna_logging, study_trials
+from .storage import (BudgetedStudy, StudyError, StudyFull, StudyTrials, allow_experimental, open_storage,
+                      route_optuna_logging, study_trials)
 
 log = logging.getLogger(__name__)
 
 
-def open_study(options: StudyOptions, spec: ObjectiveSpec) -> optuna.Study:
+def open_study(options: StudyOptions, spec: ObjectiveSpec) -> BudgetedStudy:
     """The study to run trials in, created when new, with the reference defaults (the objective file's base config)
     enqueued as its first trial. The sampler and the pruner are made first: an unknown name is an error before any
-    database is created."""
-    max_steps = build_config(trial_base(spec, options)).train.max_steps
-    pruner = make_pruner(spec.pruning, options.pruner, max_steps=max_steps)
+    database is created. A storage that cannot be written (read-only) is one clear error."""
+    base = build_config(trial_base(spec, options))
+    pruner = make_pruner(spec.pruning, options.pruner, max_steps=base.train.max_steps)
     sampler = make_sampler(options.sampler, options.seed, options.startup_trials)
     searched = {d.key for d in spec.space}
     clash = sorted(k for k in flatten(parse_set_overrides(options.sets)) if k in searched)
     if clash:
         log.warning("--set of searched keys %s: each trial's sampled value wins", ", ".join(clash))
     storage = open_storage(options.storage_url, options.heartbeat_interval, options.grace_period)
-    study = optuna.create_study(study_name=options.study_name, storage=storage, sampler=sampler, pruner=pruner,
-                                direction="minimize", load_if_exists=True)
-    if not study.user_attrs.get("objective"):
-        study.set_user_attr("objective", str(options.objective))
-    if options.enqueue_reference and not study.user_attrs.get("reference_enqueued"):
-        study.set_user_attr("reference_enqueued", True)
-        params, left_out = reference_params(spec)
-        study.enqueue_trial(params, user_attrs={"reference": True}, skip_if_exists=True)
-        if left_out:
-            log.warning("reference defaults outside the search space (sampled instead): %s", ", ".join(left_out))
-    return study
+    try:
+        study = optuna.create_study(study_name=options.study_name, storage=storage, sampler=sampler, pruner=pruner,
+                                    direction="minimize", load_if_exists=True)
+        if not study.metric_names:
+            with allow_experimental():
+                study.set_metric_names([objective_name(spec, base)])
+        if not study.user_attrs.get("objective"):
+            study.set_user_attr("objective", str(options.objective))
+        if options.enqueue_reference and not study.user_attrs.get("reference_enqueued"):
+            study.set_user_attr("reference_enqueued", True)
+            params, left_out = reference_params(spec)
+            study.enqueue_trial(params, user_attrs={"reference": True}, skip_if_exists=True)
+            if left_out:
+                log.warning("reference defaults outside the search space (sampled instead): %s", ", ".join(left_out))
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        root: BaseException = exc
+        while root.__cause__ or root.__context__:  # the database's own words, under Optuna's and SQLAlchemy's
+            root = root.__cause__ or root.__context__
+        first = (str(root).splitlines() or [type(root).__name__])[0]
+        raise StudyError(f"storage {redact_url(options.storage_url)}: cannot write to it ({redact_url(first)[:200]});"
+                         " a study needs a writable storage (check the file's permissions or the database user's "
+                         "rights)") from None
+    return BudgetedStudy(study, storage, options.study_trials)
 
 
-def _run_trials(study: optuna.Study, objective: Objective, deadline: float | None,
+def objective_name(spec: ObjectiveSpec, base: Config) -> str:
+    """The study's metric name, as optuna-dashboard shows it: what a trial reports."""
+    return f"val_{build_family(base).output_loss} + {spec.ga_penalty:g} * (1 - diagonality)"
+
+
+def _run_trials(study: BudgetedStudy, objective: Objective, trials: int | None, deadline: float | None,
                 after_each: Callable[[], None] = lambda: None) -> None:
-    """One trial at a time until the study holds ``objective.target`` counted trials or the deadline passes."""
-    while study_trials(study).counted < objective.target and (deadline is None or time.time() < deadline):
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+    """``trials`` trials one at a time (None: no limit), until the study holds ``--study-trials``, the deadline
+    passes or a signal asks to stop."""
+    done = 0
+    while (trials is None or done < trials) and (deadline is None or time.time() < deadline):
+        if interrupts.requested():
+            break
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+        except StudyFull as full:
+            log.info("%s: this worker stops", full)
+            break
+        done += 1
         after_each()
 
 
 def run_worker(options: StudyOptions) -> None:
-    """The ``worker`` command: trials of the shared study until it holds ``options.target`` counted trials (or
-    ``options.deadline`` passes)."""
+    """The ``worker`` command: ``options.trials`` trials of the shared study (or until it holds
+    ``options.study_trials``, or ``options.deadline`` passes)."""
     route_optuna_logging()
     spec = load_objective(options.objective)
     study = open_study(options, spec)
     tracker = study_tracker(options, trial_base(spec, options))
-    _run_trials(study, Objective(spec, options, options.target, tracker), options.deadline)
+    _run_trials(study, Objective(spec, options, tracker), options.trials, options.deadline)
+
+
+def shares(total: int | None, workers: int) -> list[int | None]:
+    """``total`` trials split over ``workers`` processes as evenly as possible (Optuna's n_trials shared by its
+    jobs); None (no limit) for each when there is no total."""
+    if total is None:
+        return [None] * workers
+    return [total // workers + (1 if i < total % workers else 0) for i in range(workers)]
 
 
 def optimize(options: StudyOptions, progress: bool = True) -> optuna.Study:
-    """Run ``options.trials`` more trials of the study, in ``options.workers`` worker processes (one per GPU).
-    ``options`` is left as it is: what this run decides (threads, the MLflow parent run) goes into a copy."""
+    """Run ``options.trials`` trials of the study in this command (split over ``options.workers`` worker
+    processes, one per GPU), stopping early once the study holds ``options.study_trials``. ``options`` is left as it
+    is: what this run decides (threads, the MLflow parent run) goes into a copy."""
     route_optuna_logging()
     if options.trials_per_gpu < 1 or (options.trials_per_gpu > 1 and not options.gpu_ids):
         raise StudyError(f"--trials-per-gpu {options.trials_per_gpu}: give a count >= 1, together with --gpus")
     spec = load_objective(options.objective)
     study = open_study(options, spec)
-    if not options.threads:  # threads x processes <= cores, GPU workers included (several may share a GPU)
-        options = dataclasses.replace(options, threads=max(1, (os.cpu_count() or 1) // options.workers))
     base = trial_base(spec, options)
     tracker = study_tracker(options, base)
     if tracker is not None:  # the workers nest their trials under it
@@ -90,22 +129,26 @@ def optimize(options: StudyOptions, progress: bool = True) -> optuna.Study:
     from ..data.dataset import prepare_data
 
     prepare_data(build_config(base))
-    # Waiting trials (the enqueued reference, a re-queued killed trial) are among the trials run now.
     trials = study_trials(study)
-    start = trials.counted - len(trials.waiting)
-    target = start + options.trials
+    budget = options.trial_budget
+    start = len(trials.results) - len(trials.running) - len(trials.waiting)  # finished before this command
     deadline = time.time() + options.timeout if options.timeout else None
-    log.info("study %s in %s: %d trials so far, running %d more with %d worker(s)", study.study_name,
-             redact_url(options.storage_url), start, options.trials, options.workers)
-    bar = tqdm(total=options.trials, desc=f"study {study.study_name}", disable=not progress, dynamic_ncols=True)
+    log.info("study %s in %s: %d trials so far; running %s with %d worker(s)%s", study.study_name,
+             redact_url(options.storage_url), start, f"{budget} trials" if budget else "trials", options.workers,
+             f", until the study holds {options.study_trials}" if options.study_trials else "")
+    total = budget if budget is not None else max(0, (options.study_trials or 0) - start) or None
+    bar = tqdm(total=total, desc=f"study {study.study_name}", disable=not progress, dynamic_ncols=True)
+    progress_line = ProgressLine(bar)
     try:
         if options.workers == 1:
-            _run_trials(study, Objective(spec, options, target, tracker), deadline,
-                        lambda: _update_bar(bar, study, start))
+            objective = Objective(spec, options, tracker, on_progress=progress_line.show)
+            _run_trials(study, objective, budget, deadline, lambda: _update_bar(bar, study, start))
         else:
-            _run_worker_processes(dataclasses.replace(options, target=target, deadline=deadline), study, bar, start)
+            _run_worker_processes(dataclasses.replace(options, trials=budget, deadline=deadline), study, bar,
+                                  start, progress_line)
     finally:
         _update_bar(bar, study, start)
+        progress_line.close()
         bar.close()
         if tracker is not None:
             _finish_tracking(tracker, study)
@@ -142,34 +185,84 @@ def _finish_tracking(tracker: Any, study: optuna.Study) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- workers
-def _update_bar(bar: tqdm, study: optuna.Study, start: int) -> None:
+def _update_bar(bar: tqdm, study: optuna.Study, start: int) -> StudyTrials:
     trials = study_trials(study)
     finished = len(trials.results) - len(trials.running) - len(trials.waiting)
-    bar.n = min(bar.total, max(0, finished - start))
+    bar.n = max(0, finished - start) if bar.total is None else min(bar.total, max(0, finished - start))
     best = trials.best
     bar.set_postfix(best=f"{best.value:.4f}" if best else "-", refresh=False)
     bar.refresh()
+    return trials
 
 
-def _run_worker_processes(options: StudyOptions, study: optuna.Study, bar: tqdm, start: int) -> None:
-    """One ``worker`` process per slot (``--trials-per-gpu`` per GPU, else ``--n-jobs`` on CPU), each running
-    trials until the study is full."""
+class ProgressLine:
+    """A second line under the study's bar: the running trials' step, loss and diagonality, so that a person sees
+    a trial move during its minutes (the trial bar only moves when a trial ends)."""
+
+    def __init__(self, bar: tqdm):
+        self.bar = bar
+        self.line = tqdm(total=0, bar_format="{desc}", position=1, leave=False, disable=bar.disable)
+
+    def show(self, progress: dict[str, Any]) -> None:
+        self.show_all([progress])
+
+    def show_all(self, running: list[dict[str, Any]]) -> None:
+        self.line.set_description_str("; ".join(describe_progress(p) for p in running) or "no trial running")
+
+    def close(self) -> None:
+        self.line.close()
+
+
+def describe_progress(progress: dict[str, Any]) -> str:
+    """``trial 3: step 120/600, loss 1.234, diagonality 0.45``."""
+    def number(key: str, digits: int) -> str:
+        value = progress.get(key)
+        return f"{value:.{digits}f}" if is_finite_number(value) else "-"
+
+    return (f"trial {progress.get('trial', '?')}: step {progress.get('step', 0)}/{progress.get('max_steps', '?')}, "
+            f"loss {number('loss', 3)}, diagonality {number('diagonality', 2)}")
+
+
+def _run_worker_processes(options: StudyOptions, study: optuna.Study, bar: tqdm, start: int,
+                          progress_line: ProgressLine) -> None:
+    """One ``worker`` process per slot (``--trials-per-gpu`` per GPU, else ``--n-jobs`` on CPU), sharing
+    ``options.trials``. Each worker
+    is in a session of its own, so that a terminal's Ctrl-C reaches this process only; it passes every signal on,
+    so the first one stops the workers at their next step boundary and a second one ends them at once."""
     procs = []
-    for index, gpu in enumerate(options.worker_slots):
+    slots = options.worker_slots
+    for index, (gpu, trials) in enumerate(zip(slots, shares(options.trials, len(slots)))):
+        if trials == 0:
+            continue
         env = dict(os.environ)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         seed = None if options.seed is None else options.seed + index  # distinct streams per worker
-        argv = dataclasses.replace(options, seed=seed).worker_argv()
-        procs.append(subprocess.Popen([sys.executable, "-m", "smart_tuner", "worker", *argv], env=env))
-    try:
-        while any(p.poll() is None for p in procs):
-            time.sleep(2.0)
-            _update_bar(bar, study, start)
-    except KeyboardInterrupt:
+        argv = dataclasses.replace(options, seed=seed, trials=trials).worker_argv()
+        procs.append(subprocess.Popen([sys.executable, "-m", "smart_tuner", "worker", *argv], env=env,
+                                      start_new_session=True))
+
+    def forward(signum: int) -> None:
         for p in procs:
-            p.terminate()
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    try:
+        with interrupts.forwarding(forward):
+            while any(p.poll() is None for p in procs):
+                time.sleep(1.0)
+                trials = _update_bar(bar, study, start)
+                progress_line.show_all([t.user_attrs["progress"] for t in trials.running
+                                        if isinstance(t.user_attrs.get("progress"), dict)])
+    except KeyboardInterrupt:  # a second signal: the workers got it too and end at once
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
         raise
-    failed = [p.returncode for p in procs if p.returncode]
+    stopped = interrupts.requested()
+    failed = [p.returncode for p in procs
+              if p.returncode and not (stopped and p.returncode == interrupts.exit_code(stopped))]
     if failed:
         log.warning("%d worker process(es) exited with an error: %s", len(failed), failed)

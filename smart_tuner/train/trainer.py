@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
+import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -24,11 +24,14 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from ..config import Config, to_yaml
+from .. import interrupts
+from ..cores import CoreShare
+from ..config import Config, resume_changes, to_yaml
 from ..data.dataset import (Batch, BucketBatchSampler, Collate, MelStats, PreparedData, eval_batches, length_grid,
                             prepare_data)
 from ..data.text import SymbolTable
-from ..files import write_atomic
+from ..files import (DirectoryLock, DirectoryLocked, DiskFullError, append_line, remove_stale_temporaries,
+                     write_atomic)
 from ..hooks import CONTROLS, Decision, EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
 from ..tts import build_family, count_parameters
 from ..tts import checkpoint as ckpt
@@ -57,55 +60,72 @@ class Trainer:
         self.config, self.run_dir, self.hooks, self.progress = config, Path(run_dir), list(hooks), progress
         self.ckpt_dir = self.run_dir / "checkpoints"
         last = self.ckpt_dir / "last.pt"
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise TrainingError(f"--run-dir {self.run_dir} is a file, not a directory; choose another --run-dir")
         if resume and not last.is_file():
             raise TrainingError(f"--resume: no checkpoint at {last}")
         if not resume and last.is_file():
             raise TrainingError(f"{self.run_dir} already holds a run (checkpoints/last.pt): pass --resume to "
                                 f"continue it, or choose another --run-dir")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.core_share: CoreShare | None = None
+        try:  # one writer per run directory, until fit() ends (or the process does)
+            self.lock: DirectoryLock | None = DirectoryLock(self.run_dir)
+        except DirectoryLocked as exc:
+            raise TrainingError(f"run directory {exc}") from None
+        try:
+            for stale in remove_stale_temporaries(self.ckpt_dir):
+                log.info("removed %s, left by a killed process", stale)
+            saved = ckpt.load(last) if resume else None
+            if saved is not None:  # before the features are computed and the model is built
+                self._check_resume_config(saved, last)
 
-        cfg = config.train
-        self.device = pick_device(cfg.device)
-        if self.device.type == "cpu":
-            torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                         if self.device.type == "cuda" and cfg.bf16 else nullcontext())
-        torch.manual_seed(cfg.seed)
+            cfg = config.train
+            self.device = pick_device(cfg.device)
+            # train.num_threads 0: a fair share of the machine's cores, divided anew as other runs start and end.
+            self.core_share = CoreShare().join() if not cfg.num_threads else None
+            self._share_cores(announce=False)
+            self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                             if self.device.type == "cuda" and cfg.bf16 else nullcontext())
+            torch.manual_seed(cfg.seed)
 
-        self.data = data or prepare_data(config, self.run_dir)
-        self.symbols: SymbolTable = self.data.symbols
-        self.stats: MelStats = self.data.stats
-        self.family = build_family(config)
-        self.model = self.family.build(len(self.symbols)).to(self.device)
-        if cfg.init_from and not resume:  # a resumed run already holds the warm-started weights
-            self._warm_start()
-        self.frozen = self._frozen_parameters(cfg.freeze_modules)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
-                                           weight_decay=cfg.weight_decay)
-        self.sampler = BucketBatchSampler(self.data.train.frames, cfg.batch_size, cfg.seed)
-        self.collate = self._collate(config.data.length_grid)
-        # Gradient norms are reported per top-level module (Tacotron 2: encoder, decoder, postnet).
-        self.module_params = {name: list(module.parameters()) for name, module in self.model.named_children()}
-        self.faults = {"nan_loss": set(config.faults.nan_loss_at), "inf_grad": set(config.faults.inf_grad_at)}
+            self.data = data or prepare_data(config, self.run_dir)
+            self.symbols: SymbolTable = self.data.symbols
+            self.stats: MelStats = self.data.stats
+            self.family = build_family(config)
+            self.model = self.family.build(len(self.symbols)).to(self.device)
+            if cfg.init_from and saved is None:  # a resumed run already holds the warm-started weights
+                self._warm_start()
+            self.frozen = self._frozen_parameters(cfg.freeze_modules)
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
+                                               weight_decay=cfg.weight_decay)
+            self.sampler = BucketBatchSampler(self.data.train.frames, cfg.batch_size, cfg.seed)
+            self.collate = self._collate(config.data.length_grid)
+            # Gradient norms are reported per top-level module (Tacotron 2: encoder, decoder, postnet).
+            self.module_params = {name: list(module.parameters()) for name, module in self.model.named_children()}
+            self.faults = {"nan_loss": set(config.faults.nan_loss_at), "inf_grad": set(config.faults.inf_grad_at)}
 
-        # The controls the trainer alone writes, and the loop position.
-        self.lr = cfg.lr
-        self.loss_weights = self.family.loss_weights()
-        self.controls = CONTROLS + tuple(self.loss_weights)
-        self.step = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self.best_val_loss: float | None = None
-        self.elapsed = 0.0
-        self.rollbacks = 0
-        self.stop_reason = ""
-        self.last_event = ""  # shown next to the progress bar
-        if resume:
-            self._load(last)
-        # The last healthy state, in memory: where a rollback returns to. Refreshed at each evaluation that
-        # follows a stretch without alarms (emergencies, skipped updates, rollbacks).
-        self.healthy = self._snapshot()
-        self.alarm_since_snapshot = False
+            # The controls the trainer alone writes, and the loop position.
+            self.lr = cfg.lr
+            self.loss_weights = self.family.loss_weights()
+            self.controls = CONTROLS + tuple(self.loss_weights)
+            self.step = 0
+            self.epoch = 0
+            self.batch_in_epoch = 0
+            self.best_val_loss: float | None = None
+            self.elapsed = 0.0
+            self.rollbacks = 0
+            self.stop_reason = ""
+            self.last_event = ""  # shown next to the progress bar
+            self.saved_step: int | None = None  # the step of checkpoints/last.pt on disk
+            if saved is not None:
+                self._load(saved, last)
+            # The last healthy state, in memory: where a rollback returns to. Refreshed at each evaluation that
+            # follows a stretch without alarms (emergencies, skipped updates, rollbacks).
+            self.healthy = self._snapshot()
+            self.alarm_since_snapshot = False
+        except BaseException:
+            self.release()
+            raise
 
     def _collate(self, grid_size: int) -> Collate:
         """The batch maker; with ``data.length_grid`` the padded lengths come from a grid, and the log says what
@@ -177,15 +197,30 @@ class Trainer:
             "rng": ckpt.rng_state(),
         }
 
-    def _load(self, path: Path) -> None:
-        state = ckpt.load(path, map_location=self.device)
+    def _check_resume_config(self, state: dict, path: Path) -> None:
+        """A resumed run may change what training does next (batch size, rate, steps, adapters), never what the
+        checkpoint's model or features are (``model.*``, ``audio.*``, the corpus and its split: fixed settings)."""
+        cannot, applied = resume_changes(state["config"], self.config)
+        if cannot:
+            raise TrainingError(f"--resume: {path} was trained with another model or features; these changes cannot "
+                                f"apply to it: {'; '.join(cannot)}. Resume with the run's config "
+                                f"({self.run_dir / 'config.yaml'}), or start a new --run-dir")
+        for change in applied:
+            log.info("resume: applying the changed setting %s", change)
+
+    def _load(self, state: dict, path: Path) -> None:
         if SymbolTable.from_dict(state["symbols"]) != self.symbols:
             raise TrainingError(f"{path}: the corpus's symbol table differs from the checkpoint's; resume with "
                                 f"the corpus the run started with")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.saved_step = self.step
+        if state["config"]["train"]["batch_size"] != self.config.train.batch_size:
+            self.batch_in_epoch = 0  # the epoch's batches are cut anew; start the epoch over
         self.lr = state["controls"]["lr"]
+        if state["config"]["train"]["lr"] != self.config.train.lr:
+            self.lr = self.config.train.lr  # asked for explicitly: the new rate wins over the adapters' last one
         self.loss_weights.update((k, v) for k, v in state["controls"].items() if k in self.loss_weights)
         self.best_val_loss, self.elapsed, self.rollbacks = state["best_val_loss"], state["elapsed"], state["rollbacks"]
         self._set_lr(self.lr)
@@ -199,14 +234,31 @@ class Trainer:
         log.info("resumed %s at step %d", self.run_dir, self.step)
 
     def _truncate_jsonl(self, path: Path) -> None:
-        if path.is_file():
-            keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step]
-            write_atomic(path, "".join(line + "\n" for line in keep))
+        """Keep the records up to the checkpoint's step. A torn last line (the process died while writing it, before
+        lines were written whole) is dropped with a warning; a broken line elsewhere is an error."""
+        if not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        keep = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):
+                    log.warning("%s:%d: dropped a torn last line (the process died while writing it)", path, number)
+                    continue
+                raise TrainingError(f"{path}:{number}: not a JSON record; repair or remove that line") from None
+            if record["step"] <= self.step:
+                keep.append(line)
+        write_atomic(path, "".join(line + "\n" for line in keep))
 
     def save_checkpoint(self, name: str = "last.pt") -> Path:
         path = self.ckpt_dir / name
         ckpt.save_atomic(self.state_dict(), path)
+        if name == "last.pt":
+            self.saved_step = self.step
         return path
 
     def _snapshot(self) -> dict:
@@ -271,8 +323,7 @@ class Trainer:
         return actions
 
     def _record(self, event: Event) -> None:
-        with open(self.run_dir / "events.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(event.to_dict()) + "\n")
+        append_line(self.run_dir / "events.jsonl", json.dumps(event.to_dict()))
         if event.is_alarm:
             self.alarm_since_snapshot = True
         if event.applied:
@@ -339,6 +390,10 @@ class Trainer:
         since_eval = _SinceEval()
         try:
             while self.step < cfg.max_steps:
+                signum = interrupts.requested()
+                if signum is not None:  # a step boundary: last.pt is written at this step below
+                    status, reason = "interrupted", f"interrupted by {signal.Signals(signum).name}"
+                    break
                 started = time.perf_counter()
                 self._set_frozen(self.step < cfg.freeze_steps)
                 batch = self._next_batch()
@@ -358,6 +413,7 @@ class Trainer:
                 bar.update(1)
                 if last_eval is None or self.step % 10 == 0:
                     self._postfix(bar, stats, last_eval, since_eval, refresh=False)
+                    self._share_cores()
                 if "stop" in actions:
                     status, reason = "stopped", self.stop_reason
                     break
@@ -384,14 +440,45 @@ class Trainer:
                     self.save_checkpoint("last.pt")
         except TrainingError as exc:
             status, reason = "failed", str(exc)
+        except DiskFullError as exc:
+            status, reason = "failed", f"{exc.strerror}; {self._intact()}"
         finally:
             bar.close()
-        if status != "completed":
-            self.save_checkpoint("last.pt")
-        result = TrainResult(status, self.step, reason, self.run_dir, last_eval, self.best_val_loss)
-        for hook in self.hooks:
-            hook.on_train_end(result)
+        try:
+            if status != "completed" and not reason.startswith("no space left"):
+                try:
+                    self.save_checkpoint("last.pt")
+                except DiskFullError as exc:
+                    status, reason = "failed", f"{reason}; then {exc.strerror}; {self._intact()}"
+            result = TrainResult(status, self.step, reason, self.run_dir, last_eval, self.best_val_loss)
+            for hook in self.hooks:
+                hook.on_train_end(result)
+        finally:
+            self.release()
         return result
+
+    def _intact(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint was written yet"
+        return f"the previous checkpoint at step {self.saved_step} ({self.ckpt_dir / 'last.pt'}) is intact"
+
+    def release(self) -> None:
+        """Let another process write into the run directory, and leave the share of cores."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if self.core_share is not None:
+            self.core_share.leave()
+            self.core_share = None
+
+    def _share_cores(self, announce: bool = True) -> None:
+        """torch threads: ``train.num_threads``, or this run's share of the cores (see smart_tuner/cores.py)."""
+        threads = self.config.train.num_threads or (self.core_share.threads() if self.core_share else 0)
+        if threads and threads != torch.get_num_threads():
+            if announce:
+                log.info("step %d: %d torch threads (the machine's %d cores shared by %d smart_tuner processes)",
+                         self.step, threads, self.core_share.cores, self.core_share.members())
+            torch.set_num_threads(threads)
 
     def _postfix(self, bar: tqdm, stats: StepStats, last_eval: EvalStats | None, since_eval: _SinceEval,
                  refresh: bool = True) -> None:
@@ -402,7 +489,6 @@ class Trainer:
             postfix["event"] = self.last_event
         bar.set_postfix(postfix, refresh=refresh)
 
-    # ----------------------------------------------------------------------------------------- evaluation
     # ----------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, train_loss: float = float("nan"), frames_per_second: float = float("nan")) -> EvalStats:
@@ -471,8 +557,7 @@ class Trainer:
         return alignment_metrics(alignments.float(), text_lengths, steps)
 
     def _write_metrics(self, stats: EvalStats) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(stats.to_dict()) + "\n")
+        append_line(self.run_dir / "metrics.jsonl", json.dumps(stats.to_dict()))
 
 
 class _SinceEval:

@@ -7,6 +7,7 @@ plain data only (config, symbol table, mel statistics, RNG states, hook states),
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,11 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    write_atomic(path, lambda handle: torch.save(obj, handle))
+    # Serialized in memory first: torch's zip writer hides the errno of a failed write (a full disk reads as
+    # "enforce fail at inline_container.cc"), while a plain write of the bytes raises it as it is.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getbuffer())
 
 
 def load_any(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

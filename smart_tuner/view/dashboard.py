@@ -18,9 +18,11 @@ Both servers listen on 127.0.0.1 unless ``--host`` says otherwise; neither print
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -71,8 +73,23 @@ def wait_for_http(url: str, timeout: float = 30.0, interval: float = 0.2,
         time.sleep(interval)
 
 
-def _warn_if_exposed(host: str) -> None:
+def listens_on_all_interfaces(host: str) -> bool:
+    """Whether ``host`` means every interface: an unspecified address in any spelling the resolver accepts
+    (``0.0.0.0``, ``0``, ``0.0``, ``::``, ``::0``) or the empty string."""
     if host in ALL_INTERFACES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        pass
+    try:
+        return socket.inet_aton(host) == bytes(4)  # the C library's spellings: "0", "0.0", "0x0"
+    except OSError:
+        return False
+
+
+def _warn_if_exposed(host: str) -> None:
+    if listens_on_all_interfaces(host):
         log.warning("listening on all interfaces (--host %s): anyone who can reach this machine can read "
                     "and edit the data", host or "''")
 
@@ -188,16 +205,18 @@ def artifact_root_for(uri: str) -> str:
 def mlflow_server_command(uri: str, host: str, port: int) -> list[str]:
     """``mlflow server`` on a local or database store with one worker. Artifacts are not proxied: every
     experiment of ours has a ``file://`` location the server reads directly, and the UI's new experiments get
-    ``--default-artifact-root``."""
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-            "--default-artifact-root", artifact_root_for(uri), "--no-serve-artifacts",
-            "--host", host, "--port", str(port), "--workers", "1"]
+    ``--default-artifact-root``. The store's URI is not on the command line (any local user reads command lines
+    with ``ps``; it may hold a password): it goes through the environment (:func:`mlflow_server_env`)."""
+    return [sys.executable, "-m", "mlflow", "server", "--default-artifact-root", artifact_root_for(uri),
+            "--no-serve-artifacts", "--host", host, "--port", str(port), "--workers", "1"]
 
 
-def mlflow_server_env() -> dict[str, str]:
-    """The environment of ``mlflow server``: without its job runner (a process per GenAI job queue, for
-    evaluations that training runs never start) unless ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` says otherwise."""
+def mlflow_server_env(uri: str) -> dict[str, str]:
+    """The environment of ``mlflow server``: the store's URI (``MLFLOW_BACKEND_STORE_URI``, which the server reads
+    like ``--backend-store-uri``), and no job runner (a process per GenAI job queue, for evaluations that training
+    runs never start) unless ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` says otherwise."""
     env = dict(os.environ)
+    env["MLFLOW_BACKEND_STORE_URI"] = uri
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     return env
 
@@ -247,7 +266,7 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     log.info("MLflow UI on %s (tracking store %s); Ctrl-C stops it", address, redact_url(uri))
     print(f"MLflow UI: {address}", flush=True)
     # Its own process group: mlflow server starts uvicorn as a grandchild, and a signal must reach both.
-    process = subprocess.Popen(command, start_new_session=True, env=mlflow_server_env())
+    process = subprocess.Popen(command, start_new_session=True, env=mlflow_server_env(uri))
     previous = signal.getsignal(signal.SIGTERM) or signal.SIG_DFL  # None: a handler not set from Python
     in_main_thread = _set_sigterm(_raise_terminated)
     try:

@@ -16,8 +16,8 @@ The page shows, from top to bottom:
 
 Everything is inline (PNG and WAV as ``data:`` URIs, CSS in a ``<style>`` element, no script), so the file
 can be mailed or archived and opens offline. Which trials are results, and which is the best, comes from
-:class:`smart_tuner.study.storage.StudyTrials` (over-budget trials appear nowhere). The report only reads the
-study, and never imports torch.
+:class:`smart_tuner.study.storage.StudyTrials`. The report only reads the study (through a read-only storage), and
+never imports torch.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def importances(trials: StudyTrials) -> list[Importance]:
     if not any(t.params for t in trials.complete):
         return [Importance(name, None, "the study has no searched parameters") for name in EVALUATORS]
     # A private in-memory copy of the complete trials: the evaluators read a study, and this one holds only
-    # results (no over-budget or running trials), whatever storage the real study lives in.
+    # complete trials (no running ones), whatever storage the real study lives in.
     copy = optuna.create_study(direction="minimize", storage=optuna.storages.InMemoryStorage())
     copy.add_trials(trials.complete)
     results = []

@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from urllib.parse import quote, quote_plus
+
 import requests
 
 from ..config import Config, TelegramConfig
@@ -87,11 +89,13 @@ _install_lock = threading.Lock()
 
 
 def register_secret(secret: str) -> None:
-    """Redact ``secret`` from this module's and urllib3's log records from now on."""
+    """Redact ``secret`` from this module's and urllib3's log records from now on, as it is and URL-encoded
+    (a URL quoted in a message may carry it either way: ``123:ABC`` or ``123%3AABC``)."""
     global _filter_installed
     if not secret:
         return
-    _redactor.add(secret)
+    for form in {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}:
+        _redactor.add(form)
     with _install_lock:
         if not _filter_installed:
             for name in (__name__, *_URL_LOGGERS):
@@ -250,6 +254,7 @@ class TelegramClient:
                 return
             self._closed = True
             self._deadline = time.monotonic() + timeout
+            dropped_before = self.stats["dropped"]
         self._wake.set()
         try:  # after the items already queued; a full queue waits for room until the deadline
             self._queue.put(_STOP, timeout=max(0.0, self._deadline - time.monotonic()))
@@ -260,6 +265,9 @@ class TelegramClient:
             log.warning("Telegram client closed with a request still in flight; it is abandoned")
         else:
             self._session.close()
+        dropped = self.stats["dropped"] - dropped_before + (self._pending if self._thread.is_alive() else 0)
+        if dropped:
+            log.warning("Telegram: %d queued message(s) dropped at close (not sent within %.0f s)", dropped, timeout)
 
     @property
     def closed(self) -> bool:
@@ -322,10 +330,15 @@ class TelegramClient:
             else:
                 code = response.status_code
                 body = _json(response)
-                if 200 <= code < 300 and body.get("ok", True):
+                if 200 <= code < 300 and body.get("ok") is True:
                     return "sent", None
                 description = redact(str(body.get("description", "")))[:200]
                 problem = f"HTTP {code} {description}".strip()
+                if 300 <= code < 400:  # never followed: a redirect would carry the token's URL to another host
+                    return "failed", f"{what} refused: the API answered with a redirect (HTTP {code}); check " \
+                                     f"{ENV_API_URL}"
+                if 200 <= code < 300:
+                    return "failed", f"{what} failed: HTTP {code} without {{\"ok\": true}} in the answer"
                 if code == 429:
                     delay = _retry_after(response, body)
                     delay = self._backoff(attempt) if delay is None else delay
@@ -342,9 +355,11 @@ class TelegramClient:
             timeout = max(0.05, min(timeout, self._deadline - time.monotonic()))
         if png is None:
             # Plain text, no parse_mode: nothing in a reason or a run name needs escaping.
-            return self._session.post(url, json={"chat_id": self.chat_id, "text": item.text}, timeout=timeout)
+            return self._session.post(url, json={"chat_id": self.chat_id, "text": item.text}, timeout=timeout,
+                                      allow_redirects=False)
         return self._session.post(url, data={"chat_id": self.chat_id, "caption": item.text},
-                                  files={"photo": ("alignment.png", png, "image/png")}, timeout=timeout)
+                                  files={"photo": ("alignment.png", png, "image/png")}, timeout=timeout,
+                                  allow_redirects=False)
 
     def _backoff(self, attempt: int) -> float:
         return min(self.backoff_max, self.backoff_base * 2 ** attempt)

@@ -45,7 +45,7 @@ STEP_RENAMES = {"diagonality": "train_diagonality"}
 EVAL_RENAMES = {"train_loss": "train_loss_mean"}
 # TrainResult.status -> (status tag, MLflow terminal run status)
 END_STATUS = {"completed": ("finished", "FINISHED"), "stopped": ("stopped", "KILLED"),
-              "failed": ("failed", "FAILED")}
+              "interrupted": ("interrupted", "KILLED"), "failed": ("failed", "FAILED")}
 
 
 # ----------------------------------------------------------------------------------------------- store
@@ -141,6 +141,9 @@ class MlflowReporter(Hook):
             1, thread_name_prefix="mlflow-writer")
         self.pending: list[Future] = []  # background writes not waited for yet
         self.uploaded_previews: set[int] = set()
+        # A resumed run: steps up to this one are in the run already (logged after the checkpoint, before the
+        # process died); the resumed run replays them and must not log them twice.
+        self.logged_until = -1
         self.event_counts: dict[str, int] = {}
         self.trajectories: dict[str, list[tuple[int, float]]] = {}  # lr and loss weights: (step, new value)
 
@@ -164,6 +167,8 @@ class MlflowReporter(Hook):
         if self.resumed:
             self.client.update_run(self.run_id, status="RUNNING")
             self.client.set_tag(self.run_id, "resumed_at_step", str(info.start_step))
+            logged = [m.step for m in self.client.get_metric_history(self.run_id, "loss")]
+            self.logged_until = max([*logged, info.start_step])
             return
         tags = {**self.tags, "run_dir": str(info.run_dir), "device": info.device}
         if self.parent_run_id:
@@ -269,7 +274,7 @@ class MlflowReporter(Hook):
 
     # ------------------------------------------------------------------------------------- batching
     def _add(self, key: str, value: Any, step: int, timestamp: int) -> None:
-        if is_finite_number(value):  # MLflow stores NaN, but it breaks charts and comparisons
+        if is_finite_number(value) and step > self.logged_until:  # NaN breaks MLflow's charts and comparisons
             self.buffer.append(Metric(key, float(value), timestamp, int(step)))
 
     def flush(self) -> None:

@@ -1,0 +1,288 @@
+"""Nothing lost when a process dies or a user errs (issue 14): signals during `train` and `optimize`, resumed retries,
+exact budgets, a full disk (a real tmpfs), torn logs, a killed save's temporary file, locked run directories,
+read-only storages and config changes on resume. Real processes, real signals, real SQLite storages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from smart_tuner.files import DiskFullError, append_line
+
+from .conftest import TINY_MODEL, tiny_config
+from .test_study import objective_file
+
+
+def config_file(tmp_path, corpus, name="tiny.yaml", **train):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"preset": "demo", "model": TINY_MODEL,
+                                    "data": {"corpus": str(corpus), "val_size": 4, "val_infer": 2,
+                                             "cache_dir": str(tmp_path / "cache")},
+                                    "train": {"batch_size": 4, "num_threads": 1, **train}}))
+    return path
+
+
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_process_left():
+    """A failing test must not leave its training process running (it would slow every later test)."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def start(cwd, *args):
+    proc = subprocess.Popen([sys.executable, "-m", "smart_tuner", *map(str, args)], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    STARTED.append(proc)
+    return proc
+
+
+def run(cwd, *args):
+    return subprocess.run([sys.executable, "-m", "smart_tuner", *map(str, args)], cwd=cwd, text=True,
+                          capture_output=True, timeout=300)
+
+
+def wait_for(condition, what, timeout=120, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        if proc is not None and proc.poll() is not None:  # it failed: say why now, not after the timeout
+            pytest.fail(f"waiting for {what}: the process exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def checkpoint_step(run_dir):
+    return torch.load(Path(run_dir) / "checkpoints" / "last.pt", weights_only=True)["step"]
+
+
+# ----------------------------------------------------------------------------------------------- 1. signals
+@pytest.mark.slow
+def test_sigint_and_sigterm_during_train_stop_at_a_step_with_a_checkpoint_and_a_killed_mlflow_run(
+        corpus_en, tmp_path):
+    config = config_file(tmp_path, corpus_en, max_steps=5000, eval_every=2000)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_dir = tmp_path / "run"
+    proc = start(tmp_path, "train", "--config", config, "--run-dir", run_dir, "--tracking-uri", uri, "--no-progress")
+    wait_for(lambda: (run_dir / "mlflow_run_id.txt").is_file(), "training to start", timeout=600, proc=proc)
+    time.sleep(3)
+    # 5. A second `train` into the same run directory is refused while the first writes into it.
+    second = run(tmp_path, "train", "--config", config, "--run-dir", run_dir, "--no-progress")
+    assert second.returncode == 2 and "is in use by another process" in second.stderr, second.stderr
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in out and "resume with:" in out and "--resume" in out
+    step = int(out.split("interrupted at step ")[1].split(":")[0])
+    assert 0 < step < 5000 and checkpoint_step(run_dir) == step  # last.pt at the very step it stopped
+    client = MlflowClient(uri)
+    run_id = (run_dir / "mlflow_run_id.txt").read_text().strip()
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert client.get_run(run_id).data.tags["status"] == "interrupted"
+
+    # Resumed: the same MLflow run, each step once.
+    resumed = run(tmp_path, "train", "--config", run_dir / "config.yaml", "--run-dir", run_dir, "--resume",
+                  "--max-steps", step + 3, "--tracking-uri", uri, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    assert sorted(steps) == list(range(1, step + 4)), steps
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+    # SIGTERM (a scheduler's warning before SIGKILL): the same, with exit status 143.
+    other = tmp_path / "other"
+    proc = start(tmp_path, "train", "--config", config, "--run-dir", other, "--tracking-uri", uri, "--no-progress")
+    wait_for(lambda: (other / "mlflow_run_id.txt").is_file(), "training to start", timeout=600, proc=proc)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "interrupted by SIGTERM" in out and checkpoint_step(other) == int(out.split("at step ")[1].split(":")[0])
+
+
+@pytest.mark.slow
+def test_sigint_during_optimize_fails_the_trial_as_interrupted_and_the_retry_resumes_from_its_checkpoint(
+        corpus_en, tmp_path):
+    path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"},
+                          train={"max_steps": 3000, "eval_every": 4, "num_threads": 1})
+    storage = f"sqlite:///{tmp_path}/s.db"
+    common = ["--objective", path, "--storage", storage, "--study", "s", "--runs-dir", tmp_path / "runs",
+              "--no-progress"]
+    proc = start(tmp_path, "optimize", "--trials", 3, *common)
+
+    def first_values():
+        try:
+            trials = optuna.load_study(study_name="s", storage=storage).get_trials()
+        except Exception:  # noqa: BLE001 - the study is not created yet
+            return False
+        return bool(trials and trials[0].intermediate_values)
+
+    wait_for(first_values, "the first trial's first evaluation", timeout=600, proc=proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "re-queued" in out
+    study = optuna.load_study(study_name="s", storage=storage)
+    first, retry = study.get_trials()  # no other trial started
+    assert first.state == TrialState.FAIL and first.user_attrs["failure"] == "interrupted: interrupted by SIGINT"
+    assert retry.state == TrialState.WAITING and retry.params == first.params
+    run_dir = Path(first.user_attrs["run_dir"])
+    saved = checkpoint_step(run_dir)
+    assert saved >= max(first.intermediate_values)  # the checkpoint is at the step it stopped
+
+    # Run again: the re-queued trial continues the run from its checkpoint, with its values up to there.
+    again = run(tmp_path, "optimize", "--trials", 1, "--set", f"train.max_steps={saved + 8}", *common)
+    assert again.returncode == 0, again.stderr
+    retry = optuna.load_study(study_name="s", storage=storage).get_trials()[1]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["run_dir"] == str(run_dir)
+    old = {s: v for s, v in first.intermediate_values.items() if s <= saved}
+    assert all(retry.intermediate_values[s] == v for s, v in old.items())
+    new = sorted(set(retry.intermediate_values) - set(old))
+    assert new and new[0] > saved and new[-1] == saved + 8
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # one record per evaluation, none twice
+
+
+# ----------------------------------------------------------------------------------------------- 3. budgets
+def test_trials_1_on_a_new_study_runs_exactly_the_reference_and_below_1_is_an_error(corpus_en, tmp_path):
+    path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"}, train={"max_steps": 2, "eval_every": 2})
+    storage = f"sqlite:///{tmp_path}/s.db"
+    result = run(tmp_path, "optimize", "--objective", path, "--storage", storage, "--trials", 1,
+                 "--runs-dir", tmp_path / "runs", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    (trial,) = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["reference"] is True
+    assert optuna.load_study(study_name="tiny", storage=storage).metric_names == [
+        "val_postnet + 1 * (1 - diagonality)"]  # the dashboard's name of the objective
+    for flag in ("--trials", "--study-trials"):
+        bad = run(tmp_path, "optimize", "--objective", path, "--storage", storage, flag, 0, "--no-progress")
+        assert bad.returncode == 2 and f"argument {flag}: 0 is below the minimum of 1" in bad.stderr
+
+
+# ----------------------------------------------------------------------------------------------- 5. files
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real tmpfs (of a size the test chooses) mounted in the test's directory; skipped where mounting is not
+    allowed."""
+    mounted = []
+
+    def mount(where, size):
+        where.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_while_saving_is_a_clear_error_and_the_previous_checkpoint_stays(corpus_en, tmp_path, tmpfs):
+    from smart_tuner.train.runner import run_training
+
+    sizing = run_training(tiny_config(corpus_en, tmp_path, train={"max_steps": 2, "eval_every": 2}),
+                          tmp_path / "sizing", progress=False)
+    size = (sizing.run_dir / "checkpoints" / "last.pt").stat().st_size
+    run_dir = tmp_path / "run"
+    # Room for best.pt and last.pt of the first evaluation, not for the next checkpoint's temporary file.
+    tmpfs(run_dir / "checkpoints", int(2.5 * size))
+    config = config_file(tmp_path, corpus_en, max_steps=4, eval_every=2, seed=3)
+    result = run(tmp_path, "train", "--config", config, "--run-dir", run_dir, "--set", "tracking.enabled=false",
+                 "--no-progress")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "inline_container" not in result.stderr + result.stdout
+    assert "no space left on the device of" in result.stdout and "while writing" in result.stdout
+    assert "the previous checkpoint at step 2" in result.stdout and "is intact" in result.stdout
+    assert checkpoint_step(run_dir) == 2
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_jsonl_lines_are_whole_or_absent_on_a_full_disk_and_resume_drops_a_torn_line(corpus_en, tmp_path, tmpfs):
+    disk = tmpfs(tmp_path / "disk", "64k")
+    log = disk / "metrics.jsonl"
+    append_line(log, json.dumps({"step": 1}))
+    (disk / "filler").write_bytes(b"x" * (64 * 1024 - 4096 - 100))  # a little room on the log's last page only
+    with pytest.raises(DiskFullError, match="no space left on the device of .* while writing .*metrics.jsonl"):
+        append_line(log, json.dumps({"step": 2, "padding": "y" * 20000}))
+    assert log.read_text() == '{"step": 1}\n'  # the failed line left nothing behind
+
+    from smart_tuner.train.runner import run_training
+
+    config = tiny_config(corpus_en, tmp_path, train={"max_steps": 4, "eval_every": 2})
+    run_dir = run_training(config, tmp_path / "run", progress=False).run_dir
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "val_lo')  # what a process killed mid-write left before lines were written whole
+    # A killed save leaves its temporary file; the next run in the directory removes it.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = run_dir / "checkpoints" / f".last.pt.{dead.pid}.0123abcd.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    config.train.max_steps = 6
+    result = run_training(config, run_dir, resume=True, progress=False)
+    assert result.status == "completed" and result.step == 6
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6] and not stale.exists()
+
+
+def test_best_and_report_never_write_to_a_storage_and_optimize_on_a_read_only_one_is_one_line(corpus_en, tmp_path):
+    other = tmp_path / "mlflow.db"  # a SQLite file that is no Optuna study
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE experiments (id INTEGER)")
+    before = other.read_bytes()
+    for command in (["best", "--out", tmp_path / "b.yaml"], ["report", "--out", tmp_path / "r.html"]):
+        result = run(tmp_path, *command, "--study", "s", "--storage", f"sqlite:///{other}")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "not an Optuna study storage" in result.stderr
+    assert other.read_bytes() == before  # no table was added
+    with sqlite3.connect(other) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["experiments"]
+
+    path = objective_file(tmp_path, corpus_en)
+    study_db = tmp_path / "s.db"
+    optuna.create_study(study_name="other", storage=f"sqlite:///{study_db}")
+    read_only = f"sqlite:///file:{study_db}?mode=ro&uri=true"
+    result = run(tmp_path, "optimize", "--objective", path, "--storage", read_only, "--trials", 1, "--no-progress")
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr and len(errors) == 1 and errors[0].startswith("error: storage")
+    assert "readonly" in errors[0] or "read-only" in errors[0]
+
+
+# ----------------------------------------------------------------------------------------------- 6. resume
+def test_resume_refuses_model_changes_naming_them_and_applies_training_changes(corpus_en, tmp_path):
+    config = config_file(tmp_path, corpus_en, max_steps=2, eval_every=2)
+    run_dir = tmp_path / "run"
+    common = ["--config", config, "--run-dir", run_dir, "--set", "tracking.enabled=false", "--no-progress"]
+    assert run(tmp_path, "train", *common).returncode == 0
+    refused = run(tmp_path, "train", *common, "--resume", "--set", "model.r=2", "--set", "audio.n_mels=40")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr and "size mismatch" not in refused.stderr
+    (line,) = [x for x in refused.stderr.splitlines() if x.startswith("error:")]
+    assert "model.r: 4 -> 2" in line and "audio.n_mels: 80 -> 40" in line and "cannot apply" in line
+    applied = run(tmp_path, "train", *common, "--resume", "--set", "train.batch_size=2", "--max-steps", 4)
+    assert applied.returncode == 0, applied.stderr
+    assert "applying the changed setting train.batch_size: 4 -> 2" in applied.stderr
+    assert "applying the changed setting train.max_steps: 2 -> 4" in applied.stderr
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["config"]["train"]["batch_size"] == 2
+    assert os.path.isfile(run_dir / "config.yaml")

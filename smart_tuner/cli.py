@@ -52,7 +52,8 @@ def setup_logging(level: str = "INFO") -> None:
 USER_ERRORS = (("smart_tuner.config", "ConfigError"), ("smart_tuner.data.corpus", "CorpusError"),
                ("smart_tuner.data.audio", "AudioError"), ("smart_tuner.tts.checkpoint", "CheckpointError"),
                ("smart_tuner.train.trainer", "TrainingError"), ("smart_tuner.data.espeak", "EspeakError"),
-               ("smart_tuner.tts.nvidia", "ConversionError"), ("smart_tuner.files", "DiskFullError"))
+               ("smart_tuner.tts.nvidia", "ConversionError"), ("smart_tuner.files", "DiskFullError"),
+               ("smart_tuner.train.distributed", "GroupError"))
 
 
 def _is_user_error(exc: BaseException) -> bool:
@@ -76,6 +77,31 @@ def _resolve_run_dir(args: argparse.Namespace, config_path: Path | None) -> Path
             raise TrainingError(f"--resume: no earlier run under runs/{stem}-*; name it with --run-dir")
         return runs[-1]
     return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _launch_ranks(args: argparse.Namespace, run_dir: Path) -> int:
+    """``train --nproc N``: this command again under torchrun, N ranks on this machine, one run directory."""
+    import subprocess
+
+    argv, skip = [], False
+    for i, item in enumerate(args.argv):
+        if skip:
+            skip = False
+            continue
+        name = item.split("=", 1)[0]
+        if name in ("--nproc", "--max-restarts", "--run-dir"):
+            skip = "=" not in item
+            continue
+        argv.append(item)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+               f"--max-restarts={args.max_restarts}", "-m", "smart_tuner", *argv, "--run-dir", str(run_dir)]
+    log.info("starting %d ranks with torchrun, run dir %s", args.nproc, run_dir)
+    # torchrun would set OMP_NUM_THREADS=1 with a banner; the ranks divide the cores themselves (smart_tuner.cores).
+    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    try:
+        return process.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached torchrun too; let it stop its ranks
+        return process.wait()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -108,14 +134,33 @@ def cmd_train(args: argparse.Namespace) -> int:
             config = load_config_file(config_path, sets)
         else:
             config = build_config(merge({}, parse_set_overrides(sets)))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not args.run_dir:
+        print("error: under torchrun, name the run directory with --run-dir: every rank, and every restart of the "
+              "group, must write into the same one", file=sys.stderr)
+        return 2
     run_dir = _resolve_run_dir(args, config_path)
+    if args.nproc > 1 and world == 1:
+        return _launch_ranks(args, run_dir)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:  # the other ranks print nothing but errors
+        logging.getLogger().setLevel(logging.ERROR)
     hooks = []
-    if config.tracking.enabled:
+    if config.tracking.enabled and rank == 0:
         from .watch.tracking import open_tracking, train_reporter
 
         hooks.append(train_reporter(open_tracking(args.tracking_uri), config, run_dir))
-    with interrupts.handle_signals():
-        result = run_training(config, run_dir, resume=args.resume, extra_hooks=hooks, progress=not args.no_progress)
+    from .train.distributed import Group
+
+    try:
+        with interrupts.handle_signals():
+            result = run_training(config, run_dir, resume=args.resume, extra_hooks=hooks,
+                                  progress=not args.no_progress)
+    finally:
+        Group.from_env().stop()  # several ranks: leave the process group
+    if rank != 0:
+        return 0 if result.status in ("completed", "stopped") else 1 if result.status == "failed" else \
+            interrupts.exit_code(interrupts.requested() or signal.SIGTERM)
     last = result.last_eval
     summary = f"{result.status} at step {result.step}: {result.reason}; run dir {result.run_dir}"
     if last:
@@ -311,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "checkpoint (shorthand for --set train.init_from=CKPT)")
     add_arguments(train, "train")  # --from-study NAME, --storage
     train.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db)")
+    train.add_argument("--nproc", type=at_least(1, int), default=1, metavar="N",
+                       help="train on N ranks of this machine (starts torchrun: N GPUs, or N CPU processes with gloo)")
+    train.add_argument("--max-restarts", type=at_least(0, int), default=0, metavar="R",
+                       help="with --nproc: restart the group up to R times after a rank dies; it resumes from last.pt")
     train.set_defaults(func=cmd_train)
 
     speak = sub.add_parser("synthesize", help="speech from text with a trained checkpoint (Griffin-Lim WAVs, "
@@ -392,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging(args.log_level)
     try:
         return args.func(args)

@@ -214,6 +214,7 @@ class TrainConfig:
     init_ignore: list[str] = field(default_factory=list)  # regular expressions of parameter names not to load
     freeze_modules: list[str] = field(default_factory=list)  # parameter-name prefixes kept fixed at first
     freeze_steps: int = setting(0, ge=0)  # how many steps they stay fixed
+    dist_timeout: float = setting(600.0, gt=0)  # several ranks: seconds a rank waits for the others before failing
 
 
 @dataclass
@@ -278,6 +279,8 @@ class FaultsConfig:
 
     nan_loss_at: list[int] = setting(factory=list, items={"ge": 1})
     inf_grad_at: list[int] = setting(factory=list, items={"ge": 1})
+    hang_at: list[int] = setting(factory=list, items={"ge": 1})  # steps at which the process hangs (sleeps)
+    rank: int = setting(-1, ge=-1)  # with several ranks, the one the faults happen on; -1: every rank
 
 
 @dataclass

@@ -68,6 +68,7 @@ class EvalStats:
     # Throughput as NVIDIA DeepLearningExamples counts it: real (unpadded) mel frames per second of training wall
     # time (batching, forward, backward, hooks, optimizer) since the previous evaluation.
     frames_per_second: float = float("nan")
+    steps_per_second: float = float("nan")  # training steps per second of the same wall time
     # The preview payload, never written to metrics.jsonl:
     alignment: Any = field(default=None, repr=False)  # (D, N) CPU tensor of one validation sentence
     # Denormalized log-mels (n_mels, frames), CPU: "target" and "teacher_forced" (the final prediction) of the
@@ -85,7 +86,8 @@ class EvalStats:
                 "coverage": self.coverage, "infer_diagonality": self.infer_diagonality,
                 "infer_focus": self.infer_focus, "infer_monotonicity": self.infer_monotonicity,
                 "infer_coverage": self.infer_coverage, "infer_stop_rate": self.infer_stop_rate,
-                "train_loss": self.train_loss, "elapsed": self.elapsed, "frames_per_second": self.frames_per_second}
+                "train_loss": self.train_loss, "elapsed": self.elapsed, "frames_per_second": self.frames_per_second,
+                "steps_per_second": self.steps_per_second}
 
     def to_dict(self) -> dict[str, Any]:
         """The metrics.jsonl record: the step, the measurements and the controls in force."""

@@ -215,8 +215,10 @@ class BucketBatchSampler:
         return math.ceil(len(self.lengths) / self.batch_size)
 
 
-def eval_batches(dataset: MelTextDataset, batch_size: int) -> Iterator[list[int]]:
-    order = sorted(range(len(dataset)), key=lambda i: dataset.frames[i])
+def eval_batches(dataset: MelTextDataset, batch_size: int, rank: int = 0, ranks: int = 1) -> Iterator[list[int]]:
+    """Batches of similar length over the dataset, shortest first; with several ranks, rank ``rank``'s share (every
+    ``ranks``-th item of that order, so each share spans the lengths alike)."""
+    order = sorted(range(len(dataset)), key=lambda i: dataset.frames[i])[rank::ranks]
     for start in range(0, len(order), batch_size):
         yield order[start:start + batch_size]
 

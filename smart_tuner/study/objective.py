@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial
 
 from ..config import Config, build_config, merge, parse_set_overrides
 from ..hooks import Decision, EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
+from ..train.distributed import Group, GroupLost
 from ..train.runner import run_training
 from ..tts import build_family
 from ..watch.previews import list_previews
@@ -207,8 +208,9 @@ class Objective:
     trial's intermediate values up to that checkpoint."""
 
     def __init__(self, spec: ObjectiveSpec, options: StudyOptions, tracker: Any = None,
-                 on_progress: Callable[[dict[str, Any]], None] | None = None):
+                 on_progress: Callable[[dict[str, Any]], None] | None = None, group: Group | None = None):
         self.spec, self.options = spec, options
+        self.group = group or Group()  # several ranks: each trial is announced to the others (follow_trials)
         self.tracker = tracker  # a tracking.StudyTracker, or None when tracking is off
         self.on_progress = on_progress  # shows progress in this process; None: the trial's user attribute
         self.artifact_store: optuna.artifacts.FileSystemArtifactStore | None = None
@@ -240,6 +242,7 @@ class Objective:
                 hooks.append(mlflow_run)
             if resume:
                 log.info("trial %d continues %s from its last checkpoint", trial.number, run_dir)
+            self.group.share((config.to_dict(), str(run_dir), resume))  # the other ranks train it with this one
             try:
                 result = run_training(config, run_dir, resume=resume, extra_hooks=hooks, progress=False)
             finally:
@@ -253,6 +256,11 @@ class Objective:
             outcome = TrialOutcome.of_exception(exc)
         if outcome.state == "interrupted":
             requeue(trial)
+        if self.group.broken:  # this trial's ranks lost each other: the worker cannot train another trial
+            trial.set_user_attr("failure", outcome.reason)
+            if mlflow_run is not None:
+                mlflow_run.set_outcome("fail", outcome.reason)
+            raise GroupLost(f"trial {trial.number}: {outcome.reason}")
         return outcome.record(trial, mlflow_run)
 
     def _upload_previews(self, trial: optuna.Trial, run_dir: Path) -> None:

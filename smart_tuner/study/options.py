@@ -103,6 +103,8 @@ class StudyOptions:
                               help="comma-separated GPU ids: --trials-per-gpu worker processes per GPU")
     trials_per_gpu: int = option(1, "optimize", minimum=1,
                                  help="with --gpus: worker processes (trials at once) per GPU")
+    gpus_per_trial: int = option(1, "optimize", minimum=1,
+                                 help="with --gpus: each trial trains on this many GPUs as one group of ranks")
     threads: int = option(0, *RUN, minimum=0, help="torch threads per worker (default: see train.num_threads)")
     # Set by `optimize` for its worker processes (the `worker` command is hidden).
     deadline: float | None = option(None, "worker")  # time.time() after which no trial starts
@@ -137,7 +139,11 @@ class StudyOptions:
 
     @property
     def worker_slots(self) -> list[str | None]:
-        """The GPU of each worker process: ``trials_per_gpu`` per GPU id, else ``n_jobs`` without one (None)."""
+        """The GPUs of each worker (``CUDA_VISIBLE_DEVICES``): ``trials_per_gpu`` workers per GPU id, or one per
+        group of ``gpus_per_trial`` ids; else ``n_jobs`` workers without one (None)."""
+        if self.gpu_ids and self.gpus_per_trial > 1:
+            k = self.gpus_per_trial
+            return [",".join(self.gpu_ids[i:i + k]) for i in range(0, len(self.gpu_ids), k)]
         if self.gpu_ids:
             return [gpu for gpu in self.gpu_ids for _ in range(max(1, self.trials_per_gpu))]
         return [None] * max(1, self.n_jobs)

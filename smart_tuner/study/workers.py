@@ -27,6 +27,8 @@ from .. import interrupts
 from ..config import Config, build_config, flatten, is_finite_number, parse_set_overrides, redact_url
 from ..tts import build_family
 from .objective import Objective, trial_base
+from ..train.distributed import Group
+from ..train.runner import run_training
 from .options import StudyOptions
 from .space import ObjectiveSpec, load_objective, make_pruner, make_sampler, reference_params
 from .storage import (BudgetedStudy, StudyError, StudyFull, StudyTrials, allow_experimental, open_storage,
@@ -99,9 +101,39 @@ def run_worker(options: StudyOptions) -> None:
     ``options.study_trials``, or ``options.deadline`` passes)."""
     route_optuna_logging()
     spec = load_objective(options.objective)
-    study = open_study(options, spec)
-    tracker = study_tracker(options, trial_base(spec, options))
-    _run_trials(study, Objective(spec, options, tracker), options.trials, options.deadline)
+    group = Group.from_env()
+    if group.distributed:  # a trial on several GPUs (--gpus-per-trial): rank 0 runs the study, the others follow
+        base = build_config(trial_base(spec, options))
+        group = Group.from_env(base.train.dist_timeout)
+        group.start(group.device(base.train.device))
+        if not group.is_main:
+            logging.getLogger().setLevel(logging.ERROR)
+            follow_trials(group)
+            group.stop()
+            return
+    try:
+        study = open_study(options, spec)
+        tracker = study_tracker(options, trial_base(spec, options))
+        _run_trials(study, Objective(spec, options, tracker, group=group), options.trials, options.deadline)
+    finally:
+        if group.distributed:
+            group.share(None)  # the study is done here: the other ranks stop following
+            group.stop()
+
+
+def follow_trials(group: Group) -> None:
+    """Ranks other than 0 of a multi-GPU trial: train each trial rank 0 announces, until it announces none."""
+    while True:
+        trial = group.share(None)
+        if trial is None:
+            return
+        config, run_dir, resume = trial
+        try:
+            run_training(build_config(config), run_dir, resume=resume, progress=False)
+        except Exception as exc:  # rank 0 fails the trial (it ran into the same error or a GroupError)
+            log.error("rank %d: the trial in %s failed: %s: %s", group.rank, run_dir, type(exc).__name__, exc)
+        if group.broken:
+            return
 
 
 def shares(total: int | None, workers: int) -> list[int | None]:
@@ -119,6 +151,11 @@ def optimize(options: StudyOptions, progress: bool = True) -> optuna.Study:
     route_optuna_logging()
     if options.trials_per_gpu < 1 or (options.trials_per_gpu > 1 and not options.gpu_ids):
         raise StudyError(f"--trials-per-gpu {options.trials_per_gpu}: give a count >= 1, together with --gpus")
+    if options.gpus_per_trial > 1:
+        gpus = len(options.gpu_ids or [])
+        if gpus == 0 or gpus % options.gpus_per_trial or options.trials_per_gpu > 1:
+            raise StudyError(f"--gpus-per-trial {options.gpus_per_trial}: give --gpus with a multiple of that many "
+                             f"ids (got {gpus}), without --trials-per-gpu")
     spec = load_objective(options.objective)
     study = open_study(options, spec)
     base = trial_base(spec, options)
@@ -140,7 +177,7 @@ def optimize(options: StudyOptions, progress: bool = True) -> optuna.Study:
     bar = tqdm(total=total, desc=f"study {study.study_name}", disable=not progress, dynamic_ncols=True)
     progress_line = ProgressLine(bar)
     try:
-        if options.workers == 1:
+        if options.workers == 1 and options.gpus_per_trial == 1:
             objective = Objective(spec, options, tracker, on_progress=progress_line.show)
             _run_trials(study, objective, budget, deadline, lambda: _update_bar(bar, study, start))
         else:
@@ -239,7 +276,11 @@ def _run_worker_processes(options: StudyOptions, study: optuna.Study, bar: tqdm,
             env["CUDA_VISIBLE_DEVICES"] = gpu
         seed = None if options.seed is None else options.seed + index  # distinct streams per worker
         argv = dataclasses.replace(options, seed=seed, trials=trials).worker_argv()
-        procs.append(subprocess.Popen([sys.executable, "-m", "smart_tuner", "worker", *argv], env=env,
+        launcher = [sys.executable]
+        if options.gpus_per_trial > 1:  # a group of ranks, one per GPU of the slot (rank 0 talks to Optuna)
+            launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={options.gpus_per_trial}"]
+            env.setdefault("OMP_NUM_THREADS", "1")  # the ranks divide the cores themselves (smart_tuner.cores)
+        procs.append(subprocess.Popen([*launcher, "-m", "smart_tuner", "worker", *argv], env=env,
                                       start_new_session=True))
 
     def forward(signum: int) -> None:

@@ -15,6 +15,7 @@ from ..config import Config
 from ..watch.debug import DebugReporter
 from ..hooks import Hook, TrainResult
 from ..watch.previews import PreviewWriter
+from .distributed import Group
 from .trainer import Trainer
 
 
@@ -32,6 +33,7 @@ def standard_hooks(config: Config) -> list[Hook]:
 
 def run_training(config: Config, run_dir: str | Path, resume: bool = False, extra_hooks: Sequence[Hook] = (),
                  progress: bool = True) -> TrainResult:
-    trainer = Trainer(config, run_dir, hooks=[*standard_hooks(config), *extra_hooks], resume=resume,
-                      progress=progress)
+    # With several ranks only rank 0 runs hooks (their decisions reach the others): build none elsewhere.
+    hooks = [*standard_hooks(config), *extra_hooks] if Group.from_env().is_main else []
+    trainer = Trainer(config, run_dir, hooks=hooks, resume=resume, progress=progress)
     return trainer.fit()

@@ -12,9 +12,11 @@ The trainer is the only writer of the learning rate and of the family's steerabl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import signal
 import time
 from contextlib import nullcontext
@@ -37,6 +39,7 @@ from ..tts import build_family, count_parameters
 from ..tts import checkpoint as ckpt
 from ..tts.alignment import METRICS, alignment_metrics, diagonality
 from ..tts.warm_start import init_from
+from .distributed import Group, GroupError
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +60,22 @@ def pick_device(name: str) -> torch.device:
 class Trainer:
     def __init__(self, config: Config, run_dir: str | Path, hooks: Sequence[Hook] = (), resume: bool = False,
                  data: PreparedData | None = None, progress: bool = True):
-        self.config, self.run_dir, self.hooks, self.progress = config, Path(run_dir), list(hooks), progress
+        self.config, self.run_dir = config, Path(run_dir)
+        # Several ranks (torchrun): rank 0 alone runs the hooks, writes files and shows progress; see distributed.py.
+        self.group = Group.from_env(config.train.dist_timeout)
+        self.hooks = list(hooks) if self.group.is_main else []
+        self.progress = progress and self.group.is_main
         self.ckpt_dir = self.run_dir / "checkpoints"
         last = self.ckpt_dir / "last.pt"
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise TrainingError(f"--run-dir {self.run_dir} is a file, not a directory; choose another --run-dir")
+        if self.group.restart and not resume:  # torchrun restarted the group after a rank died
+            resume = last.is_file()
+            log.warning("restart %d of the group: %s", self.group.restart,
+                        f"resuming from {last}" if resume else "no checkpoint yet, starting over")
+            if not resume and self.group.is_main:  # what the dead group logged belongs to no checkpoint
+                for name in ("metrics.jsonl", "events.jsonl"):
+                    (self.run_dir / name).unlink(missing_ok=True)
         if resume and not last.is_file():
             raise TrainingError(f"--resume: no checkpoint at {last}")
         if not resume and last.is_file():
@@ -69,18 +83,20 @@ class Trainer:
                                 f"continue it, or choose another --run-dir")
         self.core_share: CoreShare | None = None
         try:  # one writer per run directory, until fit() ends (or the process does)
-            self.lock: DirectoryLock | None = DirectoryLock(self.run_dir)
+            self.lock: DirectoryLock | None = DirectoryLock(self.run_dir) if self.group.is_main else None
         except DirectoryLocked as exc:
             raise TrainingError(f"run directory {exc}") from None
         try:
-            for stale in remove_stale_temporaries(self.ckpt_dir):
-                log.info("removed %s, left by a killed process", stale)
+            if self.group.is_main:
+                for stale in remove_stale_temporaries(self.ckpt_dir):
+                    log.info("removed %s, left by a killed process", stale)
             saved = ckpt.load(last) if resume else None
             if saved is not None:  # before the features are computed and the model is built
                 self._check_resume_config(saved, last)
 
             cfg = config.train
-            self.device = pick_device(cfg.device)
+            self.device = self.group.device(cfg.device) or pick_device(cfg.device)
+            self.group.start(self.device)
             # train.num_threads 0: a fair share of the machine's cores, divided anew as other runs start and end.
             self.core_share = CoreShare().join() if not cfg.num_threads else None
             self._share_cores(announce=False)
@@ -88,13 +104,19 @@ class Trainer:
                              if self.device.type == "cuda" and cfg.bf16 else nullcontext())
             torch.manual_seed(cfg.seed)
 
-            self.data = data or prepare_data(config, self.run_dir)
+            # Rank 0 builds the corpus's feature cache; the other ranks then read it.
+            self.data = data or self.group.after_main(
+                lambda: prepare_data(config, self.run_dir if self.group.is_main else None))
+            self._check_group_size()
             self.symbols: SymbolTable = self.data.symbols
             self.stats: MelStats = self.data.stats
             self.family = build_family(config)
             self.model = self.family.build(len(self.symbols)).to(self.device)
             if cfg.init_from and saved is None:  # a resumed run already holds the warm-started weights
                 self._warm_start()
+            self.group.broadcast_parameters(self.model)  # one starting point for every rank
+            if self.group.distributed:  # the same weights, but each rank its own dropout stream
+                torch.manual_seed(cfg.seed + 1_000_003 * self.group.rank)
             self.frozen = self._frozen_parameters(cfg.freeze_modules)
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                                weight_decay=cfg.weight_decay)
@@ -115,6 +137,7 @@ class Trainer:
             self.elapsed = 0.0
             self.rollbacks = 0
             self.stop_reason = ""
+            self.peer_stop = False  # some rank received a stop signal during the last step
             self.last_event = ""  # shown next to the progress bar
             self.saved_step: int | None = None  # the step of checkpoints/last.pt on disk
             if saved is not None:
@@ -150,6 +173,8 @@ class Trainer:
         """Model weights from ``train.init_from`` (the family's rules, see tts/warm_start.py), reported in the log
         and in ``init_report.json``."""
         report = init_from(self.model, self.family, self.symbols, self.config)
+        if not self.group.is_main:
+            return
         write_atomic(self.run_dir / "init_report.json", json.dumps(report.to_dict(), indent=1))
         log.info("%s", report.table())
         for warning in report.warnings:
@@ -178,7 +203,7 @@ class Trainer:
                      ", ".join(self.config.train.freeze_modules))
 
     # ----------------------------------------------------------------------------------------- state
-    def state_dict(self) -> dict:
+    def state_dict(self, collective: bool = True) -> dict:
         return {
             "format": ckpt.FORMAT,
             "step": self.step,
@@ -195,7 +220,22 @@ class Trainer:
             "mel_stats": self.stats.to_dict(),
             "hooks": {h.name: h.state_dict() for h in self.hooks},
             "rng": ckpt.rng_state(),
+            # Every rank's RNG (a collective: every rank builds its state dict at the same step).
+            "rng_ranks": self.group.gather(ckpt.rng_state()) if self.group.distributed and collective else None,
+            "fingerprints": self._fingerprints() if self.group.distributed and collective else None,
         }
+
+    def _fingerprints(self) -> list[str]:
+        """Every rank's hash of its weights. Ranks in lock-step hold the same weights bit for bit; if they do not,
+        the run stops here rather than train on with ranks that went apart."""
+        digest = hashlib.sha256()
+        for tensor in self.model.state_dict().values():
+            digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        found = self.group.gather(digest.hexdigest())
+        if len(set(found)) > 1:
+            raise TrainingError(f"step {self.step}: the ranks' weights differ (hashes {found}); they left "
+                                f"lock-step, which is a bug: please report it with the run's events.jsonl")
+        return found
 
     def _check_resume_config(self, state: dict, path: Path) -> None:
         """A resumed run may change what training does next (batch size, rate, steps, adapters), never what the
@@ -218,6 +258,7 @@ class Trainer:
         self.saved_step = self.step
         if state["config"]["train"]["batch_size"] != self.config.train.batch_size:
             self.batch_in_epoch = 0  # the epoch's batches are cut anew; start the epoch over
+        self._load_rng(state)
         self.lr = state["controls"]["lr"]
         if state["config"]["train"]["lr"] != self.config.train.lr:
             self.lr = self.config.train.lr  # asked for explicitly: the new rate wins over the adapters' last one
@@ -227,11 +268,24 @@ class Trainer:
         for hook in self.hooks:
             if hook.name in state["hooks"]:
                 hook.load_state_dict(state["hooks"][hook.name])
-        ckpt.set_rng_state(state["rng"])
         # Evaluations logged after the checkpoint belong to the lost future; the resumed run writes them again.
-        self._truncate_jsonl(self.run_dir / "metrics.jsonl")
-        self._truncate_jsonl(self.run_dir / "events.jsonl")
+        if self.group.is_main:
+            self._truncate_jsonl(self.run_dir / "metrics.jsonl")
+            self._truncate_jsonl(self.run_dir / "events.jsonl")
         log.info("resumed %s at step %d", self.run_dir, self.step)
+
+    def _load_rng(self, state: dict) -> None:
+        """Each rank's own RNG state when the number of ranks is the one saved; else new streams, with a warning."""
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        if len(ranks) == self.group.world_size:
+            ckpt.set_rng_state(ranks[self.group.rank])
+            return
+        ckpt.set_rng_state(state["rng"])
+        torch.manual_seed(self.config.train.seed + 1_000_003 * self.group.rank + self.step)
+        if self.group.is_main:
+            log.warning("resuming a checkpoint of %d rank(s) with %d: the global batch (train.batch_size), the data "
+                        "order and the rate stay; each rank's share of a batch and the dropout streams change, so "
+                        "the run does not continue exactly as it would have", len(ranks), self.group.world_size)
 
     def _truncate_jsonl(self, path: Path) -> None:
         """Keep the records up to the checkpoint's step. A torn last line (the process died while writing it, before
@@ -254,9 +308,12 @@ class Trainer:
                 keep.append(line)
         write_atomic(path, "".join(line + "\n" for line in keep))
 
-    def save_checkpoint(self, name: str = "last.pt") -> Path:
+    def save_checkpoint(self, name: str = "last.pt", collective: bool = True) -> Path:
+        """Rank 0 writes; every rank calls it at the same step (``collective``: the group is still whole)."""
         path = self.ckpt_dir / name
-        ckpt.save_atomic(self.state_dict(), path)
+        state = self.state_dict(collective)
+        if self.group.is_main:
+            ckpt.save_atomic(state, path)
         if name == "last.pt":
             self.saved_step = self.step
         return path
@@ -323,7 +380,8 @@ class Trainer:
         return actions
 
     def _record(self, event: Event) -> None:
-        append_line(self.run_dir / "events.jsonl", json.dumps(event.to_dict()))
+        if self.group.is_main:
+            append_line(self.run_dir / "events.jsonl", json.dumps(event.to_dict()))
         if event.is_alarm:
             self.alarm_since_snapshot = True
         if event.applied:
@@ -334,13 +392,29 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- loop
     def _next_batch(self) -> Batch:
-        batches = self.sampler.epoch(self.epoch)
-        if self.batch_in_epoch >= len(batches):
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        """This rank's share of the sampler's next (global) batch. With several ranks, a batch smaller than the
+        number of ranks (an epoch's remainder) is passed over by all of them."""
+        while True:
             batches = self.sampler.epoch(self.epoch)
-        indices = batches[self.batch_in_epoch]
-        self.batch_in_epoch += 1
-        return self.collate([self.data.train[i] for i in indices]).to(self.device)
+            if self.batch_in_epoch >= len(batches):
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                continue
+            indices = batches[self.batch_in_epoch]
+            self.batch_in_epoch += 1
+            if len(indices) >= self.group.world_size:
+                break
+        mine = indices[self.group.rank::self.group.world_size]
+        return self.collate([self.data.train[i] for i in mine]).to(self.device)
+
+    def _check_group_size(self) -> None:
+        """Every rank needs a share of each batch and of the validation set."""
+        ranks = self.group.world_size
+        problems = [f"{what} ({value}) must be >= the number of ranks ({ranks})" for what, value in (
+            ("train.batch_size, the global batch,", self.config.train.batch_size),
+            ("the training set", len(self.data.train)), ("the validation set (data.val_size)", len(self.data.val)))
+            if value < ranks]
+        if problems:
+            raise TrainingError("; ".join(problems))
 
     def train_step(self, batch: Batch) -> tuple[StepStats, bool]:
         """One forward/backward; returns the statistics and whether the update is safe to apply."""
@@ -349,34 +423,64 @@ class Trainer:
         with self.autocast:
             out = self.family.training_forward(self.model, batch, self.loss_weights)
         step = self.step + 1
-        loss = out.total * float("nan") if step in self.faults["nan_loss"] else out.total
+        here = self.config.faults.rank in (-1, self.group.rank)
+        loss = out.total * float("nan") if here and step in self.faults["nan_loss"] else out.total
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if step in self.faults["inf_grad"]:
+        if here and step in self.faults["inf_grad"]:
             next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(float("inf"))
+        if here and step in self.config.faults.hang_at:
+            log.error("faults.hang_at: rank %d hangs at step %d", self.group.rank, step)
+            while interrupts.requested() is None:  # hangs until a signal (torchrun's SIGTERM) ends the process
+                time.sleep(0.2)
+            os._exit(interrupts.exit_code(interrupts.requested()))
+        if self.group.distributed:  # one all-reduce; a non-finite gradient on one rank is non-finite on all
+            self.group.average_gradients(list(self.model.parameters()), list(self.model.buffers()))
         module_norms = [torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
                         for params in self.module_params.values()]
         grad_norm = torch.nn.utils.get_total_norm(module_norms)
         torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), self.config.train.grad_clip, grad_norm)
         batch_diagonality = (diagonality(out.alignments.detach(), batch.text_lengths, out.alignment_lengths).mean()
                              if out.alignments is not None else loss.new_tensor(float("nan")))
-        # One host sync per step for all statistics together.
+        # What differs between ranks (losses, diagonality, frames, a stop request) is reduced in one all-reduce
+        # before any hook sees it; the gradient norms are already the same on every rank. One host sync per step.
         names = list(out.losses)
-        values = torch.stack([loss.detach().float()] + [out.losses[k].detach().float() for k in names]
-                             + [grad_norm.float(), batch_diagonality.float()]
-                             + [n.float() for n in module_norms]).tolist()
-        loss_value, terms, grad_value = values[0], values[1:len(names) + 1], values[len(names) + 1]
-        finite = all(math.isfinite(v) for v in values[:len(names) + 2])
+        per_rank = torch.stack([loss.detach().float()] + [out.losses[k].detach().float() for k in names]
+                               + [batch_diagonality.float(), loss.new_tensor(float(batch.frames), dtype=torch.float32),
+                                  loss.new_tensor(float(interrupts.requested() is not None), dtype=torch.float32)])
+        if self.group.distributed:
+            self.group.sum_(per_rank)
+            per_rank[:len(names) + 2] /= self.group.world_size
+        values = torch.cat([per_rank, torch.stack([grad_norm.float()] + [n.float() for n in module_norms])]).tolist()
+        loss_value, terms = values[0], values[1:len(names) + 1]
+        diagonality_value, frames, stops = values[len(names) + 1:len(names) + 4]
+        grad_value, module_values = values[len(names) + 4], values[len(names) + 5:]
+        self.peer_stop = stops > 0
+        finite = all(math.isfinite(v) for v in [loss_value, *terms, grad_value])
         stats = StepStats(step, self.epoch, loss_value, dict(zip(names, terms)), grad_value, lr=self.lr,
                           loss_weights=dict(self.loss_weights), finite=finite,
-                          step_time=time.perf_counter() - start, diagonality=values[len(names) + 2],
-                          module_grad_norms=dict(zip(self.module_params, values[len(names) + 3:])),
-                          frames=batch.frames)
+                          step_time=time.perf_counter() - start, diagonality=diagonality_value,
+                          module_grad_norms=dict(zip(self.module_params, module_values)), frames=int(frames))
         return stats, finite
+
+    def _stop_signal(self) -> int | None:
+        """The signal that stops the run at this step boundary. With several ranks, a signal any rank received in
+        the last step (reduced with its statistics), so that all of them stop at the same step."""
+        if not self.group.distributed:
+            return interrupts.requested()
+        return (interrupts.requested() or signal.SIGTERM) if self.peer_stop else None
+
+    def _agree(self, requests: list[tuple[Hook, Decision]]) -> list[tuple[Hook, Decision]]:
+        """Rank 0's hook requests, on every rank (the other ranks run no hooks)."""
+        if not self.group.distributed:
+            return requests
+        shared = self.group.share([(h.name, h.priority, d) for h, d in requests])
+        return requests if self.group.is_main else [(_Peer(name, priority), d) for name, priority, d in shared]
 
     def fit(self) -> TrainResult:
         cfg = self.config.train
-        write_atomic(self.run_dir / "config.yaml", to_yaml(self.config))
+        if self.group.is_main:
+            write_atomic(self.run_dir / "config.yaml", to_yaml(self.config))
         info = RunInfo(self.run_dir, self.config.to_dict(), str(self.device), count_parameters(self.model),
                        len(self.data.train), len(self.data.val), self.step)
         for hook in self.hooks:
@@ -388,9 +492,10 @@ class Trainer:
         last_eval: EvalStats | None = None
         status, reason = "completed", f"reached train.max_steps={cfg.max_steps}"
         since_eval = _SinceEval()
+        whole = True  # the group of ranks can still do collectives
         try:
             while self.step < cfg.max_steps:
-                signum = interrupts.requested()
+                signum = self._stop_signal()
                 if signum is not None:  # a step boundary: last.pt is written at this step below
                     status, reason = "interrupted", f"interrupted by {signal.Signals(signum).name}"
                     break
@@ -398,7 +503,7 @@ class Trainer:
                 self._set_frozen(self.step < cfg.freeze_steps)
                 batch = self._next_batch()
                 stats, safe = self.train_step(batch)
-                requests = [(h, d) for h in self.hooks for d in h.on_step(stats)]
+                requests = self._agree([(h, d) for h in self.hooks for d in h.on_step(stats)])
                 if not safe and not any(d.control == "skip_update" for _, d in requests):
                     # The trainer's own guard: non-finite values never reach the weights or the optimizer.
                     requests.append((_TRAINER, Decision("skip_update", None, "non-finite loss or gradient",
@@ -418,10 +523,11 @@ class Trainer:
                     status, reason = "stopped", self.stop_reason
                     break
                 if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
-                    last_eval = self.evaluate(since_eval.mean_loss(), since_eval.frames_per_second())
+                    last_eval = self.evaluate(since_eval.mean_loss(), since_eval.frames_per_second(),
+                                              since_eval.steps_per_second())
                     since_eval = _SinceEval()
                     self._write_metrics(last_eval)
-                    requests = [(h, d) for h in self.hooks for d in h.on_eval(last_eval)]
+                    requests = self._agree([(h, d) for h in self.hooks for d in h.on_eval(last_eval)])
                     actions = self._apply(requests, self.step)
                     if not self.alarm_since_snapshot and math.isfinite(last_eval.val_loss):
                         self.healthy = self._snapshot()
@@ -440,6 +546,8 @@ class Trainer:
                     self.save_checkpoint("last.pt")
         except TrainingError as exc:
             status, reason = "failed", str(exc)
+        except GroupError as exc:  # the other ranks are gone: no more collectives
+            status, reason, whole = "failed", str(exc), False
         except DiskFullError as exc:
             status, reason = "failed", f"{exc.strerror}; {self._intact()}"
         finally:
@@ -447,7 +555,7 @@ class Trainer:
         try:
             if status != "completed" and not reason.startswith("no space left"):
                 try:
-                    self.save_checkpoint("last.pt")
+                    self.save_checkpoint("last.pt", collective=whole)
                 except DiskFullError as exc:
                     status, reason = "failed", f"{reason}; then {exc.strerror}; {self._intact()}"
             result = TrainResult(status, self.step, reason, self.run_dir, last_eval, self.best_val_loss)
@@ -491,7 +599,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def evaluate(self, train_loss: float = float("nan"), frames_per_second: float = float("nan")) -> EvalStats:
+    def evaluate(self, train_loss: float = float("nan"), frames_per_second: float = float("nan"),
+                 steps_per_second: float = float("nan")) -> EvalStats:
         """Teacher-forced losses and alignment on the validation set, then free-running alignment on a few
         validation sentences, then the preview payload. Runs under a forked RNG so that evaluating never changes
         the training run."""
@@ -506,7 +615,7 @@ class Trainer:
             step=self.step, val_loss=sum(losses[k] for k in self.family.reconstruction_losses), val_losses=losses,
             **teacher_forced, **{f"infer_{k}": v for k, v in free_running.items()}, lr=self.lr,
             loss_weights=dict(self.loss_weights), train_loss=train_loss, elapsed=self.elapsed,
-            frames_per_second=frames_per_second, alignment=example["alignment"], mels=mels)
+            frames_per_second=frames_per_second, steps_per_second=steps_per_second, alignment=example["alignment"], mels=mels)
 
     def _validate(self) -> tuple[dict[str, float], dict[str, float], dict]:
         """Mean losses and teacher-forced alignment metrics over the validation set, with one host sync; and the
@@ -514,7 +623,8 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         count = 0
         example: dict = {"alignment": None, "mels": {}}
-        for indices in eval_batches(self.data.val, self.config.train.batch_size):
+        for indices in eval_batches(self.data.val, self.config.train.batch_size, self.group.rank,
+                                    self.group.world_size):
             batch = self.collate([self.data.val[i] for i in indices]).to(self.device)
             with self.autocast:
                 out = self.family.training_forward(self.model, batch, self.loss_weights)
@@ -531,23 +641,35 @@ class Trainer:
                 if out.alignments is not None:
                     steps, tokens = int(out.alignment_lengths[0]), int(batch.text_lengths[0])
                     example["alignment"] = out.alignments[0, :steps, :tokens].float().cpu()
-        means = dict(zip(sums, (torch.stack(list(sums.values())) / count).cpu().tolist()))  # one sync
+        totals = self.group.sum_(torch.stack([*sums.values(), torch.tensor(float(count), device=self.device)]))
+        means = dict(zip(sums, (totals[:-1] / totals[-1]).cpu().tolist()))  # one sync
         teacher_forced = {k: means.pop(f"tf_{k}") for k in METRICS}
         return means, teacher_forced, example
 
     def _free_run(self) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-        """Free-running alignment metrics and stop rate on the first ``data.val_infer`` validation sentences, and
-        the first one's mel (cut at its stop) for previews."""
+        """Free-running alignment metrics and stop rate on the first ``data.val_infer`` validation sentences (with
+        several ranks, each decodes its share and the sums are reduced), and the first one's mel (cut at its stop)
+        for previews."""
         count = min(self.config.data.val_infer, len(self.data.val))
+        names = [*METRICS, "stop_rate"]
         if count == 0:
-            return {**{k: 0.0 for k in METRICS}, "stop_rate": 0.0}, {}
-        batch = self.collate([self.data.val[i] for i in range(count)]).to(self.device)
-        # Room for twice the true length: an item that never stops is measured over that span.
-        with self.autocast:
-            out = self.family.synthesize(self.model, batch.text, batch.text_lengths, max_frames=2 * batch.mel.shape[-1])
-        metrics = self._alignment_metrics(out.alignments, batch.text_lengths, out.alignment_lengths, count)
-        values = torch.stack([v.mean() for v in metrics.values()] + [out.stopped.float().mean()]).cpu().tolist()
-        return dict(zip([*metrics, "stop_rate"], values)), {"free_running": out.mel[0, :, : int(out.mel_lengths[0])]}
+            return dict.fromkeys(names, 0.0), {}
+        # Room for twice the longest true length: an item that never stops is measured over that span.
+        multiple = self.family.frames_multiple
+        limit = 2 * -(-max(self.data.val.frames[i] for i in range(count)) // multiple) * multiple
+        mine = list(range(count))[self.group.rank::self.group.world_size]
+        totals = torch.zeros(len(names) + 1, device=self.device)
+        mel = {}
+        if mine:
+            batch = self.collate([self.data.val[i] for i in mine]).to(self.device)
+            with self.autocast:
+                out = self.family.synthesize(self.model, batch.text, batch.text_lengths, max_frames=limit)
+            metrics = self._alignment_metrics(out.alignments, batch.text_lengths, out.alignment_lengths, len(mine))
+            totals = torch.stack([v.float().sum() for v in metrics.values()]
+                                 + [out.stopped.float().sum(), totals.new_tensor(float(len(mine)))])
+            mel = {"free_running": out.mel[0, :, : int(out.mel_lengths[0])]}
+        values = self.group.sum_(totals).cpu().tolist()
+        return {k: v / values[-1] for k, v in zip(names, values)}, mel
 
     def _alignment_metrics(self, alignments: torch.Tensor | None, text_lengths: torch.Tensor,
                            steps: torch.Tensor | None, n: int) -> dict[str, torch.Tensor]:
@@ -557,7 +679,8 @@ class Trainer:
         return alignment_metrics(alignments.float(), text_lengths, steps)
 
     def _write_metrics(self, stats: EvalStats) -> None:
-        append_line(self.run_dir / "metrics.jsonl", json.dumps(stats.to_dict()))
+        if self.group.is_main:
+            append_line(self.run_dir / "metrics.jsonl", json.dumps(stats.to_dict()))
 
 
 class _SinceEval:
@@ -580,6 +703,9 @@ class _SinceEval:
     def frames_per_second(self) -> float:
         return self.frames / self.wall if self.wall > 0 else float("nan")
 
+    def steps_per_second(self) -> float:
+        return self.steps / self.wall if self.wall > 0 else float("nan")
+
 
 class _TrainerSource(Hook):
     """Names the trainer as the source of its own safety decisions; it outranks every hook."""
@@ -589,3 +715,10 @@ class _TrainerSource(Hook):
 
 
 _TRAINER = _TrainerSource()
+
+
+class _Peer(Hook):
+    """On ranks other than 0: the rank-0 hook a broadcast decision came from (its name and priority)."""
+
+    def __init__(self, name: str, priority: int):
+        self.name, self.priority = name, priority

@@ -181,7 +181,7 @@ class ModelConfig:
     postnet_dropout: float = fixed(0.5, ge=0, lt=1)
     r: int = fixed(1, ge=1)  # mel frames emitted per decoder step
     max_decoder_steps: int = fixed(1000, ge=1)
-    gate_threshold: float = fixed(0.5, gt=0, lt=1)
+    gate_threshold: float = fixed(0.5, gt=0, le=1)
 
 
 @dataclass

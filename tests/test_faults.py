@@ -162,6 +162,34 @@ def test_sigint_during_optimize_fails_the_trial_as_interrupted_and_the_retry_res
     assert steps == sorted(set(steps))  # one record per evaluation, none twice
 
 
+@pytest.mark.slow
+def test_a_second_sigint_during_optimize_exits_at_once_and_leaves_no_trial_running(corpus_en, tmp_path):
+    """The first signal asks the running trial to stop at its next step; the second exits now (a person who
+    does not want to wait), still with the trial failed, not left RUNNING."""
+    path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"},
+                          train={"max_steps": 3000, "eval_every": 4, "num_threads": 1})
+    storage = f"sqlite:///{tmp_path}/s.db"
+    proc = start(tmp_path, "optimize", "--trials", 2, "--objective", path, "--storage", storage, "--study", "s",
+                 "--runs-dir", tmp_path / "runs", "--no-progress")
+
+    def running():
+        try:
+            trials = optuna.load_study(study_name="s", storage=storage).get_trials()
+        except Exception:  # noqa: BLE001 - the study is not created yet
+            return False
+        return bool(trials and trials[0].intermediate_values)
+
+    wait_for(running, "the first trial's first evaluation", timeout=600, proc=proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    started = time.time()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert time.time() - started < 30 and "Traceback" not in err, err
+    states = [t.state for t in optuna.load_study(study_name="s", storage=storage).get_trials()]
+    assert TrialState.RUNNING not in states and states[0] == TrialState.FAIL
+
+
 # ----------------------------------------------------------------------------------------------- 3. budgets
 def test_trials_1_on_a_new_study_runs_exactly_the_reference_and_below_1_is_an_error(corpus_en, tmp_path):
     path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"}, train={"max_steps": 2, "eval_every": 2})

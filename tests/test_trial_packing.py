@@ -35,7 +35,8 @@ def test_a_bad_trials_per_gpu_is_one_error_line(tmp_path, capsys, args, monkeypa
 def test_two_trials_share_one_gpu_slot_and_the_cores(corpus_en, tmp_path):
     """On a CPU machine the GPU id only sets CUDA_VISIBLE_DEVICES, so this runs the real worker processes: two on
     "GPU 0", sharing the cores, side by side."""
-    path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"}, train={"max_steps": 16, "eval_every": 8})
+    path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"},
+                          train={"max_steps": 16, "eval_every": 8, "num_threads": 0})
     study = optimize(options(tmp_path, path, trials=2, gpus="0", trials_per_gpu=2), progress=False)
     complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
     assert len(complete) == 2

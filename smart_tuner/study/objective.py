@@ -33,13 +33,9 @@ from ..tts import build_family
 from ..watch.previews import list_previews
 from .options import StudyOptions
 from .space import ObjectiveSpec, suggest
-from .storage import allow_experimental, retried_number
+from .storage import TrialFailed, allow_experimental, retried_number
 
 log = logging.getLogger(__name__)
-
-
-class TrialFailed(RuntimeError):
-    """The trial's training run ended as failed (for example its rollback budget was spent)."""
 
 
 def trial_base(spec: ObjectiveSpec, options: StudyOptions) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import random
 import time
 import warnings
@@ -49,11 +50,28 @@ def allow_experimental() -> Iterator[None]:
         yield
 
 
+class TrialFailed(RuntimeError):
+    """The trial's training run ended as failed (for example its rollback budget was spent)."""
+
+
+class _NoTracebackForEndedRuns(logging.Filter):
+    """Optuna logs a failed trial with its exception's traceback. A run that ended as failed (the reason is the
+    message) or was interrupted by Ctrl-C is no program error: one line says it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], (TrialFailed, KeyboardInterrupt)):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def route_optuna_logging() -> None:
     """Optuna's own stderr handler would garble progress bars; its records go through ours instead."""
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trials_log = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _NoTracebackForEndedRuns) for f in trials_log.filters):
+        trials_log.addFilter(_NoTracebackForEndedRuns())
 
 
 # ----------------------------------------------------------------------------------------------- storage

@@ -1,0 +1,41 @@
+"""Storage and tracking passwords written in any of a URL's places never reach a log line, an error or a report
+(issue 14, item 4): the query form (``?password=``), an empty user (``://:pw@``) and the usual ``user:pw@``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smart_tuner.config import redact_url
+
+SECRET = "S3cr3tPw"
+DEMO = Path(__file__).resolve().parents[1] / "objectives" / "demo.yaml"
+
+
+@pytest.mark.parametrize("url, shown", [
+    (f"postgresql://tuner:{SECRET}@db:5432/studies", "postgresql://tuner:***@db:5432/studies"),
+    (f"postgresql://:{SECRET}@db/studies", "postgresql://:***@db/studies"),
+    (f"postgresql://tuner@db/studies?password={SECRET}", "postgresql://tuner@db/studies?password=***"),
+    (f"postgresql://db/studies?sslmode=require&PASSWORD={SECRET}&x=1",
+     "postgresql://db/studies?sslmode=require&PASSWORD=***&x=1"),
+    (f"https://mlflow.example/api?token={SECRET}", "https://mlflow.example/api?token=***"),
+    ("sqlite:///studies/s.db", "sqlite:///studies/s.db"),
+])
+def test_every_place_a_password_can_sit_in_a_url_is_redacted(url, shown):
+    assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize("url", [f"postgresql://tuner@127.0.0.1:1/studies?password={SECRET}",
+                                 f"postgresql://:{SECRET}@127.0.0.1:1/studies"])
+@pytest.mark.parametrize("command", [["optimize", "--trials", "1", "--objective", str(DEMO)],
+                                     ["report", "--out", "r.html"], ["best"]])
+def test_a_storage_that_cannot_be_reached_is_one_error_line_without_its_password(tmp_path, url, command):
+    """A real connection attempt (nothing listens on port 1): the driver's own message quotes the URL's parts."""
+    result = subprocess.run([sys.executable, "-m", "smart_tuner", *command, "--study", "s", "--storage", url],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    assert "***" in result.stderr and "Traceback" not in result.stderr

@@ -1,13 +1,19 @@
-"""Two trainings on one machine: does their summed throughput hold up against one alone?
+"""Several trainings on one machine at once: does their summed throughput hold up against one alone?
 
-Usage: python benchmarks/shared_cores.py [--preset demo] [--steps 40] [--warmup 5] [--rounds 2] [--set key=value ...]
+Usage: python benchmarks/shared_cores.py [--preset demo] [--steps 40] [--warmup 5] [--rounds 2]
+                                         [--counts 1,2,4,8] [--set key=value ...]
 
-Runs, alternated for --rounds rounds: one training alone (``train.num_threads: 0``: it is the only member of the
-share, so it takes every core); two started together, each with every core (``train.num_threads`` = the core
-count: what each process did before the share); and two started together with ``train.num_threads: 0`` (the
-share: each takes half). Each training is its own process on the real data path (the demo corpus unless --set
-data.corpus) and is timed over its last ``steps`` steps (see train_speed.py). Prints each process's steps/s and
-mel frames/s, and the sum of a pair against one alone: the goal is a sum >= 80% of one alone.
+Default: runs, alternated for --rounds rounds, one training alone (``train.num_threads: 0``: it is the only member
+of the share, so it takes every core); two started together, each with every core (``train.num_threads`` = the
+core count: what each process did before the share); and two started together with ``train.num_threads: 0`` (the
+share: each takes half). Goal: a pair's sum >= 80% of one alone.
+
+With --counts K1,K2,...: K trainings started together for each K, sharing the cores; on a GPU machine add
+``--set train.device=cuda`` and this is trial packing on one GPU (``optimize --trials-per-gpu K``): the summed
+steps/s against K = 1 (goal on a GPU: >= 4x at the best K).
+
+Each training is its own process on the real data path (the demo corpus unless --set data.corpus) and is timed
+over its last ``steps`` steps (see train_speed.py). Prints each process's steps/s and mel frames/s.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--counts", help="K trainings at once for each K (default: the three cases above)")
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
@@ -78,7 +85,10 @@ def main() -> None:
     from smart_tuner.data.dataset import prepare_data
 
     prepare_data(build_config(merge({"preset": args.preset}, parse_set_overrides(args.set))))
-    cases = {"one alone": (0, 1), f"two, {cores} threads each": (cores, 2), "two, sharing the cores": (0, 2)}
+    if args.counts:
+        cases = {f"{k} at once": (0, k) for k in (int(c) for c in args.counts.split(","))}
+    else:
+        cases = {"one alone": (0, 1), f"two, {cores} threads each": (cores, 2), "two, sharing the cores": (0, 2)}
     sums: dict[str, list[float]] = {name: [] for name in cases}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
@@ -89,11 +99,11 @@ def main() -> None:
                 sums[name].append(sum(rates))
                 print(f"round {round_ + 1}, {name}: steps/s {' + '.join(f'{r:.2f}' for r in rates)} = "
                       f"{sum(rates):.2f}; {frames:,.0f} mel frames/s", flush=True)
-    alone = statistics.median(sums["one alone"])
+    first = statistics.median(next(iter(sums.values())))
     print(f"\n{cores} cores, preset {args.preset}, {args.steps} timed steps, medians of {args.rounds} rounds:")
     for name, values in sums.items():
         print(f"  {name:28s} {statistics.median(values):6.2f} steps/s in all = "
-              f"{statistics.median(values) / alone:.2f} x one alone")
+              f"{statistics.median(values) / first:.2f} x {next(iter(sums))}")
 
 
 if __name__ == "__main__":

@@ -97,7 +97,9 @@ def _launch_ranks(args: argparse.Namespace, run_dir: Path) -> int:
                f"--max-restarts={args.max_restarts}", "-m", "smart_tuner", *argv, "--run-dir", str(run_dir)]
     log.info("starting %d ranks with torchrun, run dir %s", args.nproc, run_dir)
     # torchrun would set OMP_NUM_THREADS=1 with a banner; the ranks divide the cores themselves (smart_tuner.cores).
-    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    # A rank that dies of a fatal signal prints its Python stack (faulthandler): the one clue to what happened.
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONFAULTHANDLER": "1"}
+    process = subprocess.Popen(command, env=env)
     try:
         return process.wait()
     except KeyboardInterrupt:  # Ctrl-C reached torchrun too; let it stop its ranks

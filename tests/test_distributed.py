@@ -77,6 +77,11 @@ def test_two_ranks_of_batch_8_follow_one_process_of_batch_16(corpus_en, tmp_path
     assert double.stdout.count("completed at step 30") == 1
     checkpoint = torch.load(two / "checkpoints" / "last.pt", weights_only=True)
     assert len(checkpoint["rng_ranks"]) == 2 and len(set(checkpoint["fingerprints"])) == 1
+    # Resumed by one process: it goes on, and says what changes.
+    resumed = train(tmp_path, config, two, "--resume", "--max-steps", 35)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming a checkpoint of 2 rank(s) with 1" in resumed.stderr
+    assert [m["step"] for m in records(two, "metrics.jsonl")][-2:] == [30, 35]
 
 
 def test_a_nan_on_rank_1_only_is_skipped_by_both_and_a_rollback_keeps_them_equal(corpus_en, tmp_path):

@@ -95,6 +95,7 @@ class Group:
     def stop(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+        _store.clear()  # a store left for interpreter exit aborts the process (its threads are still joinable)
 
     # ------------------------------------------------------------------------------------- collectives
     @property

@@ -108,6 +108,13 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL,
     raise AssertionError("unreachable")
 
 
+def unreadable(url: str, exc: BaseException) -> StudyError:
+    """The one-line error for a storage whose studies cannot be read (the driver's first line, passwords out)."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return StudyError(f"storage {redact_url(url)}: cannot read studies from it ({type(exc).__name__}: "
+                      f"{redact_url(first)[:200]})")
+
+
 def open_storage_readonly(url: str) -> optuna.storages.RDBStorage:
     """An RDB storage for reading only: never creating tables (in a file that is no Optuna study, say an MLflow
     database), and a SQLite file opened read-only, so that a reader cannot change it. The file must exist."""
@@ -129,9 +136,7 @@ def open_storage_readonly(url: str) -> optuna.storages.RDBStorage:
             storage = optuna.storages.RDBStorage(engine_url, skip_compatibility_check=True, skip_table_creation=True)
             storage.get_all_studies()
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or database
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise StudyError(f"storage {redact_url(url)}: cannot read studies from it ({type(exc).__name__}: "
-                         f"{redact_url(first)[:200]})") from None
+        raise unreadable(url, exc) from None
     if storage is None:
         raise StudyError(f"storage {redact_url(url)}: not an Optuna study storage (it has no studies table); name "
                          "the study's storage with --storage")

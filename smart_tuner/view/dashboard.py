@@ -35,7 +35,7 @@ import optuna
 
 from ..config import redact_url
 from ..paths import mlflow_artifact_root, sqlite_file, study_artifact_dir
-from ..study.storage import StudyError, storage_url
+from ..study.storage import StudyError, storage_url, unreadable
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,7 @@ def open_dashboard_storage(url: str) -> Any:
         storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
         storage.get_all_studies()
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or database
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise StudyError(f"storage {redact_url(url)}: cannot read studies from it ({type(exc).__name__}: "
-                         f"{redact_url(first)[:200]})") from None
+        raise unreadable(url, exc) from None
     return storage
 
 

@@ -249,11 +249,24 @@ def cmd_data_demo(args: argparse.Namespace) -> int:
     from .data.demo import build_demo_corpus
     from .paths import demo_corpus_dir
 
-    out = Path(args.out) if args.out else demo_corpus_dir(args.lang, args.size)
+    out = Path(args.out) if args.out else demo_corpus_dir(args.lang, args.size, args.words)
     start = time.perf_counter()
-    path = build_demo_corpus(out, lang=args.lang, size=args.size, seed=args.seed, force=args.force)
-    print(f"demo corpus ({args.lang}, {args.size} sentences) in {path} [{time.perf_counter() - start:.1f} s]")
+    path = build_demo_corpus(out, lang=args.lang, size=args.size, seed=args.seed, force=args.force, words=args.words)
+    print(f"demo corpus ({args.lang}, {args.size} utterances of {args.words[0]}-{args.words[1]} words) in {path} "
+          f"[{time.perf_counter() - start:.1f} s]")
     return 0
+
+
+def word_range(text: str) -> tuple[int, int]:
+    """``LOW-HIGH`` -> (low, high), checked as the demo corpus checks it."""
+    from .data.demo import check_words
+
+    try:
+        low, high = (int(part) for part in text.split("-"))
+        return check_words((low, high))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc) if "words" in str(exc) else
+                                         f"{text!r}: give LOW-HIGH, e.g. 15-30") from None
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
@@ -409,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=at_least(1, int), default=400, help="number of sentences")
     demo.add_argument("--seed", type=int, default=1234)
     demo.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    demo.add_argument("--words", type=word_range, default=(3, 12), metavar="LOW-HIGH",
+                      help="words per utterance (default 3-12, one sentence); more makes utterances of several "
+                           "sentences, e.g. 15-30 (about 5 s each), for harder alignment")
     demo.set_defaults(func=cmd_data_demo)
     check = data.add_parser("check", help="validate an LJSpeech-format corpus and list bad lines")
     check.add_argument("corpus")

@@ -128,6 +128,8 @@ class DataConfig:
     corpus: str | None = fixed(None)  # LJSpeech-format dir; None builds and uses the demo corpus
     demo_lang: str = fixed("en", choices=("en", "ru"))  # language of the demo corpus when no corpus is given: en | ru
     demo_size: int = fixed(400, ge=1)  # sentences in the demo corpus
+    # Words per demo utterance [low, high]; above the default, utterances of several sentences (harder alignment)
+    demo_words: list[int] = fixed(factory=lambda: [3, 12], length=2, items={"ge": 1, "le": 200})
     lowercase: bool = fixed(True)  # lowercase texts before building the symbol table
     max_bad_share: float = setting(0.1, ge=0, le=1)  # refuse a corpus with more bad lines than this share
     val_size: int = fixed(16, ge=1)  # utterances held out for validation
@@ -465,6 +467,8 @@ def validate(config: Config) -> None:
         _check_field(key, value, f.metadata.get("rules", {}))
     checks = [
         (config.audio.fmin < config.audio.fmax, "audio.fmin must be < audio.fmax"),
+        (config.data.demo_words[0] <= config.data.demo_words[1] and config.data.demo_words[1] >= 3,
+         "data.demo_words must be [low, high] with low <= high and high >= 3"),
         (not config.train.freeze_modules or config.train.freeze_steps > 0,
          "train.freeze_modules needs train.freeze_steps > 0 (how many steps they stay fixed)"),
         (config.audio.fmax <= config.audio.sample_rate / 2, "audio.fmax must be <= audio.sample_rate / 2"),

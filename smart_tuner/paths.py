@@ -28,9 +28,11 @@ TRACKING_ENV = "MLFLOW_TRACKING_URI"
 CORE_SHARE_ENV = "SMART_TUNER_CORE_SHARE"
 
 
-def demo_corpus_dir(lang: str, size: int) -> Path:
-    """Where the demo corpus of a language and size lives unless told otherwise: ``$SMART_TUNER_DATA`` or ./data."""
-    return Path(os.environ.get(DATA_ENV) or "data") / f"demo-{lang}-{size}"
+def demo_corpus_dir(lang: str, size: int, words: tuple[int, int] | list[int] | None = None) -> Path:
+    """Where the demo corpus of a language, size (and a word range other than the default one-sentence
+    utterances) lives unless told otherwise: ``$SMART_TUNER_DATA`` or ./data."""
+    suffix = f"-w{words[0]}-{words[1]}" if words is not None and tuple(words) != (3, 12) else ""
+    return Path(os.environ.get(DATA_ENV) or "data") / f"demo-{lang}-{size}{suffix}"
 
 
 def core_share_dir() -> Path:

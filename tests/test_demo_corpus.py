@@ -168,3 +168,36 @@ def test_synthesizer_output_and_unknown_voice():
         synth.synthesize("hello", "no-such-voice")
     # The failed selection does not break later calls.
     assert len(synth.synthesize("hello", "en-us")) > 0
+
+
+# ------------------------------------------------------------------------------------ longer utterances
+def test_a_word_range_makes_longer_utterances_and_the_default_is_unchanged():
+    default = generate_sentences("en", 30, seed=7)
+    assert generate_sentences("en", 30, seed=7, words=(3, 12)) == default  # existing corpora stay as they were
+    long = generate_sentences("en", 30, seed=7, words=(15, 30))
+    assert len(set(long)) == 30 and all(15 <= len(t.split()) <= 30 for t in long)
+    assert sum(t.count(".") + t.count("?") + t.count("!") for t in long) >= 2 * 30  # several sentences each
+    assert generate_sentences("en", 10, seed=7, words=(15, 30)) == long[:10]  # a prefix, as for the default
+    ru = generate_sentences("ru", 10, seed=7, words=(20, 40))
+    assert all(20 <= len(t.split()) <= 40 for t in ru)
+    for bad in [(30, 15), (0, 5), (1, 2), (10, 500)]:
+        with pytest.raises(ValueError, match="LOW-HIGH"):
+            generate_sentences("en", 5, words=bad)
+
+
+def test_data_demo_words_writes_long_utterances_in_their_own_directory(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("SMART_TUNER_DATA", str(tmp_path / "data"))
+    result = subprocess.run([sys.executable, "-m", "smart_tuner", "data", "demo", "--size", "3", "--words", "15-30"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "data" / "demo-en-3-w15-30"
+    rows = [line.split("|") for line in (out / "metadata.csv").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 3 and all(15 <= len(text.split()) <= 30 for _, text, _ in rows)
+    seconds = [sf.info(out / "wavs" / f"{uid}.wav").duration for uid, _, _ in rows]
+    assert min(seconds) > 3.0, seconds  # a default utterance lasts about 1-3 s
+    bad = subprocess.run([sys.executable, "-m", "smart_tuner", "data", "demo", "--size", "3", "--words", "30-15"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert bad.returncode == 2 and "LOW-HIGH" in bad.stderr.splitlines()[-1]

@@ -240,10 +240,11 @@ def resolve_corpus_dir(config: Config) -> Path:
         return Path(config.data.corpus)
     from .demo import build_demo_corpus
 
-    out = demo_corpus_dir(config.data.demo_lang, config.data.demo_size)
+    words = tuple(config.data.demo_words)
+    out = demo_corpus_dir(config.data.demo_lang, config.data.demo_size, words)
     if not (out / "metadata.csv").is_file():
         log.info("building the demo corpus in %s (once)", out)
-    return build_demo_corpus(out, lang=config.data.demo_lang, size=config.data.demo_size)
+    return build_demo_corpus(out, lang=config.data.demo_lang, size=config.data.demo_size, words=words)
 
 
 def prepare_data(config: Config, run_dir: Path | None = None) -> PreparedData:

@@ -36,7 +36,9 @@ GENERATOR_VERSION = 1
 SAMPLE_RATE = 22050  # LJSpeech's rate, which the Tacotron 2 configs expect
 VOICES = {"en": "en-us", "ru": "ru"}
 SUPPORTED_LANGS = tuple(VOICES)
-MIN_WORDS, MAX_WORDS = 3, 12
+MIN_WORDS, MAX_WORDS = 3, 12  # of one template sentence
+DEFAULT_WORDS = (MIN_WORDS, MAX_WORDS)  # an utterance of the default demo corpus: one sentence
+MAX_UTTERANCE_WORDS = 200
 _GENERATOR_NAME = "smart_tuner.data.demo"
 
 # --------------------------------------------------------------------------- English
@@ -218,30 +220,50 @@ def _check_lang(lang: str) -> None:
         raise ValueError(f"unsupported demo language {lang!r}; supported: {supported}")
 
 
-def generate_sentences(lang: str = "en", size: int = 400, seed: int = 1234) -> list[str]:
-    """`size` distinct sentences of MIN_WORDS..MAX_WORDS words; same arguments, same list.
+def check_words(words: tuple[int, int]) -> tuple[int, int]:
+    """A valid (low, high) word range of an utterance."""
+    low, high = words
+    if not (1 <= low <= high <= MAX_UTTERANCE_WORDS) or high < MIN_WORDS:
+        raise ValueError(f"words {low}-{high}: give LOW-HIGH with 1 <= LOW <= HIGH <= {MAX_UTTERANCE_WORDS} and "
+                         f"HIGH >= {MIN_WORDS}")
+    return low, high
 
-    Sentences are drawn one by one from a `random.Random(seed)`, so a smaller corpus
-    is a prefix of a larger one with the same seed.
+
+def generate_sentences(lang: str = "en", size: int = 400, seed: int = 1234,
+                       words: tuple[int, int] = DEFAULT_WORDS) -> list[str]:
+    """`size` distinct utterances of `words` = (low, high) words; same arguments, same list.
+
+    With the default range each utterance is one sentence of MIN_WORDS..MAX_WORDS words. A longer range makes
+    utterances of several sentences in a row (for harder alignment: longer than the demo's), each drawn until the
+    utterance holds at least `low` words and kept when it holds at most `high`. Utterances are drawn one by one
+    from a `random.Random(seed)`, so a smaller corpus is a prefix of a larger one with the same seed and range.
     """
     _check_lang(lang)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be an integer >= 1, got {size!r}")
+    low, high = check_words(words)
     rng = random.Random(seed)
     templates = _TEMPLATES[lang]
+
+    def sentence() -> str:
+        text = rng.choice(templates)(rng)
+        return text[0].upper() + text[1:]
+
     sentences: list[str] = []
     seen: set[str] = set()
     # There are millions of combinations, so duplicates are rare and this bound only
     # trips for absurd sizes.
     for _ in range(100 * size + 1000):
-        text = rng.choice(templates)(rng)
-        text = text[0].upper() + text[1:]
-        if text not in seen and MIN_WORDS <= len(text.split()) <= MAX_WORDS:
+        parts = [sentence()]
+        while sum(len(p.split()) for p in parts) < low:
+            parts.append(sentence())
+        text = " ".join(parts)
+        if text not in seen and max(low, MIN_WORDS) <= len(text.split()) <= high:
             seen.add(text)
             sentences.append(text)
             if len(sentences) == size:
                 return sentences
-    raise ValueError(f"cannot generate {size} distinct {lang!r} sentences")
+    raise ValueError(f"cannot generate {size} distinct {lang!r} utterances of {low}-{high} words")
 
 
 def _read_manifest(path: Path) -> dict | None:
@@ -295,6 +317,7 @@ def build_demo_corpus(
     size: int = 400,
     seed: int = 1234,
     force: bool = False,
+    words: tuple[int, int] = DEFAULT_WORDS,
 ) -> Path:
     """Build (once) an LJSpeech-format demo corpus and return its directory.
 
@@ -304,10 +327,13 @@ def build_demo_corpus(
     that is not an (empty or) demo corpus is never touched: it raises ValueError.
     """
     _check_lang(lang)
-    sentences = generate_sentences(lang, size, seed)  # also validates size
-    out_dir = Path(out_dir) if out_dir is not None else demo_corpus_dir(lang, size)
+    words = tuple(words)
+    sentences = generate_sentences(lang, size, seed, words)  # also validates size and words
+    out_dir = Path(out_dir) if out_dir is not None else demo_corpus_dir(lang, size, words)
     wanted = {"generator": _GENERATOR_NAME, "generator_version": GENERATOR_VERSION,
               "lang": lang, "size": size, "seed": seed, "sample_rate": SAMPLE_RATE}
+    if words != DEFAULT_WORDS:  # (a default corpus's manifest stays as it was: existing corpora still match)
+        wanted["words"] = list(words)
 
     def matches(found: dict | None) -> bool:
         return found is not None and all(found.get(k) == v for k, v in wanted.items()) \

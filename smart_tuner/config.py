@@ -246,7 +246,9 @@ class GaAdapterConfig:
     """Guided-attention weight adapter, driven by validation diagonality at each evaluation."""
 
     enabled: bool = True
-    metric: str = setting("diagonality", choices=("diagonality", "infer_diagonality"))  # diagonality (teacher-forced) | infer_diagonality (free-running)
+    # diagonality (teacher-forced) | infer_diagonality (free-running) | worse (the lower of the two: a model that
+    # aligns teacher-forced but cannot speak free-running still counts as misaligned)
+    metric: str = setting("diagonality", choices=("diagonality", "infer_diagonality", "worse"))
     critical: float = setting(0.1, ge=0, le=1)
     critical_boost: float = setting(2.0, ge=1)
     critical_cap: float = setting(20.0, ge=0)

@@ -173,6 +173,19 @@ def test_ga_adapter_can_follow_free_running_diagonality():
     assert controls(decisions) == {"ga_weight": pytest.approx(4.0)}
 
 
+@pytest.mark.parametrize("tf, fr, expected", [
+    (0.9, 0.05, 4.0),  # aligned teacher-forced, mute free-running: the free-running value drives (critical boost)
+    (0.2, 0.9, 2.4),  # the other way round: the teacher-forced value drives (low boost)
+    (0.75, 0.71, 1.9),  # both above high (0.7): decay
+    (0.75, 0.7, 2.0),  # the worse one at high exactly: no rule fires
+    (0.9, float("nan"), 1.9),  # no free-running measure (data.val_infer 0): teacher-forced alone
+])
+def test_ga_adapter_on_the_worse_diagonality(tf, fr, expected):
+    adapter = GuidedAttentionAdapter(GaAdapterConfig(metric="worse"))
+    decisions = adapter.on_eval(evaluation(diagonality=tf, infer_diagonality=fr))
+    assert controls(decisions).get("ga_weight", 2.0) == pytest.approx(expected)
+
+
 # ------------------------------------------------------------------------------------------ gradient health
 def test_vanishing_gradients_ask_for_a_rollback_after_patience_consecutive_steps():
     adapter = GradientHealthAdapter(GradAdapterConfig(vanish_eps=1e-8, vanish_patience=3))

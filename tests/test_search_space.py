@@ -13,6 +13,7 @@ from smart_tuner.study.space import (
     PRUNERS,
     SAMPLERS,
     Dimension,
+    ObjectiveFormula,
     ObjectiveSpec,
     PruningSpec,
     SearchSpaceError,
@@ -138,6 +139,8 @@ def test_unknown_config_key_lists_close_matches(tmp_path):
     ("objective: {ga_penalty: -1.0}\n", "objective.ga_penalty: ", ">= 0"),
     ("objective: {ga_penalty: high}\n", "objective.ga_penalty: ", "a number"),
     ("objective: {ga_penalty: true}\n", "objective.ga_penalty: ", "a number"),
+    ("objective: {stop_penalty: -0.5}\n", "objective.stop_penalty: ", ">= 0"),
+    ("objective: {alignment: synthesis}\n", "objective.alignment: ", "teacher_forced, free_running, worse"),
     ("objective: {penalty: 1.0}\n", "objective: ", "unknown field 'penalty'"),
     ("pruning: {pruner: mediam}\n", "pruning.pruner: ", "'mediam'"),
     ("pruning: {warmup_steps: -1}\n", "pruning.warmup_steps: ", "integer >= 0"),
@@ -408,7 +411,7 @@ def test_dataclasses_hold_what_the_file_says(tmp_path):
           train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
           adapters.lr.patience: {type: int, low: 2, high: 12, step: 2}
           model.r: {type: categorical, choices: [3, 4]}
-        objective: {ga_penalty: 0.5}
+        objective: {ga_penalty: 0.5, alignment: worse, stop_penalty: 0.25}
         pruning: {pruner: sha, warmup_steps: 100, startup_trials: 0}
         """))
     assert spec == ObjectiveSpec(
@@ -419,6 +422,27 @@ def test_dataclasses_hold_what_the_file_says(tmp_path):
             Dimension("adapters.lr.patience", "int", low=2, high=12, step=2),
             Dimension("model.r", "categorical", choices=[3, 4]),
         ],
-        ga_penalty=0.5,
+        formula=ObjectiveFormula(ga_penalty=0.5, alignment="worse", stop_penalty=0.25),
         pruning=PruningSpec("sha", 100, 0),
     )
+
+
+@pytest.mark.parametrize("formula, metrics, expected", [
+    (ObjectiveFormula(), {"diagonality": 0.9, "infer_diagonality": 0.1, "infer_stop_rate": 0.0}, 1.0 + 0.1),
+    (ObjectiveFormula(alignment="free_running"), {"diagonality": 0.9, "infer_diagonality": 0.1,
+                                                  "infer_stop_rate": 0.0}, 1.0 + 0.9),
+    (ObjectiveFormula(alignment="worse", stop_penalty=0.5),
+     {"diagonality": 0.9, "infer_diagonality": 0.1, "infer_stop_rate": 0.0}, 1.0 + 0.9 + 0.5),
+    (ObjectiveFormula(alignment="worse", stop_penalty=0.5),
+     {"diagonality": 0.6, "infer_diagonality": 0.95, "infer_stop_rate": 1.0}, 1.0 + 0.4),
+    (ObjectiveFormula(alignment="worse"),  # no free-running measure (data.val_infer: 0): teacher-forced alone
+     {"diagonality": 0.8, "infer_diagonality": float("nan"), "infer_stop_rate": 0.0}, 1.0 + 0.2),
+])
+def test_the_objective_formula(formula, metrics, expected):
+    assert formula.value(1.0, metrics) == pytest.approx(expected)
+
+
+def test_the_formula_names_the_study_metric():
+    assert ObjectiveFormula().describe("postnet") == "val_postnet + 1 * (1 - diagonality)"
+    assert ObjectiveFormula(2.0, "worse", 0.5).describe("postnet") == \
+        "val_postnet + 2 * (1 - min(diagonality, infer_diagonality)) + 0.5 * (1 - infer_stop_rate)"

@@ -1,4 +1,5 @@
-"""Guided-attention weight adapter, driven by validation diagonality at each evaluation.
+"""Guided-attention weight adapter, driven by validation diagonality at each evaluation (``adapters.ga.metric``:
+teacher-forced, free-running, or the worse of the two).
 
     diagonality < critical:  weight *= critical_boost, up to critical_cap
     diagonality < low:       weight *= low_boost, up to low_cap
@@ -48,10 +49,18 @@ class GuidedAttentionAdapter(Adapter):
                 f"diagonality {diagonality:.3f} > {cfg.high:g}: decay x{cfg.decay:g} (floor {cfg.floor:g})"
         return weight, ""
 
+    def measured(self, stats: EvalStats) -> float:
+        """The diagonality the rules read (``metric``): teacher-forced, free-running, or the worse of the two (one
+        that is not a number, for example free-running with ``data.val_infer: 0``, is left out)."""
+        if self.cfg.metric != "worse":
+            return getattr(stats, self.cfg.metric)
+        found = [v for v in (stats.diagonality, stats.infer_diagonality) if math.isfinite(v)]
+        return min(found) if found else float("nan")
+
     def on_eval(self, stats: EvalStats) -> list[Decision]:
         if CONTROL not in stats.loss_weights:  # a model family without guided attention
             return []
-        diagonality = getattr(stats, self.cfg.metric)
+        diagonality = self.measured(stats)
         weight, reason = self.new_weight(stats.loss_weights[CONTROL], diagonality)
         if weight != stats.loss_weights[CONTROL]:
             return [Decision(CONTROL, weight, reason, diagonality)]

@@ -1,9 +1,10 @@
 """One trial of the study: the Optuna objective that trains a config with the adapters on, and its reporting hook.
 
 trial -> params (search space) -> config (base config < --set < params) -> run_training(...) -> value.
-At each evaluation one documented scalar is reported, ``val_<output loss> + ga_penalty * (1 - diagonality)``, the
-output loss being the model family's (Tacotron 2: ``val_postnet``): the mel loss alone does not show whether
-attention aligned, so an unaligned trial is penalized. Optuna's
+At each evaluation one documented scalar is reported (:class:`~smart_tuner.study.space.ObjectiveFormula`:
+``val_<output loss> + ga_penalty * (1 - D) + stop_penalty * (1 - infer_stop_rate)``), the output loss being the
+model family's (Tacotron 2: ``val_postnet``): the mel loss alone does not show whether attention aligned, so an
+unaligned trial is penalized. Optuna's
 pruner decides on it after a warm-up; a pruned trial stops through a ``stop`` decision, so its run directory,
 metrics and events stay complete. A run that fails (rollback budget spent) ends its trial as failed with the
 reason; any other exception fails the trial with its traceback in a user attribute. :class:`TrialOutcome` is the
@@ -32,7 +33,7 @@ from ..train.runner import run_training
 from ..tts import build_family
 from ..watch.previews import list_previews
 from .options import StudyOptions
-from .space import ObjectiveSpec, suggest
+from .space import ObjectiveFormula, ObjectiveSpec, suggest
 from .storage import TrialFailed, allow_experimental, retried_number
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,11 @@ class OptunaReporter(Hook):
 
     name = "optuna"
 
-    def __init__(self, trial: optuna.Trial, ga_penalty: float, output_loss: str,
+    def __init__(self, trial: optuna.Trial, formula: ObjectiveFormula, output_loss: str,
                  inherited: dict[int, float] | None = None):
         # output_loss: the model family's term that measures the final output (ModelFamily.output_loss);
         # inherited: the intermediate values of the trial this one continues, reported again up to its checkpoint
-        self.trial, self.ga_penalty, self.output_loss = trial, ga_penalty, output_loss
+        self.trial, self.formula, self.output_loss = trial, formula, output_loss
         self.inherited = dict(inherited or {})
         self.value: float | None = None
         self.pruned_at: int | None = None
@@ -68,7 +69,7 @@ class OptunaReporter(Hook):
                 self.value = value
 
     def objective_value(self, stats: EvalStats) -> float:
-        return stats.val_losses[self.output_loss] + self.ga_penalty * (1.0 - stats.diagonality)
+        return self.formula.value(stats.val_losses[self.output_loss], stats.metrics())
 
     def on_eval(self, stats: EvalStats) -> list[Decision]:
         value = self.objective_value(stats)
@@ -230,7 +231,7 @@ class Objective:
             run_dir, resume = self.run_dir_for(trial)
             trial.set_user_attr("run_dir", str(run_dir))
             trial.set_user_attr("config", config.to_dict())
-            reporter = OptunaReporter(trial, self.spec.ga_penalty, build_family(config).output_loss,
+            reporter = OptunaReporter(trial, self.spec.formula, build_family(config).output_loss,
                                       inherited=inherited_values(trial) if resume else {})
             hooks: list[Hook] = [reporter, ProgressReporter(trial, config.train.max_steps, self.on_progress)]
             if self.tracker is not None and config.tracking.enabled:

@@ -12,8 +12,10 @@ An objective file (``objectives/*.yaml``) describes one objective::
       adapters.lr.patience: {type: int, low: 2, high: 12}
       train.batch_size: {type: categorical, choices: [8, 16, 24]}
       model.prenet_dims: {type: categorical, choices: [[64, 64], [96, 96]]}
-    objective:
-      ga_penalty: 1.0  # reported value = val_postnet + ga_penalty * (1 - diagonality)
+    objective:         # reported value = val_postnet + ga_penalty * (1 - D) + stop_penalty * (1 - infer_stop_rate)
+      ga_penalty: 1.0
+      alignment: worse     # D: teacher_forced (diagonality) | free_running (infer_diagonality) | worse (the lower)
+      stop_penalty: 0.5
     pruning:
       pruner: median       # median | hyperband | sha | none (the CLI --pruner overrides it)
       warmup_steps: 150    # no trial is pruned before this training step
@@ -26,7 +28,8 @@ config field: an integer field takes ``int`` or ``categorical``, a float field `
 building a config with it, so a value the trainer would refuse is refused here, naming the key. (Two dimensions
 that are only wrong together, such as ``adapters.ga.low`` above a sampled ``adapters.ga.high``, can only fail when
 a trial builds its config: choose ranges that cannot cross.) An empty search space is allowed: it runs the base
-config. Omitted sections take defaults: ``ga_penalty: 1.0``, ``pruner: median``, ``warmup_steps: 0`` and
+config. Omitted sections take defaults: ``ga_penalty: 1.0``, ``alignment: teacher_forced``, ``stop_penalty: 0``
+(the value before free-running alignment entered it), ``pruner: median``, ``warmup_steps: 0`` and
 ``startup_trials: 5`` (Optuna's defaults).
 
 Optuna parameters are named by their dotted key (``train.lr``). Optuna's categorical choices must be None, bool,
@@ -60,7 +63,42 @@ DIMENSION_FIELDS = {
 }
 SAMPLERS = ("tpe", "random", "gp", "cmaes")  # the names --sampler takes; see make_sampler
 PRUNERS = ("median", "hyperband", "sha", "none")  # the names pruning.pruner and --pruner take; see make_pruner
-OBJECTIVE_FIELDS = ("ga_penalty",)
+OBJECTIVE_FIELDS = ("ga_penalty", "alignment", "stop_penalty")
+ALIGNMENTS = {"teacher_forced": ("diagonality",), "free_running": ("infer_diagonality",),
+              "worse": ("diagonality", "infer_diagonality")}
+
+
+@dataclass(frozen=True)
+class ObjectiveFormula:
+    """The value a trial reports at each evaluation (lower is better)::
+
+        val_<output loss> + ga_penalty * (1 - D) + stop_penalty * (1 - infer_stop_rate)
+
+    where D is the validation diagonality that ``alignment`` names: teacher-forced, free-running (the first
+    ``data.val_infer`` validation sentences decoded from their text alone, as synthesis does), or the worse of the
+    two. A model that aligns teacher-forced but cannot speak free-running (no diagonal attention, no stop) then
+    scores as badly as it synthesizes."""
+
+    ga_penalty: float = 1.0
+    alignment: str = "teacher_forced"
+    stop_penalty: float = 0.0
+
+    def diagonality(self, metrics: dict[str, float]) -> float:
+        found = [metrics[k] for k in ALIGNMENTS[self.alignment] if is_finite_number(metrics.get(k))]
+        return min(found) if found else float("nan")
+
+    def value(self, output_loss: float, metrics: dict[str, float]) -> float:
+        value = output_loss + self.ga_penalty * (1.0 - self.diagonality(metrics))
+        if self.stop_penalty:
+            value += self.stop_penalty * (1.0 - metrics["infer_stop_rate"])
+        return value
+
+    def describe(self, output_loss: str) -> str:
+        """The formula as optuna-dashboard names the study's metric."""
+        d = {"teacher_forced": "diagonality", "free_running": "infer_diagonality",
+             "worse": "min(diagonality, infer_diagonality)"}[self.alignment]
+        text = f"val_{output_loss} + {self.ga_penalty:g} * (1 - {d})"
+        return text + (f" + {self.stop_penalty:g} * (1 - infer_stop_rate)" if self.stop_penalty else "")
 PRUNING_FIELDS = ("pruner", "warmup_steps", "startup_trials")
 
 
@@ -91,8 +129,12 @@ class ObjectiveSpec:
     path: str
     config: dict[str, Any]  # the base overrides (the file's `config:` part)
     space: list[Dimension] = field(default_factory=list)
-    ga_penalty: float = 1.0
+    formula: ObjectiveFormula = field(default_factory=ObjectiveFormula)
     pruning: PruningSpec = field(default_factory=PruningSpec)
+
+    @property
+    def ga_penalty(self) -> float:
+        return self.formula.ga_penalty
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -178,13 +220,20 @@ class _Reader:
             raise self.fail("config", str(exc)) from None
         return copy.deepcopy(base)
 
-    def objective(self, data: Any) -> float:
+    def objective(self, data: Any) -> ObjectiveFormula:
         spec = self.mapping("objective", data)
         self.unknown_fields("objective", spec, OBJECTIVE_FIELDS)
-        ga_penalty = spec.get("ga_penalty", 1.0)
-        if not is_finite_number(ga_penalty) or ga_penalty < 0:
-            raise self.fail("objective.ga_penalty", f"expected a number >= 0, got {ga_penalty!r}")
-        return float(ga_penalty)
+        default = ObjectiveFormula()
+        penalties = {}
+        for key in ("ga_penalty", "stop_penalty"):
+            value = spec.get(key, getattr(default, key))
+            if not is_finite_number(value) or value < 0:
+                raise self.fail(f"objective.{key}", f"expected a number >= 0, got {value!r}")
+            penalties[key] = float(value)
+        alignment = spec.get("alignment", default.alignment)
+        if alignment not in ALIGNMENTS:
+            raise self.fail("objective.alignment", f"{alignment!r} is not one of {', '.join(ALIGNMENTS)}")
+        return ObjectiveFormula(alignment=alignment, **penalties)
 
     def pruning(self, data: Any) -> PruningSpec:
         spec = self.mapping("pruning", data)
@@ -320,7 +369,7 @@ def load_objective(path: str | Path) -> ObjectiveSpec:
         path=str(path),
         config=base,
         space=reader.space(data.get("search_space"), base),
-        ga_penalty=reader.objective(data.get("objective")),
+        formula=reader.objective(data.get("objective")),
         pruning=reader.pruning(data.get("pruning")),
     )
 

@@ -76,7 +76,7 @@ def open_study(options: StudyOptions, spec: ObjectiveSpec) -> BudgetedStudy:
 
 def objective_name(spec: ObjectiveSpec, base: Config) -> str:
     """The study's metric name, as optuna-dashboard shows it: what a trial reports."""
-    return f"val_{build_family(base).output_loss} + {spec.ga_penalty:g} * (1 - diagonality)"
+    return spec.formula.describe(build_family(base).output_loss)
 
 
 def _run_trials(study: BudgetedStudy, objective: Objective, trials: int | None, deadline: float | None,

@@ -83,6 +83,8 @@ def _launch_ranks(args: argparse.Namespace, run_dir: Path) -> int:
     """``train --nproc N``: this command again under torchrun, N ranks on this machine, one run directory."""
     import subprocess
 
+    from .train.distributed import SHUTDOWN_TIMEOUT
+
     argv, skip = [], False
     for i, item in enumerate(args.argv):
         if skip:
@@ -94,7 +96,8 @@ def _launch_ranks(args: argparse.Namespace, run_dir: Path) -> int:
             continue
         argv.append(item)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-               f"--max-restarts={args.max_restarts}", "-m", "smart_tuner", *argv, "--run-dir", str(run_dir)]
+               f"--max-restarts={args.max_restarts}", f"--shutdown-timeout={SHUTDOWN_TIMEOUT}", "-m", "smart_tuner",
+               *argv, "--run-dir", str(run_dir)]
     log.info("starting %d ranks with torchrun, run dir %s", args.nproc, run_dir)
     # torchrun would set OMP_NUM_THREADS=1 with a banner; the ranks divide the cores themselves (smart_tuner.cores).
     # A rank that dies of a fatal signal prints its Python stack (faulthandler): the one clue to what happened.

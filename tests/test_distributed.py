@@ -198,3 +198,25 @@ def _cmdline(proc: Path) -> bytes:
         return (proc / "cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_a_failed_two_rank_trial_is_failed_in_the_study_and_ends_its_worker(corpus_en, tmp_path):
+    """A failure may strike one rank only (a full disk, a storage error): after any failed trial the group's
+    ranks are no longer trusted to call the same collectives, so the trial is FAIL (never left RUNNING) and the
+    worker stops, leaving no process behind."""
+    from optuna.trial import TrialState
+
+    from smart_tuner.study.workers import optimize
+
+    from .test_study import objective_file, options
+
+    path = objective_file(tmp_path, corpus_en, train={"max_steps": 20, "num_threads": 1},
+                          space={"train.lr": {"type": "categorical", "choices": [3e-3]}},
+                          pruning={"pruner": "none"},
+                          extra={"faults": {"nan_loss_at": [3, 4, 5]}, "adapters": {"max_rollbacks": 0}})
+    study = optimize(options(tmp_path, path, trials=3, gpus="0,1", gpus_per_trial=2), progress=False)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL]  # the worker stopped after it
+    assert "rollback budget spent" in trials[0].user_attrs["failure"]
+    left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(path).encode() in _cmdline(p)]
+    assert not left, "a worker or rank process was left behind"

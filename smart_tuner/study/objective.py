@@ -239,7 +239,7 @@ class Objective:
                 hooks.append(mlflow_run)
             if resume:
                 log.info("trial %d continues %s from its last checkpoint", trial.number, run_dir)
-            self.group.share((config.to_dict(), str(run_dir), resume))  # the other ranks train it with this one
+            self.group.announce((config.to_dict(), str(run_dir), resume))  # the other ranks train it with this one
             try:
                 result = run_training(config, run_dir, resume=resume, extra_hooks=hooks, progress=False)
             finally:
@@ -253,10 +253,15 @@ class Objective:
             outcome = TrialOutcome.of_exception(exc)
         if outcome.state == "interrupted":
             requeue(trial)
-        if self.group.broken:  # this trial's ranks lost each other: the worker cannot train another trial
+        if self.group.distributed and outcome.state == "fail":
+            # A failure may have struck one rank only (a full disk, a storage error, out of memory): the ranks may
+            # no longer call the same collectives, so this worker's group trains no other trial.
+            self.group.mark_broken(f"trial {trial.number} failed")
+        if self.group.broken:
             trial.set_user_attr("failure", outcome.reason)
             if mlflow_run is not None:
                 mlflow_run.set_outcome("fail", outcome.reason)
+            trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)  # GroupLost passes by Optuna's handling
             raise GroupLost(f"trial {trial.number}: {outcome.reason}")
         return outcome.record(trial, mlflow_run)
 

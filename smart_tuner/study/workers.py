@@ -27,7 +27,7 @@ from .. import interrupts
 from ..config import Config, build_config, flatten, is_finite_number, parse_set_overrides, redact_url
 from ..tts import build_family
 from .objective import Objective, trial_base
-from ..train.distributed import Group
+from ..train.distributed import SHUTDOWN_TIMEOUT, Group, GroupLost
 from ..train.runner import run_training
 from .options import StudyOptions
 from .space import ObjectiveSpec, load_objective, make_pruner, make_sampler, reference_params
@@ -115,24 +115,29 @@ def run_worker(options: StudyOptions) -> None:
         study = open_study(options, spec)
         tracker = study_tracker(options, trial_base(spec, options))
         _run_trials(study, Objective(spec, options, tracker, group=group), options.trials, options.deadline)
+    except GroupLost as lost:
+        log.error("this worker's ranks lost lock-step (%s); it stops, the other workers go on", lost)
+        raise SystemExit(1) from None
     finally:
         if group.distributed:
-            group.share(None)  # the study is done here: the other ranks stop following
+            if not group.broken:
+                group.announce(None)  # the study is done here: the other ranks stop following
             group.stop()
 
 
 def follow_trials(group: Group) -> None:
     """Ranks other than 0 of a multi-GPU trial: train each trial rank 0 announces, until it announces none."""
     while True:
-        trial = group.share(None)
+        trial = group.announce(None)
         if trial is None:
             return
         config, run_dir, resume = trial
         try:
-            run_training(build_config(config), run_dir, resume=resume, progress=False)
+            result = run_training(build_config(config), run_dir, resume=resume, progress=False)
         except Exception as exc:  # rank 0 fails the trial (it ran into the same error or a GroupError)
             log.error("rank %d: the trial in %s failed: %s: %s", group.rank, run_dir, type(exc).__name__, exc)
-        if group.broken:
+            return  # as rank 0 does after a failed trial: this group trains no other
+        if result.status == "failed" or group.broken:
             return
 
 
@@ -278,7 +283,8 @@ def _run_worker_processes(options: StudyOptions, study: optuna.Study, bar: tqdm,
         argv = dataclasses.replace(options, seed=seed, trials=trials).worker_argv()
         launcher = [sys.executable]
         if options.gpus_per_trial > 1:  # a group of ranks, one per GPU of the slot (rank 0 talks to Optuna)
-            launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={options.gpus_per_trial}"]
+            launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={options.gpus_per_trial}",
+                         f"--shutdown-timeout={SHUTDOWN_TIMEOUT}"]
             env.setdefault("OMP_NUM_THREADS", "1")  # the ranks divide the cores themselves (smart_tuner.cores)
         procs.append(subprocess.Popen([*launcher, "-m", "smart_tuner", "worker", *argv], env=env,
                                       start_new_session=True))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -23,6 +24,9 @@ import torch.distributed as dist
 
 T = TypeVar("T")
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+# Seconds torchrun waits, after passing a signal on, before it kills the ranks: room for the step, an evaluation
+# and the checkpoint the stop writes (its default, 30 s, can cut a large model's checkpoint short).
+SHUTDOWN_TIMEOUT = 300
 
 
 class GroupError(RuntimeError):
@@ -83,6 +87,9 @@ class Group:
             return
         if device.type == "cuda":
             torch.cuda.set_device(device)
+            # NCCL returns before a collective completes; blocking waits make a dead or hung rank an error here,
+            # within train.dist_timeout, instead of a watchdog abort (the host syncs every step anyway).
+            os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
         backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = datetime.timedelta(seconds=self.timeout)
         # torchrun's store outlives a restart of the group: keys of this attempt under a prefix of their own, so
@@ -112,6 +119,26 @@ class Group:
             raise GroupError(f"rank {self.rank} of {self.world_size}: {what} failed, or found no answer within "
                              f"train.dist_timeout={self.timeout:g} s (another rank died or hangs): "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+    def mark_broken(self, why: str) -> None:
+        """This process's group can no longer be trusted to call the same collectives on every rank."""
+        _broken.append(why)
+
+    def announce(self, obj: Any, hours: float = 24.0) -> Any:
+        """Rank 0's ``obj`` on every rank through the store: for waits with no bound known in advance (a study's
+        next trial comes after rank 0's tracking uploads and sampling), which a collective would time out."""
+        if not self.distributed:
+            return obj
+        _waits[0] += 1
+        key = f"announce/{_waits[0]}"
+        if self.is_main:
+            _store[0].set(key, pickle.dumps(obj))
+            return obj
+        try:
+            _store[0].wait([key], datetime.timedelta(hours=hours))
+        except RuntimeError as exc:
+            raise GroupError(f"rank {self.rank}: no word from rank 0 within {hours:g} h: {exc}") from None
+        return pickle.loads(_store[0].get(key))
 
     def after_main(self, work: Callable[[], T], hours: float = 24.0) -> T:
         """``work()`` on rank 0 first, then on the other ranks (building the feature cache once: that may take
@@ -147,9 +174,10 @@ class Group:
         statistics, updated by each rank's own batch) averaged in place: one all-reduce of one flat buffer."""
         if not self.distributed:
             return
-        trainable = [p for p in params if p.requires_grad]
+        # A parameter without a gradient has none on every rank (the same graph): it stays out, as in one process.
+        trainable = [p for p in params if p.requires_grad and p.grad is not None]
         floating = [b for b in buffers if b.is_floating_point()]
-        parts = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trainable] + floating
+        parts = [p.grad for p in trainable] + floating
         if not parts:
             return
         flat = torch.cat([t.reshape(-1).float() for t in parts])

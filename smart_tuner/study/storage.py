@@ -170,8 +170,9 @@ class StudyFull(Exception):
 
 @contextlib.contextmanager
 def study_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterator[None]:
-    """Held by one process at a time, on every machine sharing the storage: the budget check and the creation of a
-    trial happen under it, so that concurrent workers never overshoot ``--study-trials``. SQLite: ``flock`` on the
+    """Held by one process at a time, on every machine sharing the storage: the budget check and the creation (or
+    taking) of a trial happen under it, so that concurrent workers never overshoot ``--study-trials`` nor take the
+    same waiting trial. SQLite: ``flock`` on the
     database file (independent of SQLite's own locks; every process of a SQLite study is on one machine);
     PostgreSQL: a session advisory lock; another database: no lock (the budget may be overshot by a worker)."""
     database = _sqlite_file_or_none(str(storage.engine.url))
@@ -208,12 +209,14 @@ class BudgetedStudy(optuna.Study):
         self.rdb, self.study_trials = storage, study_trials
 
     def ask(self, fixed_distributions: Any = None) -> optuna.Trial:
-        if self.study_trials is None:
-            return super().ask(fixed_distributions)
+        # Always under the study's lock: Optuna takes a waiting trial with a read and then a write, which two
+        # processes on one SQLite file can both win (seen: two workers started together both ran the enqueued
+        # reference trial 0).
         with study_lock(self.rdb, self.study_name):
-            trials = study_trials(self)
-            if not trials.waiting and trials.counted >= self.study_trials:
-                raise StudyFull(f"the study holds {trials.counted} of --study-trials {self.study_trials} trials")
+            if self.study_trials is not None:
+                trials = study_trials(self)
+                if not trials.waiting and trials.counted >= self.study_trials:
+                    raise StudyFull(f"the study holds {trials.counted} of --study-trials {self.study_trials} trials")
             return super().ask(fixed_distributions)
 
 

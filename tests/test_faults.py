@@ -72,6 +72,15 @@ def wait_for(condition, what, timeout=120, proc=None):
     pytest.fail(f"timed out waiting for {what}")
 
 
+def first_trial_evaluated(storage, study="s"):
+    """Whether the study's first trial has reported a value (False while the study does not exist yet)."""
+    try:
+        trials = optuna.load_study(study_name=study, storage=storage).get_trials()
+    except Exception:  # noqa: BLE001 - the study is not created yet
+        return False
+    return bool(trials and trials[0].intermediate_values)
+
+
 def checkpoint_step(run_dir):
     return torch.load(Path(run_dir) / "checkpoints" / "last.pt", weights_only=True)["step"]
 
@@ -129,14 +138,7 @@ def test_sigint_during_optimize_fails_the_trial_as_interrupted_and_the_retry_res
               "--no-progress"]
     proc = start(tmp_path, "optimize", "--trials", 3, *common)
 
-    def first_values():
-        try:
-            trials = optuna.load_study(study_name="s", storage=storage).get_trials()
-        except Exception:  # noqa: BLE001 - the study is not created yet
-            return False
-        return bool(trials and trials[0].intermediate_values)
-
-    wait_for(first_values, "the first trial's first evaluation", timeout=600, proc=proc)
+    wait_for(lambda: first_trial_evaluated(storage), "the first trial's first evaluation", timeout=600, proc=proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -172,14 +174,7 @@ def test_a_second_sigint_during_optimize_exits_at_once_and_leaves_no_trial_runni
     proc = start(tmp_path, "optimize", "--trials", 2, "--objective", path, "--storage", storage, "--study", "s",
                  "--runs-dir", tmp_path / "runs", "--no-progress")
 
-    def running():
-        try:
-            trials = optuna.load_study(study_name="s", storage=storage).get_trials()
-        except Exception:  # noqa: BLE001 - the study is not created yet
-            return False
-        return bool(trials and trials[0].intermediate_values)
-
-    wait_for(running, "the first trial's first evaluation", timeout=600, proc=proc)
+    wait_for(lambda: first_trial_evaluated(storage), "the first trial's first evaluation", timeout=600, proc=proc)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
     started = time.time()

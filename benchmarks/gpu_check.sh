@@ -34,4 +34,4 @@ run train_speed_demo 60 $PY benchmarks/train_speed.py --preset demo --steps 40 -
 run trial_packing 120 $PY benchmarks/shared_cores.py --counts 1,2,4,8 --rounds 1 --steps 40 --warmup 10 \
     --set train.device=cuda
 # The GPU code paths of the tests (CUDA is used where present).
-run tests 60 $PY -m pytest -q -x tests/test_model.py tests/test_trainer.py -k "not slow"
+run tests 60 $PY -m pytest -q -x tests/test_model.py tests/test_trainer.py -m "not slow"

@@ -83,7 +83,7 @@ def _launch_ranks(args: argparse.Namespace, run_dir: Path) -> int:
     """``train --nproc N``: this command again under torchrun, N ranks on this machine, one run directory."""
     import subprocess
 
-    from .train.distributed import SHUTDOWN_TIMEOUT
+    from .train.distributed import torchrun_command, torchrun_env
 
     argv, skip = [], False
     for i, item in enumerate(args.argv):
@@ -95,14 +95,9 @@ def _launch_ranks(args: argparse.Namespace, run_dir: Path) -> int:
             skip = "=" not in item
             continue
         argv.append(item)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-               f"--max-restarts={args.max_restarts}", f"--shutdown-timeout={SHUTDOWN_TIMEOUT}", "-m", "smart_tuner",
-               *argv, "--run-dir", str(run_dir)]
+    command = [*torchrun_command(args.nproc, args.max_restarts), "-m", "smart_tuner", *argv, "--run-dir", str(run_dir)]
     log.info("starting %d ranks with torchrun, run dir %s", args.nproc, run_dir)
-    # torchrun would set OMP_NUM_THREADS=1 with a banner; the ranks divide the cores themselves (smart_tuner.cores).
-    # A rank that dies of a fatal signal prints its Python stack (faulthandler): the one clue to what happened.
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONFAULTHANDLER": "1"}
-    process = subprocess.Popen(command, env=env)
+    process = subprocess.Popen(command, env=torchrun_env(dict(os.environ)))
     try:
         return process.wait()
     except KeyboardInterrupt:  # Ctrl-C reached torchrun too; let it stop its ranks
@@ -139,42 +134,40 @@ def cmd_train(args: argparse.Namespace) -> int:
             config = load_config_file(config_path, sets)
         else:
             config = build_config(merge({}, parse_set_overrides(sets)))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not args.run_dir:
+    from .train.distributed import Group
+
+    group = Group.from_env()  # rank 0 of 1 unless torchrun started this process
+    if group.distributed and not args.run_dir:
         print("error: under torchrun, name the run directory with --run-dir: every rank, and every restart of the "
               "group, must write into the same one", file=sys.stderr)
         return 2
     run_dir = _resolve_run_dir(args, config_path)
-    if args.nproc > 1 and world == 1:
+    if args.nproc > 1 and not group.distributed:
         return _launch_ranks(args, run_dir)
-    rank = int(os.environ.get("RANK", "0"))
-    if rank != 0:  # the other ranks print nothing but errors
+    if not group.is_main:  # the other ranks print nothing but errors
         logging.getLogger().setLevel(logging.ERROR)
     hooks = []
-    if config.tracking.enabled and rank == 0:
+    if config.tracking.enabled and group.is_main:
         from .watch.tracking import open_tracking, train_reporter
 
         hooks.append(train_reporter(open_tracking(args.tracking_uri), config, run_dir))
-    from .train.distributed import Group
-
     try:
         with interrupts.handle_signals():
             result = run_training(config, run_dir, resume=args.resume, extra_hooks=hooks,
                                   progress=not args.no_progress)
     finally:
-        Group.from_env().stop()  # several ranks: leave the process group
-    if rank != 0:
-        return 0 if result.status in ("completed", "stopped") else 1 if result.status == "failed" else \
-            interrupts.exit_code(interrupts.requested() or signal.SIGTERM)
-    last = result.last_eval
-    summary = f"{result.status} at step {result.step}: {result.reason}; run dir {result.run_dir}"
-    if last:
-        summary += (f"\nvalidation loss {last.val_loss:.4f}, diagonality {last.diagonality:.3f} "
-                    f"(free-running {last.infer_diagonality:.3f}), focus {last.focus:.3f}")
-    print(summary)
+        group.stop()  # several ranks: leave the process group
+    if group.is_main:
+        last = result.last_eval
+        summary = f"{result.status} at step {result.step}: {result.reason}; run dir {result.run_dir}"
+        if last:
+            summary += (f"\nvalidation loss {last.val_loss:.4f}, diagonality {last.diagonality:.3f} "
+                        f"(free-running {last.infer_diagonality:.3f}), focus {last.focus:.3f}")
+        print(summary)
+        if result.status == "interrupted":
+            print(f"checkpoint written at step {result.step}; resume with:\n  python -m smart_tuner train --config "
+                  f"{result.run_dir / 'config.yaml'} --run-dir {result.run_dir} --resume", flush=True)
     if result.status == "interrupted":
-        print(f"checkpoint written at step {result.step}; resume with:\n  python -m smart_tuner train --config "
-              f"{result.run_dir / 'config.yaml'} --run-dir {result.run_dir} --resume", flush=True)
         return interrupts.exit_code(interrupts.requested() or signal.SIGINT)
     return 0 if result.status == "completed" else 1
 

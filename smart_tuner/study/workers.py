@@ -27,7 +27,7 @@ from .. import interrupts
 from ..config import Config, build_config, flatten, is_finite_number, parse_set_overrides, redact_url
 from ..tts import build_family
 from .objective import Objective, trial_base
-from ..train.distributed import SHUTDOWN_TIMEOUT, Group, GroupLost
+from ..train.distributed import Group, GroupLost, torchrun_command, torchrun_env
 from ..train.runner import run_training
 from .options import StudyOptions
 from .space import ObjectiveSpec, load_objective, make_pruner, make_sampler, reference_params
@@ -283,9 +283,7 @@ def _run_worker_processes(options: StudyOptions, study: optuna.Study, bar: tqdm,
         argv = dataclasses.replace(options, seed=seed, trials=trials).worker_argv()
         launcher = [sys.executable]
         if options.gpus_per_trial > 1:  # a group of ranks, one per GPU of the slot (rank 0 talks to Optuna)
-            launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={options.gpus_per_trial}",
-                         f"--shutdown-timeout={SHUTDOWN_TIMEOUT}"]
-            env.setdefault("OMP_NUM_THREADS", "1")  # the ranks divide the cores themselves (smart_tuner.cores)
+            launcher, env = torchrun_command(options.gpus_per_trial), torchrun_env(env)
         procs.append(subprocess.Popen([*launcher, "-m", "smart_tuner", "worker", *argv], env=env,
                                       start_new_session=True))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -27,6 +28,19 @@ ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # Seconds torchrun waits, after passing a signal on, before it kills the ranks: room for the step, an evaluation
 # and the checkpoint the stop writes (its default, 30 s, can cut a large model's checkpoint short).
 SHUTDOWN_TIMEOUT = 300
+
+
+def torchrun_command(nproc: int, max_restarts: int = 0) -> list[str]:
+    """The start of a command line that runs ``-m ...`` as ``nproc`` ranks of this machine under torchrun."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            f"--max-restarts={max_restarts}", f"--shutdown-timeout={SHUTDOWN_TIMEOUT}"]
+
+
+def torchrun_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for torchrun's ranks. torchrun would set OMP_NUM_THREADS=1 with a banner; the ranks divide the cores
+    themselves (smart_tuner.cores). A rank that dies of a fatal signal prints its Python stack (faulthandler): the
+    one clue to what happened."""
+    return {**env, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"), "PYTHONFAULTHANDLER": "1"}
 
 
 class GroupError(RuntimeError):
@@ -124,45 +138,33 @@ class Group:
         """This process's group can no longer be trusted to call the same collectives on every rank."""
         _broken.append(why)
 
-    def announce(self, obj: Any, hours: float = 24.0) -> Any:
-        """Rank 0's ``obj`` on every rank through the store: for waits with no bound known in advance (a study's
-        next trial comes after rank 0's tracking uploads and sampling), which a collective would time out."""
-        if not self.distributed:
-            return obj
-        _waits[0] += 1
-        key = f"announce/{_waits[0]}"
+    def _from_main(self, obj: Any, hours: float, late: str) -> Any:
+        """Rank 0 posts ``obj`` under the next key of the store; the other ranks wait for it (up to ``hours``, not a
+        collective's timeout) and read it. ``late`` says what a rank that waited in vain did not get."""
+        _waits[0] += 1  # the same sequence on every rank names the keys
+        key = f"from_main/{_waits[0]}"
         if self.is_main:
             _store[0].set(key, pickle.dumps(obj))
             return obj
         try:
             _store[0].wait([key], datetime.timedelta(hours=hours))
         except RuntimeError as exc:
-            raise GroupError(f"rank {self.rank}: no word from rank 0 within {hours:g} h: {exc}") from None
+            raise GroupError(f"rank {self.rank}: {late} within {hours:g} h: {exc}") from None
         return pickle.loads(_store[0].get(key))
+
+    def announce(self, obj: Any, hours: float = 24.0) -> Any:
+        """Rank 0's ``obj`` on every rank through the store: for waits with no bound known in advance (a study's
+        next trial comes after rank 0's tracking uploads and sampling), which a collective would time out."""
+        return self._from_main(obj, hours, "no word from rank 0") if self.distributed else obj
 
     def after_main(self, work: Callable[[], T], hours: float = 24.0) -> T:
         """``work()`` on rank 0 first, then on the other ranks (building the feature cache once: that may take
         longer than a collective may wait, so the others wait on the store, up to ``hours``)."""
         if not self.distributed:
             return work()
-        _waits[0] += 1
-        key = f"after_main/{_waits[0]}"
-        if self.is_main:
-            result = work()
-            _store[0].set(key, "done")
-            return result
-        try:
-            _store[0].wait([key], datetime.timedelta(hours=hours))
-        except RuntimeError as exc:
-            raise GroupError(f"rank {self.rank}: rank 0 did not finish preparing within {hours:g} h: {exc}") from None
-        return work()
-
-    def average_(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Mean over ranks, in place; a non-finite value on one rank is non-finite for all."""
-        if self.distributed:
-            self._call("averaging statistics", lambda: dist.all_reduce(tensor))
-            tensor.div_(self.world_size)
-        return tensor
+        result = work() if self.is_main else None
+        self._from_main(None, hours, "rank 0 did not finish preparing")
+        return result if self.is_main else work()
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.distributed:
@@ -183,15 +185,8 @@ class Group:
         flat = torch.cat([t.reshape(-1).float() for t in parts])
         self._call("averaging gradients", lambda: dist.all_reduce(flat))
         flat.div_(self.world_size)
-        offset = 0
-        for p in trainable:
-            n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
-            offset += n
-        for b in floating:
-            n = b.numel()
-            b.copy_(flat[offset:offset + n].view_as(b))
-            offset += n
+        averaged = [piece.view_as(t) for piece, t in zip(flat.split([t.numel() for t in parts]), parts)]
+        torch._foreach_copy_(parts, averaged)  # grads and buffers in place, cast back to their dtypes
 
     def broadcast_parameters(self, module: torch.nn.Module) -> None:
         """Rank 0's weights on every rank."""

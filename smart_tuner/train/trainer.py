@@ -116,7 +116,7 @@ class Trainer:
                 self._warm_start()
             self.group.broadcast_parameters(self.model)  # one starting point for every rank
             if self.group.distributed:  # the same weights, but each rank its own dropout stream
-                torch.manual_seed(cfg.seed + 1_000_003 * self.group.rank)
+                self._seed_rank()
             self.frozen = self._frozen_parameters(cfg.freeze_modules)
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                                weight_decay=cfg.weight_decay)
@@ -124,7 +124,8 @@ class Trainer:
             self.collate = self._collate(config.data.length_grid)
             # Gradient norms are reported per top-level module (Tacotron 2: encoder, decoder, postnet).
             self.module_params = {name: list(module.parameters()) for name, module in self.model.named_children()}
-            self.faults = {"nan_loss": set(config.faults.nan_loss_at), "inf_grad": set(config.faults.inf_grad_at)}
+            self.faults = {"nan_loss": set(config.faults.nan_loss_at), "inf_grad": set(config.faults.inf_grad_at),
+                           "hang": set(config.faults.hang_at)}
 
             # The controls the trainer alone writes, and the loop position.
             self.lr = cfg.lr
@@ -281,11 +282,15 @@ class Trainer:
             ckpt.set_rng_state(ranks[self.group.rank])
             return
         ckpt.set_rng_state(state["rng"])
-        torch.manual_seed(self.config.train.seed + 1_000_003 * self.group.rank + self.step)
+        self._seed_rank(self.step)
         if self.group.is_main:
             log.warning("resuming a checkpoint of %d rank(s) with %d: the global batch (train.batch_size), the data "
                         "order and the rate stay; each rank's share of a batch and the dropout streams change, so "
                         "the run does not continue exactly as it would have", len(ranks), self.group.world_size)
+
+    def _seed_rank(self, offset: int = 0) -> None:
+        """A dropout stream of this rank's own (ranks hold the same weights but must not draw the same masks)."""
+        torch.manual_seed(self.config.train.seed + 1_000_003 * self.group.rank + offset)
 
     def _truncate_jsonl(self, path: Path) -> None:
         """Keep the records up to the checkpoint's step. A torn last line (the process died while writing it, before
@@ -429,7 +434,7 @@ class Trainer:
         loss.backward()
         if here and step in self.faults["inf_grad"]:
             next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(float("inf"))
-        if here and step in self.config.faults.hang_at:
+        if here and step in self.faults["hang"]:
             log.error("faults.hang_at: rank %d hangs at step %d", self.group.rank, step)
             while interrupts.requested() is None:  # hangs until a signal (torchrun's SIGTERM) ends the process
                 time.sleep(0.2)
@@ -442,25 +447,28 @@ class Trainer:
         torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), self.config.train.grad_clip, grad_norm)
         batch_diagonality = (diagonality(out.alignments.detach(), batch.text_lengths, out.alignment_lengths).mean()
                              if out.alignments is not None else loss.new_tensor(float("nan")))
-        # What differs between ranks (losses, diagonality, frames, a stop request) is reduced in one all-reduce
-        # before any hook sees it; the gradient norms are already the same on every rank. One host sync per step.
+        # What differs between ranks (losses, diagonality; with several ranks also the frames and a stop request)
+        # is reduced in one all-reduce before any hook sees it; the gradient norms are already the same on every
+        # rank. One host sync per step.
         names = list(out.losses)
         per_rank = torch.stack([loss.detach().float()] + [out.losses[k].detach().float() for k in names]
-                               + [batch_diagonality.float(), loss.new_tensor(float(batch.frames), dtype=torch.float32),
-                                  loss.new_tensor(float(interrupts.requested() is not None), dtype=torch.float32)])
+                               + [batch_diagonality.float()])
+        frames = batch.frames
         if self.group.distributed:
-            self.group.sum_(per_rank)
-            per_rank[:len(names) + 2] /= self.group.world_size
+            counts = per_rank.new_tensor([float(batch.frames), float(interrupts.requested() is not None)])
+            per_rank = self.group.sum_(torch.cat([per_rank, counts]))
+            per_rank[:-2] /= self.group.world_size
         values = torch.cat([per_rank, torch.stack([grad_norm.float()] + [n.float() for n in module_norms])]).tolist()
-        loss_value, terms = values[0], values[1:len(names) + 1]
-        diagonality_value, frames, stops = values[len(names) + 1:len(names) + 4]
-        grad_value, module_values = values[len(names) + 4], values[len(names) + 5:]
-        self.peer_stop = stops > 0
+        loss_value, terms, diagonality_value = values[0], values[1:len(names) + 1], values[len(names) + 1]
+        rest = values[len(names) + 2:]
+        if self.group.distributed:
+            frames, self.peer_stop, rest = int(rest[0]), rest[1] > 0, rest[2:]
+        grad_value, module_values = rest[0], rest[1:]
         finite = all(math.isfinite(v) for v in [loss_value, *terms, grad_value])
         stats = StepStats(step, self.epoch, loss_value, dict(zip(names, terms)), grad_value, lr=self.lr,
                           loss_weights=dict(self.loss_weights), finite=finite,
                           step_time=time.perf_counter() - start, diagonality=diagonality_value,
-                          module_grad_norms=dict(zip(self.module_params, module_values)), frames=int(frames))
+                          module_grad_norms=dict(zip(self.module_params, module_values)), frames=frames)
         return stats, finite
 
     def _stop_signal(self) -> int | None:

@@ -232,7 +232,13 @@ class LrAdapterConfig:
     # before attention aligns, the validation loss often rises while the model learns to use it.
     plateau_from_diagonality: float = setting(0.5, ge=0, le=1)
     min_lr: float = setting(1e-8, ge=0)
-    max_lr: float = setting(0.0, ge=0)  # upper bound; 0: twice train.lr
+    max_lr: float = setting(0.0, ge=0)  # upper bound (of every rule, the raise below too); 0: twice train.lr
+    # Before alignment (see plateau_from_diagonality) the weights' relative change per step (EvalStats.weight_change)
+    # says whether the rate is in range: above weight_change_high the rate is far too large (multiplied by
+    # emergency_factor), below weight_change_low far too small (multiplied by raise_factor, up to max_lr).
+    weight_change_high: float = setting(0.04, gt=0)
+    weight_change_low: float = setting(8e-4, ge=0)  # 0: never raise
+    raise_factor: float = setting(4.0, ge=1)
     emergency_factor: float = setting(0.1, gt=0, lt=1)  # multiplies the rate on a non-finite loss, a huge loss or gradient
     loss_limit: float = setting(1e6, gt=0)  # a loss above this is an emergency
     grad_limit: float = setting(1000.0, gt=0)  # a gradient norm (before clipping) above this is an emergency
@@ -261,6 +267,16 @@ class GaAdapterConfig:
 
 
 @dataclass
+class CollapseAdapterConfig:
+    """Attention collapse: an aligned run whose diagonality falls below ``low`` rolls back (and the rate is cut)."""
+
+    enabled: bool = True
+    metric: str = setting("diagonality", choices=("diagonality", "infer_diagonality", "worse"))
+    high: float = setting(0.7, ge=0, le=1)  # the run counts as aligned from an evaluation at or above this
+    low: float = setting(0.3, ge=0, le=1)  # an aligned run below this has collapsed
+
+
+@dataclass
 class GradAdapterConfig:
     """Gradient health: vanishing gradients trigger a rollback (non-finite ones are never applied)."""
 
@@ -273,6 +289,7 @@ class GradAdapterConfig:
 class AdaptersConfig:
     lr: LrAdapterConfig = field(default_factory=LrAdapterConfig)
     ga: GaAdapterConfig = field(default_factory=GaAdapterConfig)
+    collapse: CollapseAdapterConfig = field(default_factory=CollapseAdapterConfig)
     grad: GradAdapterConfig = field(default_factory=GradAdapterConfig)
     max_rollbacks: int = setting(3, ge=0)  # a run that needs more rollbacks ends as failed
 
@@ -284,6 +301,10 @@ class FaultsConfig:
     nan_loss_at: list[int] = setting(factory=list, items={"ge": 1})
     inf_grad_at: list[int] = setting(factory=list, items={"ge": 1})
     hang_at: list[int] = setting(factory=list, items={"ge": 1})  # steps at which the process hangs (sleeps)
+    # Steps after whose update every weight gets Gaussian noise of perturb_scale x its tensor's standard deviation:
+    # a trained run knocked off its alignment (a collapse), for the rescue benchmark.
+    perturb_at: list[int] = setting(factory=list, items={"ge": 1})
+    perturb_scale: float = setting(1.0, ge=0)
     rank: int = setting(-1, ge=-1)  # with several ranks, the one the faults happen on; -1: every rank
 
 
@@ -477,8 +498,13 @@ def validate(config: Config) -> None:
         (config.audio.win_length <= config.audio.n_fft, "audio.win_length must be <= audio.n_fft"),
         (config.adapters.lr.max_lr == 0 or config.adapters.lr.max_lr >= config.adapters.lr.min_lr,
          "adapters.lr.max_lr must be 0 (twice train.lr) or >= adapters.lr.min_lr"),
+        (config.adapters.lr.max_lr == 0 or config.adapters.lr.max_lr >= config.train.lr,
+         f"adapters.lr.max_lr ({config.adapters.lr.max_lr:g}) is below train.lr ({config.train.lr:g}): raise it, or "
+         "set it to 0 (twice train.lr)"),
         (config.adapters.ga.critical <= config.adapters.ga.low <= config.adapters.ga.high,
          "adapters.ga thresholds must satisfy critical <= low <= high"),
+        (config.adapters.collapse.low < config.adapters.collapse.high,
+         "adapters.collapse thresholds must satisfy low < high"),
     ]
     for ok, message in checks:
         if not ok:

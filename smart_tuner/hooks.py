@@ -69,6 +69,10 @@ class EvalStats:
     # time (batching, forward, backward, hooks, optimizer) since the previous evaluation.
     frames_per_second: float = float("nan")
     steps_per_second: float = float("nan")  # training steps per second of the same wall time
+    # ||w - w_prev|| / ||w_prev|| over every weight, w_prev as of the previous evaluation (or the start or a
+    # rollback), divided by the steps in between: how far the rate moves the model per step (the learning-rate
+    # adapter's too-large / too-small rules read it).
+    weight_change: float = float("nan")
     # The preview payload, never written to metrics.jsonl:
     alignment: Any = field(default=None, repr=False)  # (D, N) CPU tensor of one validation sentence
     # Denormalized log-mels (n_mels, frames), CPU: "target" and "teacher_forced" (the final prediction) of the
@@ -87,7 +91,7 @@ class EvalStats:
                 "infer_focus": self.infer_focus, "infer_monotonicity": self.infer_monotonicity,
                 "infer_coverage": self.infer_coverage, "infer_stop_rate": self.infer_stop_rate,
                 "train_loss": self.train_loss, "elapsed": self.elapsed, "frames_per_second": self.frames_per_second,
-                "steps_per_second": self.steps_per_second}
+                "steps_per_second": self.steps_per_second, "weight_change": self.weight_change}
 
     def to_dict(self) -> dict[str, Any]:
         """The metrics.jsonl record: the step, the measurements and the controls in force."""

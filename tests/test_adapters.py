@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from smart_tuner.tts import checkpoint as ckpt
-from smart_tuner.adapters import (GradientHealthAdapter, GuidedAttentionAdapter, LearningRateAdapter,
-                                  build_adapters)
-from smart_tuner.config import GaAdapterConfig, GradAdapterConfig, LrAdapterConfig, build_config
+from smart_tuner.adapters import (AttentionCollapseAdapter, GradientHealthAdapter, GuidedAttentionAdapter,
+                                  LearningRateAdapter, build_adapters)
+from smart_tuner.config import (CollapseAdapterConfig, GaAdapterConfig, GradAdapterConfig, LrAdapterConfig,
+                                build_config)
 from smart_tuner.hooks import Event
 from smart_tuner.train.trainer import Trainer
 
@@ -142,6 +143,78 @@ def test_a_rollback_by_another_adapter_cuts_the_rate_once_then_recovers():
     assert adapter.on_step(step()) == []
 
 
+@pytest.mark.parametrize("change, expected", [
+    (0.04, 1e-3),          # exactly weight_change_high: in range
+    (0.0400001, 1e-4),     # above: far too large, cut x emergency_factor (0.1)
+    (8e-4, 1e-3),          # exactly weight_change_low: in range
+    (7.99e-4, 4e-3),       # below: far too small, raised x raise_factor (4)
+    (1e-6, 4e-3),
+    (float("nan"), 1e-3),  # no measurement (a test's stats): nothing
+])
+def test_rate_range_rules_at_their_boundaries_before_alignment(change, expected):
+    adapter = LearningRateAdapter(LrAdapterConfig(max_lr=1e-2), initial_lr=1e-3)
+    decisions = adapter.on_eval(evaluation(diagonality=0.2, weight_change=change))
+    assert controls(decisions).get("lr", 1e-3) == pytest.approx(expected)
+    assert (decisions == []) == (expected == 1e-3)
+    assert all(d.alarm == (expected < 1e-3) for d in decisions)  # too large is an emergency, too small is not
+    assert ("rollback" in controls(decisions)) == (expected < 1e-3)  # and undoes what the rate did
+    assert all("far too large" in d.reason or "too small" in d.reason for d in decisions)
+
+
+def test_a_raised_rate_stops_at_max_lr_and_the_range_rules_end_with_alignment():
+    adapter = LearningRateAdapter(LrAdapterConfig(max_lr=5e-3, plateau_from_diagonality=0.5), initial_lr=1e-3)
+    rates = [controls(adapter.on_eval(evaluation(i, diagonality=0.2, weight_change=1e-5))).get("lr")
+             for i in range(3)]
+    assert rates == [pytest.approx(4e-3), pytest.approx(5e-3), None]  # capped, then nothing left to raise
+    # From the first aligned evaluation the plateau rule owns the rate: no range rule, either way.
+    assert adapter.on_eval(evaluation(3, diagonality=0.5, weight_change=1e-5)) == []
+    assert adapter.on_eval(evaluation(4, diagonality=0.2, weight_change=10.0)) == []
+    fresh = LearningRateAdapter(adapter.cfg, initial_lr=1e-3)
+    fresh.load_state_dict(adapter.state_dict())
+    assert fresh.lr == pytest.approx(5e-3) and fresh.on_eval(evaluation(5, diagonality=0.2,
+                                                                         weight_change=10.0)) == []
+
+
+def test_no_raise_while_recovering_from_an_emergency():
+    adapter = LearningRateAdapter(LrAdapterConfig(max_lr=1e-2), initial_lr=1e-3)
+    adapter.on_step(step(loss=float("nan")))
+    assert adapter.lr == pytest.approx(1e-4)
+    assert adapter.on_eval(evaluation(diagonality=0.2, weight_change=1e-6)) == []  # slow because it was cut
+
+
+# ------------------------------------------------------------------------------------------ collapse
+@pytest.mark.parametrize("history, expected", [
+    ([0.2, 0.1], []),                 # never aligned: a low value is no collapse
+    ([0.69, 0.1], []),                # just below high: never counted as aligned
+    ([0.7, 0.3], []),                 # aligned at high exactly; low exactly is not below it
+    ([0.7, 0.2999], [1]),             # aligned, then below low: rollback at the second evaluation
+    ([0.9, 0.5, 0.29], [2]),          # a slow fall counts too
+    ([0.9, 0.1, 0.1, 0.9, 0.1], [1, 4]),  # one rollback per fall: it must align again first
+    ([0.9, float("nan"), 0.5], []),   # no measurement: nothing
+])
+def test_collapse_rule_at_its_boundaries(history, expected):
+    adapter = AttentionCollapseAdapter(CollapseAdapterConfig())
+    fired = []
+    for i, diag in enumerate(history):
+        decisions = adapter.on_eval(evaluation(i, diagonality=diag))
+        if decisions:
+            assert controls(decisions) == {"rollback": None} and decisions[0].alarm
+            assert "collapsed" in decisions[0].reason and decisions[0].trigger == pytest.approx(diag)
+            fired.append(i)
+    assert fired == expected
+
+
+def test_collapse_rule_on_the_worse_diagonality_and_its_state_round_trip():
+    adapter = AttentionCollapseAdapter(CollapseAdapterConfig(metric="worse"))
+    assert adapter.on_eval(evaluation(diagonality=0.95, infer_diagonality=0.6)) == []  # worse 0.6: not aligned
+    assert adapter.on_eval(evaluation(diagonality=0.95, infer_diagonality=0.2)) == []
+    assert adapter.on_eval(evaluation(diagonality=0.95, infer_diagonality=0.8)) == []  # now aligned
+    fresh = AttentionCollapseAdapter(adapter.cfg)
+    fresh.load_state_dict(adapter.state_dict())
+    assert fresh.state_dict() == {"aligned": True}
+    assert controls(fresh.on_eval(evaluation(diagonality=0.95, infer_diagonality=0.2))) == {"rollback": None}
+
+
 # ------------------------------------------------------------------------------------------ guided attention
 @pytest.mark.parametrize("weight,diag,expected", [
     (2.0, 0.05, 4.0),     # critical: x2
@@ -201,7 +274,8 @@ def test_vanishing_gradients_ask_for_a_rollback_after_patience_consecutive_steps
 def test_adapter_state_survives_a_checkpoint_file(tmp_path):
     config = build_config({"adapters": {"lr": {"patience": 1, "recovery_steps": 3}}})
     adapters = build_adapters(config)
-    lr, ga, grad = adapters
+    lr, ga, collapse, grad = adapters
+    collapse.on_eval(evaluation(diagonality=0.9))
     lr.on_step(step(loss=float("nan")))
     for v in (1.0, 1.1, 1.2):
         lr.on_eval(evaluation(val_loss=v))
@@ -222,7 +296,7 @@ def test_adapter_state_survives_a_checkpoint_file(tmp_path):
 
 def test_disabled_adapters_are_not_built():
     config = build_config({"adapters": {"lr": {"enabled": False}, "grad": {"enabled": False}}})
-    assert [a.name for a in build_adapters(config)] == ["ga"]
+    assert [a.name for a in build_adapters(config)] == ["ga", "collapse"]
 
 
 # ------------------------------------------------------------------------------------------ real runs
@@ -326,3 +400,24 @@ def test_the_ga_adapter_weight_reaches_the_loss(corpus_en, tmp_path):
 def test_the_ga_adapter_is_silent_for_a_family_without_the_weight():
     adapter = GuidedAttentionAdapter(GaAdapterConfig())
     assert adapter.on_eval(evaluation(diagonality=0.05, loss_weights={})) == []
+
+
+def test_in_a_real_run_a_rate_far_too_small_is_raised_and_a_jump_of_the_weights_rolled_back(corpus_en, tmp_path):
+    config = tiny_config(corpus_en, tmp_path, train={"lr": 1e-7, "max_steps": 9, "eval_every": 3},
+                         adapters={"lr": {"max_lr": 1e-3, "plateau_from_diagonality": 1.0}},
+                         faults={"perturb_at": [7], "perturb_scale": 3.0})
+    trainer = Trainer(config, tmp_path / "run", hooks=build_adapters(config), progress=False)
+    assert trainer.fit().status == "completed"
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    changes = [m["weight_change"] for m in metrics]
+    # At 1e-7 the weights hardly move; the raises (x4 at each evaluation) show in the rate and the next change.
+    assert changes[0] < 8e-4 and changes[1] > changes[0]
+    raises = [e for e in read_events(tmp_path / "run") if e["control"] == "lr" and "too small" in e["reason"]]
+    assert [e["step"] for e in raises][:2] == [3, 6]
+    assert [m["lr"] for m in metrics][:3] == [1e-7, pytest.approx(4e-7), pytest.approx(1.6e-6)]  # in force
+    # The noise after step 7 (3x each tensor's spread) moves the weights by far more than any update did; before
+    # alignment the rate takes the blame: cut, and the run rolls back to the healthy state of step 6.
+    assert changes[2] > 10 * max(changes[:2]) and changes[2] > 0.04
+    undo = [e for e in read_events(tmp_path / "run") if "far too large" in e["reason"]]
+    assert {e["control"] for e in undo} == {"rollback", "lr"} and all(e["applied"] and e["alarm"] for e in undo)
+    assert trainer.rollbacks == 1 and trainer.healthy["step"] == 6

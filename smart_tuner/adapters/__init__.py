@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from ..config import Config
 from .base import Adapter
+from .collapse import AttentionCollapseAdapter
 from .ga import GuidedAttentionAdapter
 from .grad import GradientHealthAdapter
 from .lr import LearningRateAdapter
 
-__all__ = ["Adapter", "GuidedAttentionAdapter", "GradientHealthAdapter", "LearningRateAdapter", "build_adapters"]
+__all__ = ["Adapter", "AttentionCollapseAdapter", "GuidedAttentionAdapter", "GradientHealthAdapter", "LearningRateAdapter", "build_adapters"]
 
 
 def build_adapters(config: Config) -> list[Adapter]:
@@ -18,6 +19,8 @@ def build_adapters(config: Config) -> list[Adapter]:
         adapters.append(LearningRateAdapter(config.adapters.lr, config.train.lr))
     if config.adapters.ga.enabled:
         adapters.append(GuidedAttentionAdapter(config.adapters.ga))
+    if config.adapters.collapse.enabled:
+        adapters.append(AttentionCollapseAdapter(config.adapters.collapse))
     if config.adapters.grad.enabled:
         adapters.append(GradientHealthAdapter(config.adapters.grad))
     return adapters

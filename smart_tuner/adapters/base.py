@@ -10,9 +10,22 @@ for the same control in one round (higher wins: an emergency beats a plateau).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from ..hooks import Hook
+from ..hooks import EvalStats, Hook
+
+DIAGONALITY_METRICS = ("diagonality", "infer_diagonality", "worse")
+
+
+def diagonality_of(stats: EvalStats, metric: str) -> float:
+    """The diagonality an adapter reads: teacher-forced (``diagonality``), free-running (``infer_diagonality``), or
+    the ``worse`` of the two (one that is not a number, for example free-running with ``data.val_infer: 0``, is
+    left out)."""
+    if metric != "worse":
+        return getattr(stats, metric)
+    found = [v for v in (stats.diagonality, stats.infer_diagonality) if math.isfinite(v)]
+    return min(found) if found else float("nan")
 
 
 class Adapter(Hook):

@@ -20,7 +20,7 @@ import math
 
 from ..config import GaAdapterConfig
 from ..hooks import Decision, EvalStats
-from .base import Adapter
+from .base import Adapter, diagonality_of
 
 CONTROL = "ga_weight"  # the loss weight this adapter steers, as a model family names it (smart_tuner.tts)
 
@@ -49,18 +49,10 @@ class GuidedAttentionAdapter(Adapter):
                 f"diagonality {diagonality:.3f} > {cfg.high:g}: decay x{cfg.decay:g} (floor {cfg.floor:g})"
         return weight, ""
 
-    def measured(self, stats: EvalStats) -> float:
-        """The diagonality the rules read (``metric``): teacher-forced, free-running, or the worse of the two (one
-        that is not a number, for example free-running with ``data.val_infer: 0``, is left out)."""
-        if self.cfg.metric != "worse":
-            return getattr(stats, self.cfg.metric)
-        found = [v for v in (stats.diagonality, stats.infer_diagonality) if math.isfinite(v)]
-        return min(found) if found else float("nan")
-
     def on_eval(self, stats: EvalStats) -> list[Decision]:
         if CONTROL not in stats.loss_weights:  # a model family without guided attention
             return []
-        diagonality = self.measured(stats)
+        diagonality = diagonality_of(stats, self.cfg.metric)
         weight, reason = self.new_weight(stats.loss_weights[CONTROL], diagonality)
         if weight != stats.loss_weights[CONTROL]:
             return [Decision(CONTROL, weight, reason, diagonality)]

@@ -9,7 +9,14 @@ The rate it asks for is ``clamp(base_lr * scale, min_lr, max_lr)``:
   climbs back by ``recovery_factor`` after every ``recovery_steps`` healthy steps, up to 1, i.e. to the rate
   before the emergency. After ``max_emergencies`` consecutive emergencies it asks for a rollback; a rollback
   asked for by another adapter (vanishing gradients) also cuts the scale once.
-One adapter owns both rules, so plateau and emergency can never fight over the rate.
+- before alignment (before ``plateau_from_diagonality``, where a flat validation loss says nothing), the
+  weights' relative change per step (``EvalStats.weight_change``) says whether the rate is in range at all: above
+  ``weight_change_high`` it is far too large: ``base_lr`` is multiplied by ``emergency_factor`` and the run rolls
+  back to its last healthy state (what that rate did to the weights is undone; an alarm); below
+  ``weight_change_low`` it is far too small, ``base_lr`` is multiplied by ``raise_factor``, up to ``max_lr``.
+  Measured on the demo over 25-step intervals before alignment: 0.08-0.28 per step at 30-100x the default rate,
+  0.002-0.005 at the default, 0.00015-0.0005 at 1/30 of it.
+One adapter owns every rule, so plateau, emergency and range can never fight over the rate.
 """
 
 from __future__ import annotations
@@ -100,10 +107,34 @@ class LearningRateAdapter(Adapter):
                 return [Decision("lr", self.lr, f"recovery: {self.cfg.recovery_steps} healthy steps", None)]
         return []
 
+    def _out_of_range(self, change: float) -> list[Decision]:
+        """Before alignment: the rate far too large or far too small for the weights it moves."""
+        cfg = self.cfg
+        if not math.isfinite(change):
+            return []
+        before = self.lr
+        if change > cfg.weight_change_high:
+            # What such a rate did to the weights is undone too: back to the last healthy state.
+            self.base_lr = max(self.base_lr * cfg.emergency_factor, cfg.min_lr)
+            reason = (f"emergency: the weights changed by {change:.3g} of their norm per step (> weight_change_high "
+                      f"{cfg.weight_change_high:g}): rate far too large")
+            decisions = [Decision("rollback", None, reason, change, alarm=True)]
+            if _lower(self.lr, before):
+                decisions.append(Decision("lr", self.lr, f"{reason}, cut x{cfg.emergency_factor:g}", change,
+                                          alarm=True))
+            return decisions
+        if change < cfg.weight_change_low and self.scale >= 1.0:
+            self.base_lr = min(self.base_lr * cfg.raise_factor, self.max_lr)
+            if self.lr > before * (1.0 + 1e-9):
+                return [Decision("lr", self.lr, f"the weights changed by {change:.3g} of their norm per step "
+                                 f"(< weight_change_low {cfg.weight_change_low:g}) before alignment: rate too small, "
+                                 f"raised x{cfg.raise_factor:g} (max_lr {self.max_lr:g})", change)]
+        return []
+
     def on_eval(self, stats: EvalStats) -> list[Decision]:
         if not self.plateau_started:
             if not stats.diagonality >= self.cfg.plateau_from_diagonality:
-                return []
+                return self._out_of_range(stats.weight_change)
             self.plateau_started = True
         current = stats.val_loss
         # torch's rule: NaN never counts as an improvement.

@@ -125,7 +125,7 @@ class Trainer:
             # Gradient norms are reported per top-level module (Tacotron 2: encoder, decoder, postnet).
             self.module_params = {name: list(module.parameters()) for name, module in self.model.named_children()}
             self.faults = {"nan_loss": set(config.faults.nan_loss_at), "inf_grad": set(config.faults.inf_grad_at),
-                           "hang": set(config.faults.hang_at)}
+                           "hang": set(config.faults.hang_at), "perturb": set(config.faults.perturb_at)}
 
             # The controls the trainer alone writes, and the loop position.
             self.lr = cfg.lr
@@ -147,6 +147,8 @@ class Trainer:
             # follows a stretch without alarms (emergencies, skipped updates, rollbacks).
             self.healthy = self._snapshot()
             self.alarm_since_snapshot = False
+            # The weights at the last evaluation (or the start, or a rollback), for EvalStats.weight_change.
+            self.eval_weights, self.eval_weights_step = self._flat_weights(), self.step
         except BaseException:
             self.release()
             raise
@@ -337,6 +339,18 @@ class Trainer:
         return {"step": self.step, "model": to_cpu(self.model.state_dict()),
                 "optimizer": to_cpu(self.optimizer.state_dict())}
 
+    @torch.no_grad()
+    def _perturb(self) -> None:
+        """``faults.perturb_at``: noise on every weight, the same on every rank (drawn from one seeded generator)."""
+        scale = self.config.faults.perturb_scale
+        generator = torch.Generator().manual_seed(self.config.train.seed * 1000003 + self.step)
+        for parameter in self.model.parameters():
+            if parameter.numel() > 1:
+                noise = torch.randn(parameter.shape, generator=generator).to(parameter.device, parameter.dtype)
+                parameter.add_(noise * (scale * parameter.std()))
+        log.warning("step %d: faults.perturb_at: noise of %g x each weight's standard deviation added to every "
+                    "weight", self.step, scale)
+
     def _rollback(self, reason: str) -> None:
         if self.rollbacks >= self.config.adapters.max_rollbacks:
             raise TrainingError(f"rollback budget spent ({self.config.adapters.max_rollbacks} rollbacks, "
@@ -346,6 +360,7 @@ class Trainer:
         self.optimizer.load_state_dict(self.healthy["optimizer"])
         self._set_lr(self.lr)  # the snapshot's optimizer state carries an old rate: the adapters' one stands
         self.alarm_since_snapshot = False
+        self.eval_weights, self.eval_weights_step = self._flat_weights(), self.step
         log.warning("step %d: rolled back to the healthy state of step %d (%d of %d): %s", self.step + 1,
                     self.healthy["step"], self.rollbacks, self.config.adapters.max_rollbacks, reason)
 
@@ -521,6 +536,8 @@ class Trainer:
                     self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
+                if self.step in self.faults["perturb"]:
+                    self._perturb()
                 self.elapsed += stats.step_time
                 since_eval.add(stats, time.perf_counter() - started)
                 bar.update(1)
@@ -619,11 +636,20 @@ class Trainer:
             losses, teacher_forced, example = self._validate()
             free_running, free_mel = self._free_run()
         mels = {k: self.stats.denormalize(v.float().cpu()) for k, v in {**example["mels"], **free_mel}.items()}
+        weights = self._flat_weights()
+        steps = max(self.step - self.eval_weights_step, 1)
+        weight_change = float((weights - self.eval_weights).norm() / self.eval_weights.norm().clamp_min(1e-12)) / steps
+        self.eval_weights, self.eval_weights_step = weights, self.step
         return EvalStats(
             step=self.step, val_loss=sum(losses[k] for k in self.family.reconstruction_losses), val_losses=losses,
             **teacher_forced, **{f"infer_{k}": v for k, v in free_running.items()}, lr=self.lr,
             loss_weights=dict(self.loss_weights), train_loss=train_loss, elapsed=self.elapsed,
-            frames_per_second=frames_per_second, steps_per_second=steps_per_second, alignment=example["alignment"], mels=mels)
+            frames_per_second=frames_per_second, steps_per_second=steps_per_second, weight_change=weight_change,
+            alignment=example["alignment"], mels=mels)
+
+    def _flat_weights(self) -> torch.Tensor:
+        """Every weight in one flat copy on the device (for ``weight_change``; one copy per evaluation)."""
+        return torch.cat([p.detach().reshape(-1).float() for p in self.model.parameters()])
 
     def _validate(self) -> tuple[dict[str, float], dict[str, float], dict]:
         """Mean losses and teacher-forced alignment metrics over the validation set, with one host sync; and the

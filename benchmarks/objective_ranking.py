@@ -2,15 +2,15 @@
 
 Usage: python benchmarks/objective_ranking.py --study NAME [--storage URL] [--sentences 16] [--threads 2]
 
-For every trial that left a checkpoint (best.pt, else last.pt), the first --sentences validation sentences of its
-corpus are decoded free-running from their text alone (as `synthesize` does) and each predicted mel is compared with
-the recording's by dynamic time warping: the mean Euclidean distance per frame pair along the cheapest monotonic
-path, in normalized log-mel units, divided by the two lengths' sum. That synthesis error is measured without any
-attention metric. The trial's last evaluation gives its value under two formulas (smart_tuner.study.space
-.ObjectiveFormula): the old one (teacher-forced diagonality, no stop term) and the new one (the worse of teacher-
-forced and free-running diagonality, plus 0.5 x (1 - free-running stop rate)). Prints the table and Spearman's
-rank correlation of each value with the synthesis error: 1 means the value orders the trials exactly as they
-synthesize.
+For every trial that left a checkpoint (last.pt, the state of its last evaluation; else best.pt), the first
+--sentences validation sentences of its corpus are decoded free-running from their text alone (as `synthesize` does)
+and each predicted mel is compared with the recording's by dynamic time warping: the mean Euclidean distance per
+frame pair along the cheapest monotonic path, in normalized log-mel units, divided by the two lengths' sum. That
+synthesis error is measured without any attention metric. The trial's last evaluation gives its value under two
+formulas (smart_tuner.study.space.ObjectiveFormula): the old one (teacher-forced diagonality, no stop term) and the
+new one (the worse of teacher-forced and free-running diagonality, plus 0.5 x (1 - free-running stop rate)). Prints
+the table and Spearman's rank correlation of each value with the synthesis error: 1 means the value orders the
+trials exactly as they synthesize.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main() -> None:
     rows = []
     for trial in study.get_trials(deepcopy=False):
         run_dir = Path(trial.user_attrs.get("run_dir", ""))
-        checkpoint = next((run_dir / "checkpoints" / n for n in ("best.pt", "last.pt")
+        checkpoint = next((run_dir / "checkpoints" / n for n in ("last.pt", "best.pt")
                            if (run_dir / "checkpoints" / n).is_file()), None)
         if checkpoint is None or not (run_dir / "metrics.jsonl").is_file():
             continue

@@ -7,6 +7,9 @@ Goal: adapters off reach free-running diagonality >= 0.8 in <= 20% of the seeds,
 
 Runs go in parallel processes; keep jobs x threads <= cores (oversubscription slows training several times).
 Usage: python benchmarks/rescue.py [--seeds 5] [--jobs 2 --threads 1] [--starts NAME ...] [--out runs.json]
+                                   [--reuse runs.json]
+--reuse takes the runs of an earlier --out file instead of training them again (for example the adapters-off
+arm, which no change to the adapters affects; keep only what still holds).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ STARTS = {
     "collapse": Start(["faults.perturb_at=[300]", "faults.perturb_scale=3.0"], 400, after=300,
                       why="aligned by step 300, then every weight perturbed by noise of 3x its tensor's standard "
                           "deviation (faults.perturb_at); counted from step 325"),
-    "long sentences": Start(["data.demo_words=[15,30]"], 800,
+    "long sentences": Start(["data.demo_words=[15,30]"], 400,
                             why="utterances of 15-30 words (about 5 s): free-running alignment lags"),
 }
 
@@ -113,6 +116,7 @@ def main() -> None:
     parser.add_argument("--starts", nargs="*", default=list(STARTS), choices=list(STARTS))
     parser.add_argument("--adapters", choices=("off", "on", "both"), default="both")
     parser.add_argument("--out", type=Path, help="write every run's evaluations and decisions here (JSON)")
+    parser.add_argument("--reuse", type=Path, help="runs of an earlier --out file to take instead of training them")
     args = parser.parse_args()
     began = time.perf_counter()
     arms = {"off": (False,), "on": (True,), "both": (False, True)}[args.adapters]
@@ -120,9 +124,12 @@ def main() -> None:
         # Fail early, and build each corpus and its features once before the workers start.
         for name in args.starts:
             prepare_data(load_config_file(args.config, STARTS[name].sets))
+        reused = json.loads(args.reuse.read_text()) if args.reuse else []
+        done = {(r["start"], r["seed"], r["adapters"]) for r in reused}
         jobs = [(args.config, name, seed, on, args.threads, args.target, tmp)
-                for name in args.starts for on in arms for seed in range(args.seeds)]
-        results = []
+                for name in args.starts for on in arms for seed in range(args.seeds) if (name, seed, on) not in done]
+        results = [r for r in reused if r["start"] in args.starts and r["adapters"] in arms and r["seed"] < args.seeds]
+        print(f"{len(results)} runs reused from {args.reuse}, {len(jobs)} to train", flush=True)
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for r in pool.map(one_run, jobs):
                 results.append(r)

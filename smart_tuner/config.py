@@ -233,12 +233,16 @@ class LrAdapterConfig:
     plateau_from_diagonality: float = setting(0.5, ge=0, le=1)
     min_lr: float = setting(1e-8, ge=0)
     max_lr: float = setting(0.0, ge=0)  # upper bound (of every rule, the raise below too); 0: twice train.lr
-    # Before alignment (see plateau_from_diagonality) the weights' relative change per step (EvalStats.weight_change)
-    # says whether the rate is in range: above weight_change_high the rate is far too large (multiplied by
-    # emergency_factor), below weight_change_low far too small (multiplied by raise_factor, up to max_lr).
+    # The weights' relative change per step (EvalStats.weight_change) says whether the rate is in range: above
+    # weight_change_high (at any time) it is far too large (multiplied by emergency_factor, and a rollback), below
+    # weight_change_low before alignment (see plateau_from_diagonality) far too small (x raise_factor, <= max_lr).
     weight_change_high: float = setting(0.04, gt=0)
     weight_change_low: float = setting(8e-4, ge=0)  # 0: never raise
-    raise_factor: float = setting(4.0, ge=1)
+    raise_factor: float = setting(4.0, ge=1)  # of the too-small rule and the free-running lag rule
+    # Free-running lag: teacher-forced diagonality above free-running by lag_gap or more for lag_patience evaluations
+    # in a row raises the rate by raise_factor (up to max_lr). 0: off.
+    lag_gap: float = setting(0.5, ge=0, le=1)
+    lag_patience: int = setting(2, ge=1)
     emergency_factor: float = setting(0.1, gt=0, lt=1)  # multiplies the rate on a non-finite loss, a huge loss or gradient
     loss_limit: float = setting(1e6, gt=0)  # a loss above this is an emergency
     grad_limit: float = setting(1000.0, gt=0)  # a gradient norm (before clipping) above this is an emergency

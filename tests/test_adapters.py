@@ -151,7 +151,7 @@ def test_a_rollback_by_another_adapter_cuts_the_rate_once_then_recovers():
     (1e-6, 4e-3),
     (float("nan"), 1e-3),  # no measurement (a test's stats): nothing
 ])
-def test_rate_range_rules_at_their_boundaries_before_alignment(change, expected):
+def test_rate_range_rules_at_their_boundaries(change, expected):
     adapter = LearningRateAdapter(LrAdapterConfig(max_lr=1e-2), initial_lr=1e-3)
     decisions = adapter.on_eval(evaluation(diagonality=0.2, weight_change=change))
     assert controls(decisions).get("lr", 1e-3) == pytest.approx(expected)
@@ -161,18 +161,27 @@ def test_rate_range_rules_at_their_boundaries_before_alignment(change, expected)
     assert all("far too large" in d.reason or "too small" in d.reason for d in decisions)
 
 
-def test_a_raised_rate_stops_at_max_lr_and_the_range_rules_end_with_alignment():
+def test_a_raised_rate_stops_at_max_lr_and_raises_end_with_alignment_but_cuts_do_not():
     adapter = LearningRateAdapter(LrAdapterConfig(max_lr=5e-3, plateau_from_diagonality=0.5), initial_lr=1e-3)
     rates = [controls(adapter.on_eval(evaluation(i, diagonality=0.2, weight_change=1e-5))).get("lr")
              for i in range(3)]
     assert rates == [pytest.approx(4e-3), pytest.approx(5e-3), None]  # capped, then nothing left to raise
-    # From the first aligned evaluation the plateau rule owns the rate: no range rule, either way.
+    # From the first aligned evaluation slow weights are what a converging run makes: no raise any more ...
     assert adapter.on_eval(evaluation(3, diagonality=0.5, weight_change=1e-5)) == []
-    assert adapter.on_eval(evaluation(4, diagonality=0.2, weight_change=10.0)) == []
+    assert adapter.on_eval(evaluation(4, diagonality=0.2, weight_change=1e-5)) == []
     fresh = LearningRateAdapter(adapter.cfg, initial_lr=1e-3)
     fresh.load_state_dict(adapter.state_dict())
-    assert fresh.lr == pytest.approx(5e-3) and fresh.on_eval(evaluation(5, diagonality=0.2,
-                                                                         weight_change=10.0)) == []
+    assert fresh.lr == pytest.approx(5e-3) and fresh.on_eval(evaluation(5, diagonality=0.2, weight_change=1e-5)) == []
+    # ... but weights jumping by far too much are a rate far too large at any time.
+    assert controls(fresh.on_eval(evaluation(6, diagonality=0.9, weight_change=0.05))) == {
+        "rollback": None, "lr": pytest.approx(5e-4)}
+    # And no rule raises it again above what it was cut to (here the free-running lag rule would).
+    assert fresh.max_lr == pytest.approx(5e-4)
+    for i in range(7, 10):
+        assert fresh.on_eval(evaluation(i, val_loss=1.0 - 0.1 * i, diagonality=0.9, infer_diagonality=0.1)) == []
+    restored = LearningRateAdapter(fresh.cfg, initial_lr=1e-3)
+    restored.load_state_dict(fresh.state_dict())
+    assert restored.max_lr == pytest.approx(5e-4)
 
 
 def test_no_raise_while_recovering_from_an_emergency():
@@ -180,6 +189,46 @@ def test_no_raise_while_recovering_from_an_emergency():
     adapter.on_step(step(loss=float("nan")))
     assert adapter.lr == pytest.approx(1e-4)
     assert adapter.on_eval(evaluation(diagonality=0.2, weight_change=1e-6)) == []  # slow because it was cut
+
+
+@pytest.mark.parametrize("pairs, raised_at", [
+    ([(0.9, 0.4), (0.9, 0.4)], [1]),                 # gap 0.5 exactly, twice (lag_patience 2): raise
+    ([(0.9, 0.4001), (0.9, 0.4)], []),               # 0.4999: not lagging, the count restarts
+    ([(0.9, 0.1), (0.9, 0.9), (0.9, 0.1)], []),      # one evaluation in between without lag: restarts
+    ([(0.9, 0.1)] * 5, [1, 3]),                      # after a raise the count starts over
+    ([(0.9, float("nan"))] * 3, []),                 # no free-running measurement (data.val_infer 0): never
+])
+def test_free_running_lag_rule_at_its_boundaries(pairs, raised_at):
+    adapter = LearningRateAdapter(LrAdapterConfig(max_lr=1.0, plateau_from_diagonality=0.0), initial_lr=1e-3)
+    fired = []
+    for i, (tf, fr) in enumerate(pairs):
+        decisions = adapter.on_eval(evaluation(i, val_loss=1.0 - 0.1 * i, diagonality=tf, infer_diagonality=fr))
+        if decisions:
+            assert controls(decisions) == {"lr": pytest.approx(1e-3 * 4 ** (len(fired) + 1))}
+            assert "lags" in decisions[0].reason and not decisions[0].alarm
+            fired.append(i)
+    assert fired == raised_at
+
+
+def test_free_running_lag_rule_respects_max_lr_recovery_off_switch_and_state():
+    cfg = LrAdapterConfig(max_lr=2e-3, plateau_from_diagonality=0.0)
+    adapter = LearningRateAdapter(cfg, initial_lr=1e-3)
+    adapter.on_eval(evaluation(0, diagonality=0.9, infer_diagonality=0.1))
+    state = adapter.state_dict()
+    assert state["lagging_evals"] == 1
+    fresh = LearningRateAdapter(cfg, initial_lr=1e-3)
+    fresh.load_state_dict(state)  # the count survives a checkpoint: the next lagging evaluation raises
+    assert controls(fresh.on_eval(evaluation(1, val_loss=0.9, diagonality=0.9, infer_diagonality=0.1))) == {
+        "lr": pytest.approx(2e-3)}  # capped at max_lr
+    for i in range(2, 5):
+        assert fresh.on_eval(evaluation(i, val_loss=1.0 - 0.1 * i, diagonality=0.9, infer_diagonality=0.1)) == []
+    off = LearningRateAdapter(LrAdapterConfig(max_lr=1.0, plateau_from_diagonality=0.0, lag_gap=0.0), 1e-3)
+    assert all(off.on_eval(evaluation(i, val_loss=1.0 - 0.1 * i, diagonality=0.9, infer_diagonality=0.0)) == []
+               for i in range(4))
+    recovering = LearningRateAdapter(LrAdapterConfig(max_lr=1.0, plateau_from_diagonality=0.0), 1e-3)
+    recovering.on_step(step(loss=float("nan")))
+    assert all(recovering.on_eval(evaluation(i, val_loss=1.0 - 0.1 * i, diagonality=0.9,
+                                             infer_diagonality=0.0)) == [] for i in range(4))
 
 
 # ------------------------------------------------------------------------------------------ collapse

@@ -86,11 +86,11 @@ class Watch(Hook):
 
 
 def one_run(job: tuple) -> dict:
-    config_path, name, seed, adapters_on, threads, target, workdir = job
+    config_path, name, seed, adapters_on, threads, target, workdir, extra = job
     logging.basicConfig(level=logging.ERROR)
     start = STARTS[name]
-    sets = start.sets + [f"train.seed={seed}", f"train.max_steps={start.budget}", f"train.num_threads={threads}",
-                         "train.device=cpu", "tracking.enabled=false"]
+    sets = start.sets + extra + [f"train.seed={seed}", f"train.max_steps={start.budget}",
+                                 f"train.num_threads={threads}", "train.device=cpu", "tracking.enabled=false"]
     config = load_config_file(config_path, sets)
     watch = Watch(target, start.after)
     hooks = (build_adapters(config) if adapters_on else []) + [watch]
@@ -116,6 +116,8 @@ def main() -> None:
     parser.add_argument("--starts", nargs="*", default=list(STARTS), choices=list(STARTS))
     parser.add_argument("--adapters", choices=("off", "on", "both"), default="both")
     parser.add_argument("--out", type=Path, help="write every run's evaluations and decisions here (JSON)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override for every run, e.g. adapters.lr.weight_change_high=1e9 to see one rule alone")
     parser.add_argument("--reuse", type=Path, help="runs of an earlier --out file to take instead of training them")
     args = parser.parse_args()
     began = time.perf_counter()
@@ -123,10 +125,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # Fail early, and build each corpus and its features once before the workers start.
         for name in args.starts:
-            prepare_data(load_config_file(args.config, STARTS[name].sets))
+            prepare_data(load_config_file(args.config, STARTS[name].sets + args.set))
         reused = json.loads(args.reuse.read_text()) if args.reuse else []
         done = {(r["start"], r["seed"], r["adapters"]) for r in reused}
-        jobs = [(args.config, name, seed, on, args.threads, args.target, tmp)
+        jobs = [(args.config, name, seed, on, args.threads, args.target, tmp, args.set)
                 for name in args.starts for on in arms for seed in range(args.seeds) if (name, seed, on) not in done]
         results = [r for r in reused if r["start"] in args.starts and r["adapters"] in arms and r["seed"] < args.seeds]
         print(f"{len(results)} runs reused from {args.reuse}, {len(jobs)} to train", flush=True)

@@ -80,8 +80,8 @@ class ObjectiveFormula:
     scores as badly as it synthesizes."""
 
     ga_penalty: float = 1.0
-    alignment: str = "teacher_forced"
-    stop_penalty: float = 0.0
+    alignment: str = "worse"
+    stop_penalty: float = 0.5
 
     def diagonality(self, metrics: dict[str, float]) -> float:
         found = [metrics[k] for k in ALIGNMENTS[self.alignment] if is_finite_number(metrics.get(k))]
@@ -89,7 +89,7 @@ class ObjectiveFormula:
 
     def value(self, output_loss: float, metrics: dict[str, float]) -> float:
         value = output_loss + self.ga_penalty * (1.0 - self.diagonality(metrics))
-        if self.stop_penalty:
+        if self.stop_penalty and is_finite_number(metrics.get("infer_stop_rate")):  # none with data.val_infer 0
             value += self.stop_penalty * (1.0 - metrics["infer_stop_rate"])
         return value
 

@@ -155,6 +155,12 @@ def main() -> None:
             steps = ", ".join(str(r["reached"].get("infer_diagonality", "-")) for r in rows)
             print(f"{name:<17}{STARTS[name].budget:>7}{'on' if on else 'off':>10}{tf:>10}/{len(rows)}"
                   f"{fr:>10}/{len(rows)}    {steps}")
+    for on in arms:
+        rows = [r for r in results if r["adapters"] == on]
+        fr = sum("infer_diagonality" in r["reached"] for r in rows)
+        tf = sum("diagonality" in r["reached"] for r in rows)
+        print(f"all, adapters {'on ' if on else 'off'}: teacher-forced {tf}/{len(rows)}, free-running {fr}/{len(rows)} "
+              f"({fr / max(len(rows), 1):.0%})")
     for name in args.starts:
         print(f"  {name}: {STARTS[name].why}")
     for r in results:

@@ -52,6 +52,12 @@ def open_study(options: StudyOptions, spec: ObjectiveSpec) -> BudgetedStudy:
     try:
         study = optuna.create_study(study_name=options.study_name, storage=storage, sampler=sampler, pruner=pruner,
                                     direction="minimize", load_if_exists=True)
+        held = len(study.get_trials(deepcopy=False))
+        if options.seed is not None and held:
+            # A seeded sampler opened again on a study that holds trials (a second `optimize --seed S`, a script
+            # that runs one trial per call) would replay its first suggestions: it goes on from a seed of its own.
+            study.sampler = make_sampler(options.sampler, (options.seed + 1_000_003 * held) % 2**32,
+                                         options.startup_trials)
         if not study.metric_names:
             with allow_experimental():
                 study.set_metric_names([objective_name(spec, base)])

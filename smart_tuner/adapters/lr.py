@@ -135,12 +135,16 @@ class LearningRateAdapter(Adapter):
         cfg = self.cfg
         if not change < cfg.weight_change_low or self.scale < 1.0:  # slow while recovering: it was cut on purpose
             return []
+        return self._raise(f"the weights changed by {change:.3g} of their norm per step (< weight_change_low "
+                           f"{cfg.weight_change_low:g}) before alignment: rate too small", change)
+
+    def _raise(self, reason: str, trigger: float) -> list[Decision]:
+        """``base_lr`` x ``raise_factor``, up to ``max_lr``; a decision when the rate did rise."""
         before = self.lr
-        self.base_lr = min(self.base_lr * cfg.raise_factor, self.max_lr)
+        self.base_lr = min(self.base_lr * self.cfg.raise_factor, self.max_lr)
         if self.lr > before * (1.0 + 1e-9):
-            return [Decision("lr", self.lr, f"the weights changed by {change:.3g} of their norm per step "
-                             f"(< weight_change_low {cfg.weight_change_low:g}) before alignment: rate too small, "
-                             f"raised x{cfg.raise_factor:g} (max_lr {self.max_lr:g})", change)]
+            return [Decision("lr", self.lr, f"{reason}, raised x{self.cfg.raise_factor:g} (max_lr {self.max_lr:g})",
+                             trigger)]
         return []
 
     def on_eval(self, stats: EvalStats) -> list[Decision]:
@@ -185,13 +189,9 @@ class LearningRateAdapter(Adapter):
         if self.lagging_evals < cfg.lag_patience or self.scale < 1.0:
             return []
         self.lagging_evals = 0
-        before = self.lr
-        self.base_lr = min(self.base_lr * cfg.raise_factor, self.max_lr)
-        if self.lr > before * (1.0 + 1e-9):
-            return [Decision("lr", self.lr, f"free-running diagonality {stats.infer_diagonality:.3f} lags "
-                             f"teacher-forced {stats.diagonality:.3f} by >= lag_gap {cfg.lag_gap:g} for {cfg.lag_patience} "
-                             f"evaluations: rate raised x{cfg.raise_factor:g} (max_lr {self.max_lr:g})", gap)]
-        return []
+        return self._raise(f"free-running diagonality {stats.infer_diagonality:.3f} lags teacher-forced "
+                           f"{stats.diagonality:.3f} by >= lag_gap {cfg.lag_gap:g} for {cfg.lag_patience} evaluations",
+                           gap)
 
     def on_event(self, event: Event) -> None:
         if event.control == "rollback" and event.applied and event.source != self.name:

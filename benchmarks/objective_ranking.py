@@ -34,7 +34,7 @@ from smart_tuner.study.storage import open_study_readonly  # noqa: E402
 from smart_tuner.tts.inference import load_for_inference  # noqa: E402
 
 OLD = ObjectiveFormula(alignment="teacher_forced", stop_penalty=0.0)  # the default until 2026-11-29
-NEW = ObjectiveFormula(alignment="worse", stop_penalty=0.5)  # the default since
+NEW = ObjectiveFormula(alignment="worse", stop_penalty=0.5)  # the default since 2026-11-29
 
 
 def dtw_distance(a: np.ndarray, b: np.ndarray) -> float:

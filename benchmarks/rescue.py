@@ -106,6 +106,11 @@ def one_run(job: tuple) -> dict:
                           if d.get("applied")]}
 
 
+def reached(rows: list[dict]) -> tuple[int, int]:
+    """How many runs reached the target teacher-forced, and free-running."""
+    return (sum("diagonality" in r["reached"] for r in rows), sum("infer_diagonality" in r["reached"] for r in rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="objectives/demo.yaml")
@@ -150,15 +155,13 @@ def main() -> None:
     for name in args.starts:
         for on in arms:
             rows = [r for r in results if r["start"] == name and r["adapters"] == on]
-            tf = sum("diagonality" in r["reached"] for r in rows)
-            fr = sum("infer_diagonality" in r["reached"] for r in rows)
+            tf, fr = reached(rows)
             steps = ", ".join(str(r["reached"].get("infer_diagonality", "-")) for r in rows)
             print(f"{name:<17}{STARTS[name].budget:>7}{'on' if on else 'off':>10}{tf:>10}/{len(rows)}"
                   f"{fr:>10}/{len(rows)}    {steps}")
     for on in arms:
         rows = [r for r in results if r["adapters"] == on]
-        fr = sum("infer_diagonality" in r["reached"] for r in rows)
-        tf = sum("diagonality" in r["reached"] for r in rows)
+        tf, fr = reached(rows)
         print(f"all, adapters {'on ' if on else 'off'}: teacher-forced {tf}/{len(rows)}, free-running {fr}/{len(rows)} "
               f"({fr / max(len(rows), 1):.0%})")
     for name in args.starts:

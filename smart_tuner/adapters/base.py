@@ -15,8 +15,6 @@ from typing import Any
 
 from ..hooks import EvalStats, Hook
 
-DIAGONALITY_METRICS = ("diagonality", "infer_diagonality", "worse")
-
 
 def diagonality_of(stats: EvalStats, metric: str) -> float:
     """The diagonality an adapter reads: teacher-forced (``diagonality``), free-running (``infer_diagonality``), or

@@ -13,15 +13,15 @@ The rate it asks for is ``clamp(base_lr * scale, min_lr, max_lr)``:
   the rate is in range at all. Above ``weight_change_high``, at any time, it is far too large: ``base_lr`` is
   multiplied by ``emergency_factor``, becomes the new ``max_lr`` (no rule raises it back toward a rate known to be
   far too large), and the run rolls back to its last healthy state (what that rate did to the weights is undone;
-  an alarm). Below ``weight_change_low`` before alignment (before ``plateau_from_diagonality``,
-  where a flat validation loss says nothing; after it small changes are what a converging run makes) it is far too
-  small: ``base_lr`` is multiplied by ``raise_factor``, up to ``max_lr``;
+  an alarm). Below ``weight_change_low`` before alignment (before ``plateau_from_diagonality``, where a flat
+  validation loss says nothing; after it small changes are what a converging run makes) it is far too small:
+  ``base_lr`` is multiplied by ``raise_factor``, up to ``max_lr``. Measured on the demo over 25-step intervals
+  before alignment: 0.08-0.28 per step at 30-100x the default rate, 0.002-0.005 at the default, 0.00015-0.0005 at
+  1/30 of it;
 - free-running lag: teacher-forced diagonality above free-running by ``lag_gap`` or more for ``lag_patience``
   evaluations in a row (attention formed, but the decoder cannot yet run on its own outputs): ``base_lr`` is
   multiplied by ``raise_factor``, up to ``max_lr``, and the count starts over.
-  Measured on the demo over 25-step intervals before alignment: 0.08-0.28 per step at 30-100x the default rate,
-  0.002-0.005 at the default, 0.00015-0.0005 at 1/30 of it.
-One adapter owns every rule, so plateau, emergency and range can never fight over the rate.
+One adapter owns every rule, so plateau, emergency, range and lag can never fight over the rate.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def _lower(new: float, old: float) -> bool:
 class LearningRateAdapter(Adapter):
     name = "lr"
     priority = 100
-    state_fields = ("base_lr", "max_lr", "scale", "best", "num_bad_evals", "cooldown_counter", "consecutive_emergencies",
-                    "healthy_steps", "pending_cut", "plateau_started", "lagging_evals")
+    state_fields = ("base_lr", "max_lr", "scale", "best", "num_bad_evals", "cooldown_counter",
+                    "consecutive_emergencies", "healthy_steps", "pending_cut", "plateau_started", "lagging_evals")
 
     def __init__(self, cfg: LrAdapterConfig, initial_lr: float):
         self.cfg = cfg

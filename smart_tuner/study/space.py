@@ -28,9 +28,9 @@ config field: an integer field takes ``int`` or ``categorical``, a float field `
 building a config with it, so a value the trainer would refuse is refused here, naming the key. (Two dimensions
 that are only wrong together, such as ``adapters.ga.low`` above a sampled ``adapters.ga.high``, can only fail when
 a trial builds its config: choose ranges that cannot cross.) An empty search space is allowed: it runs the base
-config. Omitted sections take defaults: ``ga_penalty: 1.0``, ``alignment: teacher_forced``, ``stop_penalty: 0``
-(the value before free-running alignment entered it), ``pruner: median``, ``warmup_steps: 0`` and
-``startup_trials: 5`` (Optuna's defaults).
+config. Omitted sections take defaults: ``ga_penalty: 1.0``, ``alignment: worse``, ``stop_penalty: 0.5``
+(``teacher_forced`` and 0 give the value from before free-running alignment entered it), ``pruner: median``,
+``warmup_steps: 0`` and ``startup_trials: 5`` (Optuna's defaults).
 
 Optuna parameters are named by their dotted key (``train.lr``). Optuna's categorical choices must be None, bool,
 int, float or str, so a list choice (``[64, 64]``) goes through Optuna as its JSON text (``"[64, 64]"``) and is

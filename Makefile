@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo train test bench clean-venv
+.PHONY: setup demo train test lint bench clean-venv
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ train: setup
 # The test suite (what CI runs): fast tests plus the few marked slow.
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# ruff: lint and import order (configured in pyproject.toml); CI runs it before the tests.
+lint: setup
+	$(BIN)/ruff check .
 
 bench: setup
 	$(BIN)/python benchmarks/align_demo.py

@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smart_tuner.config import load_config_file, parse_set_overrides  # noqa: E402
-from smart_tuner.hooks import Hook  # noqa: E402
-from smart_tuner.train.trainer import Trainer  # noqa: E402
+from smart_tuner.config import load_config_file, parse_set_overrides
+from smart_tuner.hooks import Hook
+from smart_tuner.train.trainer import Trainer
 
 
 class EvalLog(Hook):
@@ -49,11 +49,13 @@ def run(label: str, sets: list[str], args, workdir: Path) -> None:
     start = time.perf_counter()
     result = Trainer(config, workdir / label, hooks=[log], progress=False).fit()
     final = result.last_eval
-    print(f"{label:>16}: diagonality >= {args.target}: teacher-forced {first_reaching(log.evals, 'diagonality', args.target, start)}"
-          f"; free-running {first_reaching(log.evals, 'infer_diagonality', args.target, start)}")
-    print(f"{'':>16}  after {result.step} steps ({final.elapsed:.1f} s train, {time.perf_counter() - start:.1f} s wall):"
-          f" val loss {final.val_loss:.4f}, val mel {final.val_losses['mel']:.4f}, diagonality {final.diagonality:.3f},"
-          f" free-running {final.infer_diagonality:.3f}, focus {final.focus:.3f}, stop rate {final.infer_stop_rate:.2f}")
+    teacher_forced = first_reaching(log.evals, "diagonality", args.target, start)
+    free_running = first_reaching(log.evals, "infer_diagonality", args.target, start)
+    print(f"{label:>16}: diagonality >= {args.target}: teacher-forced {teacher_forced}; free-running {free_running}")
+    print(f"{'':>16}  after {result.step} steps ({final.elapsed:.1f} s train, {time.perf_counter() - start:.1f} s "
+          f"wall): val loss {final.val_loss:.4f}, val mel {final.val_losses['mel']:.4f}, diagonality "
+          f"{final.diagonality:.3f}, free-running {final.infer_diagonality:.3f}, focus {final.focus:.3f}, stop rate "
+          f"{final.infer_stop_rate:.2f}")
     sys.stdout.flush()
 
 

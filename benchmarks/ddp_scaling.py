@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smart_tuner.config import build_config, merge, parse_set_overrides  # noqa: E402
-from smart_tuner.cores import machine_cores  # noqa: E402
+from smart_tuner.config import build_config, merge, parse_set_overrides
+from smart_tuner.cores import machine_cores
 
 
 def run(args: argparse.Namespace, ranks: int, workdir: Path, label: str) -> dict:

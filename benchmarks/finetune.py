@@ -30,10 +30,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smart_tuner.adapters import build_adapters  # noqa: E402
-from smart_tuner.config import load_config_file  # noqa: E402
-from smart_tuner.hooks import Decision, Hook  # noqa: E402
-from smart_tuner.train.trainer import Trainer  # noqa: E402
+from smart_tuner.adapters import build_adapters
+from smart_tuner.config import load_config_file
+from smart_tuner.hooks import Decision, Hook
+from smart_tuner.train.trainer import Trainer
 
 Evaluations = list[dict]  # the run's metrics.jsonl, one mapping per evaluation
 
@@ -62,7 +62,7 @@ def train(args, workdir: Path, label: str, sets: list[str], stop: bool = False) 
     evals = [json.loads(line) for line in (workdir / label / "metrics.jsonl").read_text().splitlines()]
     last, reached = evals[-1], first_step(evals, args.target)
     print(f"{label:>16}: {result.step} steps in {time.perf_counter() - start:6.1f} s; free-running diagonality >= "
-          f"{args.target} at {'step %d' % reached if reached else 'never'}; final val loss {last['val_loss']:.4f}, "
+          f"{args.target} at {f'step {reached}' if reached else 'never'}; final val loss {last['val_loss']:.4f}, "
           f"diagonality {last['diagonality']:.3f}, free-running {last['infer_diagonality']:.3f}", flush=True)
     return evals
 
@@ -117,7 +117,8 @@ def main() -> None:
             for arm, future in futures:
                 runs[arm].append(future.result())
 
-        print(f"\nsteps to free-running diagonality >= {args.target} (budget {args.steps}; 'never' counts as the budget)")
+        print(f"\nsteps to free-running diagonality >= {args.target} (budget {args.steps}; 'never' counts as the "
+              f"budget)")
         means = {}
         for arm, logs in runs.items():
             steps = [first_step(evals, args.target) for evals in logs]

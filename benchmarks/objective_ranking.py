@@ -24,14 +24,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
+import numpy as np
+import torch
+from scipy.stats import spearmanr
 
-from smart_tuner.data.dataset import Collate, prepare_data  # noqa: E402
-from smart_tuner.study.space import ObjectiveFormula  # noqa: E402
-from smart_tuner.study.storage import open_study_readonly  # noqa: E402
-from smart_tuner.tts.inference import load_for_inference  # noqa: E402
+from smart_tuner.data.dataset import Collate, prepare_data
+from smart_tuner.study.space import ObjectiveFormula
+from smart_tuner.study.storage import open_study_readonly
+from smart_tuner.tts.inference import load_for_inference
 
 OLD = ObjectiveFormula(alignment="teacher_forced", stop_penalty=0.0)  # the default until 2026-11-29
 NEW = ObjectiveFormula(alignment="worse", stop_penalty=0.5)  # the default since 2026-11-29

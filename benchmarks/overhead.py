@@ -26,17 +26,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import optuna  # noqa: E402
-import torch  # noqa: E402
+import optuna
+import torch
 
-from smart_tuner.config import build_config, merge, parse_set_overrides  # noqa: E402
-from smart_tuner.data.dataset import prepare_data  # noqa: E402
-from smart_tuner.train.runner import standard_hooks  # noqa: E402
-from smart_tuner.study.space import load_objective  # noqa: E402
-from smart_tuner.study.objective import OptunaReporter  # noqa: E402
-from smart_tuner.watch.tracking import StudyTracker, open_tracking  # noqa: E402
-from smart_tuner.train.trainer import Trainer  # noqa: E402
-from smart_tuner.tts import build_family  # noqa: E402
+from smart_tuner.config import build_config, merge, parse_set_overrides
+from smart_tuner.data.dataset import prepare_data
+from smart_tuner.study.objective import OptunaReporter
+from smart_tuner.study.space import load_objective
+from smart_tuner.train.runner import standard_hooks
+from smart_tuner.train.trainer import Trainer
+from smart_tuner.tts import build_family
+from smart_tuner.watch.tracking import StudyTracker, open_tracking
 
 
 def timed_fit(config, run_dir: Path, hooks: list, data) -> tuple[float, float]:

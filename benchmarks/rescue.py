@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smart_tuner.adapters import build_adapters  # noqa: E402
-from smart_tuner.config import load_config_file  # noqa: E402
-from smart_tuner.data.dataset import prepare_data  # noqa: E402
-from smart_tuner.hooks import Decision, Hook  # noqa: E402
-from smart_tuner.train.trainer import Trainer  # noqa: E402
+from smart_tuner.adapters import build_adapters
+from smart_tuner.config import load_config_file
+from smart_tuner.data.dataset import prepare_data
+from smart_tuner.hooks import Decision, Hook
+from smart_tuner.train.trainer import Trainer
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from optuna.trial import TrialState  # noqa: E402
+from optuna.trial import TrialState
 
-from smart_tuner.config import build_config, merge, parse_set_overrides  # noqa: E402
-from smart_tuner.train.runner import run_training  # noqa: E402
-from smart_tuner.study.options import StudyOptions  # noqa: E402
-from smart_tuner.study.space import load_objective  # noqa: E402
-from smart_tuner.study.workers import optimize  # noqa: E402
+from smart_tuner.config import build_config, merge, parse_set_overrides
+from smart_tuner.study.options import StudyOptions
+from smart_tuner.study.space import load_objective
+from smart_tuner.study.workers import optimize
+from smart_tuner.train.runner import run_training
 
 NO_ADAPTERS = ["adapters.lr.enabled=false", "adapters.ga.enabled=false", "adapters.grad.enabled=false"]
 # Counting steps needs no MLflow runs (and parallel studies would share the repository's store).

@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from smart_tuner.config import build_config, merge, parse_set_overrides  # noqa: E402
-from smart_tuner.hooks import Hook  # noqa: E402
-from smart_tuner.train.trainer import Trainer  # noqa: E402
+from smart_tuner.config import build_config, merge, parse_set_overrides
+from smart_tuner.hooks import Hook
+from smart_tuner.train.trainer import Trainer
 
 
 class StepClock(Hook):
@@ -55,7 +55,8 @@ def measure(overrides: dict, steps: int, warmup: int, workdir: Path, label: str)
     rate = (len(timed) - 1) / seconds
     frames = sum(clock.frames[warmup + 1:]) / seconds  # the frames of the steps that end inside the window
     params = sum(p.numel() for p in trainer.model.parameters())
-    mem = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if trainer.device.type == "cuda" else ""
+    cuda = trainer.device.type == "cuda"
+    mem = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else ""
     print(f"{label}: {rate:.2f} steps/s ({1000 / rate:.0f} ms/step), {frames:,.0f} mel frames/s, "
           f"{params / 1e6:.2f}M parameters, batch {config.train.batch_size}, r={config.model.r}, "
           f"device {trainer.device}, loss {clock.losses[0]:.3f} -> {clock.losses[-1]:.3f}{mem}", flush=True)

@@ -30,11 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from smart_tuner.config import build_config  # noqa: E402
-from smart_tuner.tts.base import count_parameters  # noqa: E402
-from smart_tuner.tts.tacotron2 import Tacotron2, Tacotron2Loss  # noqa: E402
+from smart_tuner.config import build_config
+from smart_tuner.tts.base import count_parameters
+from smart_tuner.tts.tacotron2 import Tacotron2, Tacotron2Loss
 
 # NVIDIA/tacotron2 hparams.py defaults that size the model (facts from their repository).
 REFERENCE_HPARAMS = dict(
@@ -110,7 +110,8 @@ def main() -> None:
     ours = Tacotron2(N_SYMBOLS, 80, config.model).to(device)
     text, text_lengths, mel, mel_lengths, gate = make_batch(batch, tokens, frames, device)
     our_loss, their_criterion = Tacotron2Loss(config.loss, config.model.r).to(device), their_loss.Tacotron2Loss()
-    optimizers = {"ours": torch.optim.Adam(ours.parameters(), 1e-3), "theirs": torch.optim.Adam(theirs.parameters(), 1e-3)}
+    optimizers = {"ours": torch.optim.Adam(ours.parameters(), 1e-3),
+                  "theirs": torch.optim.Adam(theirs.parameters(), 1e-3)}
 
     def our_step(fast: bool) -> None:
         out = ours(text, text_lengths, mel, mel_lengths, fast=fast)
@@ -129,7 +130,9 @@ def main() -> None:
     runs = {"ours (fast)": lambda: our_step(True), "NVIDIA": their_step}
     if not args.no_eager:
         runs["ours (step-by-step)"] = lambda: our_step(False)
-    print(f"device {device} ({torch.get_num_threads()} threads)" if not cuda else f"device {torch.cuda.get_device_name(device)}",
+    where = (f"device {torch.cuda.get_device_name(device)}" if cuda
+             else f"device {device} ({torch.get_num_threads()} threads)")
+    print(where,
           f"batch {batch}, {tokens} tokens, {frames} frames; parameters: ours {count_parameters(ours):,}, "
           f"NVIDIA {count_parameters(theirs):,}", flush=True)
     times: dict[str, list[float]] = {name: [] for name in runs}

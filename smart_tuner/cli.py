@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
@@ -86,7 +87,7 @@ def _launch_ranks(args: argparse.Namespace, run_dir: Path) -> int:
     from .train.distributed import torchrun_command, torchrun_env
 
     argv, skip = [], False
-    for i, item in enumerate(args.argv):
+    for item in args.argv:
         if skip:
             skip = False
             continue
@@ -228,11 +229,11 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
             write_atomic(name.with_suffix(".png"),
                          alignment_png(spoken.alignment, title=f"sentence {spoken.sentence.number}"))
         if args.mel:
-            array = spoken.mel.numpy().astype(np.float32)
-            write_atomic(name.with_suffix(".npy"), lambda handle: np.save(handle, array))
+            write_atomic(name.with_suffix(".npy"), partial(np.save, arr=spoken.mel.numpy().astype(np.float32)))
         frames = spoken.mel.shape[1]
         bar.update(1)
-        tqdm.write(f"{spoken.sentence.number:03d}: {frames} frames, {frames * audio.hop_length / audio.sample_rate:.2f} s, "
+        seconds = frames * audio.hop_length / audio.sample_rate
+        tqdm.write(f"{spoken.sentence.number:03d}: {frames} frames, {seconds:.2f} s, "
                    f"{'stopped' if spoken.stopped else 'hit the step limit'}, diagonality {spoken.diagonality:.3f}: "
                    f"{spoken.sentence.text[:60]}")
     bar.close()

@@ -47,7 +47,7 @@ _Loader.add_implicit_resolver(
 
 def yaml_load(text: str) -> Any:
     """``yaml.safe_load`` with exponent floats; the only YAML reader of the project."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_Loader)
 
 
 # ----------------------------------------------------------------------------------------------- bounds
@@ -243,7 +243,8 @@ class LrAdapterConfig:
     # in a row raises the rate by raise_factor (up to max_lr). 0: off.
     lag_gap: float = setting(0.5, ge=0, le=1)
     lag_patience: int = setting(2, ge=1)
-    emergency_factor: float = setting(0.1, gt=0, lt=1)  # multiplies the rate on a non-finite loss, a huge loss or gradient
+    # multiplies the rate on a non-finite loss, a huge loss or gradient
+    emergency_factor: float = setting(0.1, gt=0, lt=1)
     loss_limit: float = setting(1e6, gt=0)  # a loss above this is an emergency
     grad_limit: float = setting(1000.0, gt=0)  # a gradient norm (before clipping) above this is an emergency
     max_emergencies: int = setting(3, ge=1)  # consecutive emergencies before a rollback is asked for

@@ -9,8 +9,8 @@ import pytest
 # Two processes of two threads would oversubscribe these 2-core machines; tests run one at a time.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-from smart_tuner.config import build_config, merge  # noqa: E402
-from smart_tuner.data.demo import build_demo_corpus  # noqa: E402
+from smart_tuner.config import build_config, merge
+from smart_tuner.data.demo import build_demo_corpus
 
 TINY_MODEL = {
     "embedding_dim": 16, "encoder_channels": 16, "encoder_lstm_dim": 8, "attention_rnn_dim": 32,

@@ -185,7 +185,7 @@ def postgres_server(base_dir: Path) -> Iterator[str]:
             for p in (work, server.sock):
                 os.chown(p, pw.pw_uid, pw.pw_gid)
         server.initdb()
-        for attempt in range(3):  # the free port may be taken between choosing and binding it
+        for _attempt in range(3):  # the free port may be taken between choosing and binding it
             port = _free_port()
             r = server.start(port)
             if r.returncode == 0:

@@ -8,13 +8,17 @@ import random
 import pytest
 import torch
 
-from smart_tuner.tts import checkpoint as ckpt
-from smart_tuner.adapters import (AttentionCollapseAdapter, GradientHealthAdapter, GuidedAttentionAdapter,
-                                  LearningRateAdapter, build_adapters)
-from smart_tuner.config import (CollapseAdapterConfig, GaAdapterConfig, GradAdapterConfig, LrAdapterConfig,
-                                build_config)
+from smart_tuner.adapters import (
+    AttentionCollapseAdapter,
+    GradientHealthAdapter,
+    GuidedAttentionAdapter,
+    LearningRateAdapter,
+    build_adapters,
+)
+from smart_tuner.config import CollapseAdapterConfig, GaAdapterConfig, GradAdapterConfig, LrAdapterConfig, build_config
 from smart_tuner.hooks import Event
 from smart_tuner.train.trainer import Trainer
+from smart_tuner.tts import checkpoint as ckpt
 
 from .conftest import tiny_config
 from .stats import StepLog, eval_stats, step_stats
@@ -69,7 +73,7 @@ def test_plateau_waits_for_alignment():
         assert adapter.on_eval(evaluation(i, val_loss=1.0 + i, diagonality=0.59)) == []
     # From the first aligned evaluation the plateau rule counts, with the best value taken from there on.
     assert adapter.on_eval(evaluation(10, val_loss=20.0, diagonality=0.6)) == []
-    assert adapter.on_eval(evaluation(11, val_loss=19.0, diagonality=0.3)) == []  # improvement: counts even if diag dips
+    assert adapter.on_eval(evaluation(11, val_loss=19.0, diagonality=0.3)) == []  # improvement: counts, diag dips
     assert adapter.on_eval(evaluation(12, val_loss=19.5, diagonality=0.9)) == []
     plateau = adapter.on_eval(evaluation(13, val_loss=19.5, diagonality=0.9))
     assert controls(plateau) == {"lr": pytest.approx(5e-3)} and not plateau[0].alarm
@@ -323,7 +327,7 @@ def test_vanishing_gradients_ask_for_a_rollback_after_patience_consecutive_steps
 def test_adapter_state_survives_a_checkpoint_file(tmp_path):
     config = build_config({"adapters": {"lr": {"patience": 1, "recovery_steps": 3}}})
     adapters = build_adapters(config)
-    lr, ga, collapse, grad = adapters
+    lr, _ga, collapse, grad = adapters
     collapse.on_eval(evaluation(diagonality=0.9))
     lr.on_step(step(loss=float("nan")))
     for v in (1.0, 1.1, 1.2):
@@ -442,7 +446,8 @@ def test_the_ga_adapter_weight_reaches_the_loss(corpus_en, tmp_path):
     assert all(s.loss_weights["ga_weight"] == changes[0]["new"] for s in after)
     for s in after:
         terms = s.losses
-        assert s.loss == pytest.approx(terms["mel"] + terms["postnet"] + terms["gate"] + changes[0]["new"] * terms["ga"],
+        weighted_ga = changes[0]["new"] * terms["ga"]
+        assert s.loss == pytest.approx(terms["mel"] + terms["postnet"] + terms["gate"] + weighted_ga,
                                        rel=1e-5)
 
 

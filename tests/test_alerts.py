@@ -5,8 +5,8 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import re
 import logging
+import re
 import socket
 import threading
 import time
@@ -16,13 +16,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from smart_tuner.watch.alerts import (DEFAULT_API_URL, TelegramClient, TelegramReporter, format_critical_alert,
-                                resolve_settings)
 from smart_tuner.config import Config, TelegramConfig
 from smart_tuner.hooks import EvalStats, Event, RunInfo, TrainResult
+from smart_tuner.watch.alerts import (
+    DEFAULT_API_URL,
+    TelegramClient,
+    TelegramReporter,
+    format_critical_alert,
+    resolve_settings,
+)
+from smart_tuner.watch.plots import alignment_png
 
 from .stats import eval_stats as make_eval_stats
-from smart_tuner.watch.plots import alignment_png
 
 pytestmark = pytest.mark.timeout(60)  # a send that blocks would otherwise hang the suite
 

@@ -243,7 +243,7 @@ def test_lengths_beyond_tensor_are_clamped_and_empty_items_are_finite():
 
 
 def test_individual_functions_match_alignment_metrics():
-    items, (batch, text_lengths, dec_lengths) = _padding_case("large")
+    _items, (batch, text_lengths, dec_lengths) = _padding_case("large")
     out = alignment_metrics(batch, text_lengths, dec_lengths, band=0.15)
     args = (batch, text_lengths, dec_lengths)
     torch.testing.assert_close(out["diagonality"], diagonality(*args, band=0.15))
@@ -253,7 +253,7 @@ def test_individual_functions_match_alignment_metrics():
 
 
 def test_mean_alignment_metrics():
-    items, (batch, text_lengths, dec_lengths) = _padding_case("large")
+    _items, (batch, text_lengths, dec_lengths) = _padding_case("large")
     per_item = alignment_metrics(batch, text_lengths, dec_lengths)
     means = mean_alignment_metrics(batch, text_lengths, dec_lengths)
     assert set(means) == set(KEYS)
@@ -313,7 +313,7 @@ def test_coverage_threshold():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_inputs(dtype):
-    items, (batch, text_lengths, dec_lengths) = _padding_case("large")
+    _items, (batch, text_lengths, dec_lengths) = _padding_case("large")
     batch = batch.clamp(max=1e4)  # keep the garbage representable in float16
     low = alignment_metrics(batch.to(dtype), text_lengths, dec_lengths)
     # Reference: the same rounded values, evaluated in float32.

@@ -26,7 +26,7 @@ SR = 22050
 
 
 def sine(freq: float, seconds: float, sr: int = SR, amp: float = 0.5) -> np.ndarray:
-    t = np.arange(int(round(seconds * sr))) / sr
+    t = np.arange(round(seconds * sr)) / sr
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
@@ -298,7 +298,10 @@ def test_trim_silence_keeps_tone():
     rng = np.random.default_rng(3)
     lead, tone_len, tail = 8000, 11025, 6000
     tone = sine(440.0, tone_len / SR)
-    noise = lambda n: (rng.standard_normal(n) * 1e-4).astype(np.float32)  # ~-70 dB
+
+    def noise(n):  # ~-70 dB
+        return (rng.standard_normal(n) * 1e-4).astype(np.float32)
+
     wav = np.concatenate([noise(lead), tone, noise(tail)])
 
     out = trim_silence(wav, top_db=40.0, frame_length=1024, hop_length=256)

@@ -424,8 +424,8 @@ def test_every_number_field_declares_its_bounds():
     from smart_tuner.config import Config, fields_of
 
     unbounded = [key for key, value, f in fields_of(Config())
-                 if (isinstance(value, (int, float)) and not isinstance(value, bool)
-                     or isinstance(value, list) and ("int" in str(f.type) or "float" in str(f.type)))
+                 if ((isinstance(value, (int, float)) and not isinstance(value, bool))
+                     or (isinstance(value, list) and ("int" in str(f.type) or "float" in str(f.type))))
                  and not f.metadata.get("rules") and not key.endswith("seed") and key != "tracking.source_trial"]
     assert not unbounded, unbounded
 

@@ -27,9 +27,15 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from smart_tuner.study.storage import StudyError
-from smart_tuner.view.dashboard import (cmd_dashboard, cmd_mlflow_ui, listens_on_all_interfaces,
-                                        mlflow_server_command, mlflow_server_env, server_url,
-                                        wait_for_http)
+from smart_tuner.view.dashboard import (
+    cmd_dashboard,
+    cmd_mlflow_ui,
+    listens_on_all_interfaces,
+    mlflow_server_command,
+    mlflow_server_env,
+    server_url,
+    wait_for_http,
+)
 from tests.chromium import dump_dom
 
 STUDY = "dash-study"
@@ -115,7 +121,7 @@ def wait_up(url: str, process: subprocess.Popen, log_path: Path, timeout: float 
     try:
         wait_for_http(url, timeout=timeout, process=process)
     except (TimeoutError, RuntimeError) as exc:
-        raise AssertionError(f"{exc}\n--- server output ---\n{log_path.read_text(errors='replace')[-4000:]}")
+        raise AssertionError(f"{exc}\n--- server output ---\n{log_path.read_text(errors='replace')[-4000:]}") from exc
 
 
 def http_get(url: str, timeout: float = 30.0) -> tuple[bytes, str]:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from smart_tuner.config import Config, DebugConfig
-from smart_tuner.watch.debug import BUNDLE_FILES, DebugReporter, RunDirError, main_debug, summarize_run
 from smart_tuner.hooks import Event, RunInfo, TrainResult
+from smart_tuner.watch.debug import BUNDLE_FILES, DebugReporter, RunDirError, main_debug, summarize_run
 
 from .stats import eval_stats as make_eval_stats
 from .stats import step_stats as make_step_stats

@@ -9,8 +9,8 @@ import soundfile as sf
 
 from smart_tuner.data import demo
 from smart_tuner.data.demo import build_demo_corpus, generate_sentences
-from smart_tuner.paths import demo_corpus_dir
 from smart_tuner.data.espeak import EspeakError, EspeakSynthesizer
+from smart_tuner.paths import demo_corpus_dir
 
 CYRILLIC = re.compile(r"[А-Яа-яЁё]")
 

@@ -22,8 +22,8 @@ from .conftest import TINY_MODEL
 
 pytestmark = pytest.mark.slow
 
-NO_DROPOUT = {k: 0.0 for k in ("encoder_dropout", "attention_dropout", "decoder_dropout", "prenet_dropout",
-                               "postnet_dropout")}
+NO_DROPOUT = dict.fromkeys(
+    ("encoder_dropout", "attention_dropout", "decoder_dropout", "prenet_dropout", "postnet_dropout"), 0.0)
 
 
 def config_file(tmp_path: Path, corpus: Path, name: str = "c.yaml", model: dict | None = None, **sections) -> Path:
@@ -142,7 +142,7 @@ def test_sigkill_of_rank_1_restarts_the_group_which_resumes_and_completes(corpus
         victims = rank_pids(proc.pid, 1)
         assert len(victims) == 1, victims
         os.kill(victims[0], signal.SIGKILL)
-        out, err = proc.communicate(timeout=600)
+        _out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()

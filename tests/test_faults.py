@@ -17,9 +17,9 @@ import optuna
 import pytest
 import torch
 import yaml
-from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from mlflow import MlflowClient
 from smart_tuner.files import DiskFullError, append_line
 
 from .conftest import TINY_MODEL, tiny_config
@@ -76,7 +76,7 @@ def first_trial_evaluated(storage, study="s"):
     """Whether the study's first trial has reported a value (False while the study does not exist yet)."""
     try:
         trials = optuna.load_study(study_name=study, storage=storage).get_trials()
-    except Exception:  # noqa: BLE001 - the study is not created yet
+    except Exception:
         return False
     return bool(trials and trials[0].intermediate_values)
 
@@ -178,7 +178,7 @@ def test_a_second_sigint_during_optimize_exits_at_once_and_leaves_no_trial_runni
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
     started = time.time()
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert time.time() - started < 30 and "Traceback" not in err, err
     states = [t.state for t in optuna.load_study(study_name="s", storage=storage).get_trials()]

@@ -44,10 +44,9 @@ def test_atomic_dir_replaces_a_directory_only_when_complete(tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "a.png").write_bytes(b"1")
     assert [p.name for p in target.iterdir()] == ["a.png"]
-    with pytest.raises(RuntimeError):
-        with atomic_dir(target) as tmp:
-            (tmp / "b.png").write_bytes(b"2")
-            raise RuntimeError("render failed")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "b.png").write_bytes(b"2")
+        raise RuntimeError("render failed")
     assert [p.name for p in target.iterdir()] == ["a.png"]  # the complete old one stays
     with atomic_dir(target) as tmp:
         (tmp / "c.png").write_bytes(b"3")

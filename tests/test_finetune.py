@@ -64,7 +64,8 @@ def test_ignore_patterns_and_shape_mismatches_are_skipped_and_reported(pretraine
     report = warm_start(model, family, data.symbols, read_source(pretrained, family), ignore=[r"decoder\.gate\."])
     status = {t.name: (t.status, t.detail) for t in report.tensors}
     assert status["decoder.gate.weight"] == ("skipped", "ignored (train.init_ignore 'decoder\\\\.gate\\\\.')")
-    assert status["postnet.net.0.weight"][0] == "skipped" and "shape mismatch: source 16x80x5" in status["postnet.net.0.weight"][1]
+    kind, why = status["postnet.net.0.weight"]
+    assert kind == "skipped" and "shape mismatch: source 16x80x5" in why
     assert status["postnet.net.16.bias"][0] == "loaded"  # the last conv's output (80 mels) still fits
     state = model.state_dict()
     assert torch.equal(state["decoder.gate.weight"], fresh["decoder.gate.weight"])
@@ -140,7 +141,7 @@ def test_unstandardized_mels_are_the_log_mels_as_computed(corpus_en, tmp_path):
     config = tiny_config(corpus_en, tmp_path, data={"mel_standardize": False})
     data = prepare_data(config)
     assert data.stats.is_identity and float(data.stats.pad_value[0]) == pytest.approx(np.log(1e-5))
-    text, mel = data.train[0]
+    _text, mel = data.train[0]
     wav = trim_silence(load_wav(corpus_en / "wavs" / f"{data.train.ids[0]}.wav", 22050), 40.0, 1024, 256)
     expected = MelExtractor(22050, 1024, 256, 1024, 80, 0.0, 8000.0)(wav)
     assert mel.shape == expected.shape and torch.allclose(mel, expected, atol=1e-5)

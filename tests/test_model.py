@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smart_tuner.tts.alignment import ideal_diagonal
 from smart_tuner.config import build_config
+from smart_tuner.tts.alignment import ideal_diagonal
 from smart_tuner.tts.tacotron2 import Output, Tacotron2, Tacotron2Loss, guided_attention_penalty
 
 from .conftest import TINY_MODEL

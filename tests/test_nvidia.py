@@ -23,9 +23,10 @@ N_SYMBOLS = 148  # pad, '-', 10 punctuation marks and space, 52 letters, 84 ARPA
 def lstm(prefix: str, ours: str, inputs: int, hidden: int, reverse: bool) -> list[tuple[str, tuple, str]]:
     suffixes = [""] + (["_reverse"] if reverse else [])
     layer = "_l0" if reverse else ""
+    shapes = (("weight_ih", (4 * hidden, inputs)), ("weight_hh", (4 * hidden, hidden)), ("bias_ih", (4 * hidden,)),
+              ("bias_hh", (4 * hidden,)))
     return [(f"{prefix}.{kind}{layer}{s}", shape, f"{ours}.{kind}{layer}{s}")
-            for s in suffixes for kind, shape in (("weight_ih", (4 * hidden, inputs)), ("weight_hh", (4 * hidden, hidden)),
-                                                  ("bias_ih", (4 * hidden,)), ("bias_hh", (4 * hidden,)))]
+            for s in suffixes for kind, shape in shapes]
 
 
 def batch_norm(prefix: str, ours: str, channels: int) -> list[tuple[str, tuple, str]]:

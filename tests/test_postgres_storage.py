@@ -45,8 +45,8 @@ TRIAL_SECONDS = 0.2
 
 # A worker process: argv = url, study name, budget N, label, mode (plain | guard | hang), output directory.
 # plain: MaxTrialsCallback(N) only. guard: the study is smart_tuner's BudgetedStudy with --study-trials N, whose ask
-# refuses to create a trial beyond the budget (StudyFull ends the worker), so the count of trials is exact. hang: the first trial signals readiness, then sleeps far longer than the
-# test waits.
+# refuses to create a trial beyond the budget (StudyFull ends the worker), so the count of trials is exact. hang: the
+# first trial signals readiness, then sleeps far longer than the test waits.
 WORKER = r'''
 import json, os, sys, time, warnings
 from pathlib import Path
@@ -112,7 +112,7 @@ class Workers:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, label, budget, mode, go=True):
-        log = open(self.out / f"{label}.log", "w")
+        log = open(self.out / f"{label}.log", "w")  # noqa: SIM115 (the worker writes to it until it ends)
         self.procs[label] = subprocess.Popen(
             [sys.executable, str(self.script), self.url, self.study_name, str(budget), label, mode, str(self.out)],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.out)
@@ -156,7 +156,7 @@ def wait_for(condition, timeout, what, workers=None):
 
 
 @pytest.fixture
-def study_env(postgres_url, tmp_path):
+def study_env(postgres_url, tmp_path):  # noqa: F811 (the fixture imported from tests.pg)
     """A fresh study on the session's server (tables created here, once, before any worker starts)."""
     storage = make_storage(postgres_url)
     name = f"study-{uuid.uuid4().hex[:8]}"

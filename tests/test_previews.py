@@ -9,9 +9,9 @@ import torch
 
 from smart_tuner.config import build_config
 from smart_tuner.hooks import EvalStats, RunInfo, TrainResult
+from smart_tuner.watch.previews import PreviewWriter, is_thinned_in, latest_preview, list_previews
 
 from .stats import eval_stats
-from smart_tuner.watch.previews import PreviewWriter, is_thinned_in, latest_preview, list_previews
 
 CONFIG = build_config({})  # 22050 Hz, hop 256, n_fft 1024, 80 mel bins
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import optuna
 
+from smart_tuner.hooks import EvalStats, StepStats
 from smart_tuner.study.objective import ProgressReporter
 from smart_tuner.study.workers import describe_progress, optimize
-from smart_tuner.hooks import EvalStats, StepStats
 
 from .test_study import objective_file, options
 

@@ -111,7 +111,7 @@ def real_study(corpus_en, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cli_report(real_study):
-    root, storage, study = real_study
+    root, storage, _study = real_study
     out = root / "out" / "report.html"
     result = run_cli(root, "report", "--study", STUDY, "--storage", storage, "--out", out)
     assert result.returncode == 0, result.stderr
@@ -124,7 +124,7 @@ def best_of(study):
 
 
 def test_cli_writes_a_self_contained_report_of_every_trial(real_study, cli_report):
-    root, storage, study = real_study
+    _root, _storage, study = real_study
     out, text = cli_report
     trials = study.get_trials()
     assert len(trials) == 4 and [t.state for t in trials[:2]] == [TrialState.COMPLETE] * 2

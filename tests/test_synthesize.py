@@ -93,7 +93,8 @@ def test_missing_characters_are_listed_or_dropped(checkpoint, tmp_path, speak):
 
 def test_error_cases_are_one_line(checkpoint, tmp_path, speak):
     out = tmp_path / "o"
-    assert one_error(speak("--checkpoint", checkpoint, "--text", "  ", "--out", out)) == "error: --text: the text is empty"
+    empty_text = speak("--checkpoint", checkpoint, "--text", "  ", "--out", out)
+    assert one_error(empty_text) == "error: --text: the text is empty"
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n", encoding="utf-8")
     assert one_error(speak("--checkpoint", checkpoint, "--text-file", empty, "--out", out)) == (

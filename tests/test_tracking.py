@@ -8,19 +8,19 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mlflow import MlflowClient
 from smart_tuner import paths
-from smart_tuner.watch import tracking
-from smart_tuner.hooks import EvalStats, Event, RunInfo, StepStats, TrainResult
-
-from .stats import eval_stats as make_eval_stats
-from .stats import step_stats as make_step_stats
 from smart_tuner.config import build_config
+from smart_tuner.hooks import EvalStats, Event, RunInfo, StepStats, TrainResult
+from smart_tuner.watch import tracking
 from smart_tuner.watch.previews import PreviewWriter
 from smart_tuner.watch.tracking import MlflowReporter, end_study_run, ensure_experiment, start_study_run
 from tests.conftest import tiny_config
+
+from .stats import eval_stats as make_eval_stats
+from .stats import step_stats as make_step_stats
 
 CONFIG = {"model": {"r": 4, "prenet_dims": [16, 16]}, "train": {"lr": 1e-3, "note": "x" * 7000},
           "adapters": {"plateau": {"factor": 0.5}},

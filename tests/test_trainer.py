@@ -9,9 +9,9 @@ import shutil
 import pytest
 import torch
 
-from smart_tuner.tts.checkpoint import load as load_checkpoint
 from smart_tuner.hooks import Decision, Hook
 from smart_tuner.train.trainer import Trainer, TrainingError
+from smart_tuner.tts.checkpoint import load as load_checkpoint
 from smart_tuner.tts.inference import load_for_inference
 
 from .conftest import tiny_config

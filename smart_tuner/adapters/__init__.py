@@ -9,8 +9,14 @@ from .ga import GuidedAttentionAdapter
 from .grad import GradientHealthAdapter
 from .lr import LearningRateAdapter
 
-__all__ = ["Adapter", "AttentionCollapseAdapter", "GuidedAttentionAdapter", "GradientHealthAdapter",
-           "LearningRateAdapter", "build_adapters"]
+__all__ = [
+    "Adapter",
+    "AttentionCollapseAdapter",
+    "GradientHealthAdapter",
+    "GuidedAttentionAdapter",
+    "LearningRateAdapter",
+    "build_adapters",
+]
 
 
 def build_adapters(config: Config) -> list[Adapter]:

@@ -14,9 +14,10 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..paths import study_artifact_dir
 from .space import PRUNERS, SAMPLERS

@@ -51,8 +51,17 @@ from typing import Any
 
 import optuna
 
-from ..config import (Config, ConfigError, build_config, config_keys, is_finite_number, merge, nest, read_yaml,
-                      set_dotted)
+from ..config import (
+    Config,
+    ConfigError,
+    build_config,
+    config_keys,
+    is_finite_number,
+    merge,
+    nest,
+    read_yaml,
+    set_dotted,
+)
 
 SECTIONS = ("config", "search_space", "objective", "pruning")
 KINDS = ("float", "int", "categorical")

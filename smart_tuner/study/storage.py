@@ -19,9 +19,10 @@ import random
 import time
 import warnings
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import optuna
@@ -135,7 +136,7 @@ def open_storage_readonly(url: str) -> optuna.storages.RDBStorage:
         if is_study:
             storage = optuna.storages.RDBStorage(engine_url, skip_compatibility_check=True, skip_table_creation=True)
             storage.get_all_studies()
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or database
+    except Exception as exc:
         raise unreadable(url, exc) from None
     if storage is None:
         raise StudyError(f"storage {redact_url(url)}: not an Optuna study storage (it has no studies table); name "
@@ -146,7 +147,7 @@ def open_storage_readonly(url: str) -> optuna.storages.RDBStorage:
 def _sqlite_file_or_none(url: str) -> Path | None:
     try:
         return sqlite_file(url)
-    except Exception:  # noqa: BLE001 - a malformed URL: opening it names the problem
+    except Exception:
         return None
 
 

@@ -17,7 +17,8 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 import sqlalchemy
@@ -25,14 +26,22 @@ from tqdm import tqdm
 
 from .. import interrupts
 from ..config import Config, build_config, flatten, is_finite_number, parse_set_overrides, redact_url
-from ..tts import build_family
-from .objective import Objective, trial_base
 from ..train.distributed import Group, GroupLost, torchrun_command, torchrun_env
 from ..train.runner import run_training
+from ..tts import build_family
+from .objective import Objective, trial_base
 from .options import StudyOptions
 from .space import ObjectiveSpec, load_objective, make_pruner, make_sampler, reference_params
-from .storage import (BudgetedStudy, StudyError, StudyFull, StudyTrials, allow_experimental, open_storage,
-                      route_optuna_logging, study_trials)
+from .storage import (
+    BudgetedStudy,
+    StudyError,
+    StudyFull,
+    StudyTrials,
+    allow_experimental,
+    open_storage,
+    route_optuna_logging,
+    study_trials,
+)
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,10 @@
 ``torchrun --nproc-per-node N -m smart_tuner train ...`` (or ``train --nproc N``, which starts torchrun) runs N
 ranks. Each takes its share of every batch of the one deterministic bucket sampler, so ``train.batch_size`` is the
 global batch. Lock-step: after the backward pass the gradients (and the batch-norm running statistics) are
-averaged across ranks (one all-reduce of one flat buffer), and the step's statistics are averaged before any hook sees them; the hooks themselves run on rank 0
-alone and their decisions are broadcast, so every rank applies the same rate, loss weights, skips and rollbacks at
-the same step. Rank 0 alone writes files, logs to MLflow, sends alerts and reports to Optuna.
+averaged across ranks (one all-reduce of one flat buffer), and the step's statistics are averaged before any hook
+sees them; the hooks themselves run on rank 0 alone and their decisions are broadcast, so every rank applies the
+same rate, loss weights, skips and rollbacks at the same step. Rank 0 alone writes files, logs to MLflow, sends
+alerts and reports to Optuna.
 
 NCCL on GPUs, gloo on CPU. Every collective waits at most ``train.dist_timeout`` seconds: a rank that hangs or dies
 makes the others fail with a :class:`GroupError` instead of waiting forever.
@@ -17,8 +18,9 @@ import datetime
 import os
 import pickle
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -84,7 +86,8 @@ class Group:
             rank, world, local = (int(os.environ.get(name, "0")) for name in ENV)
             restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         except ValueError as exc:
-            raise GroupError(f"torchrun's environment is not readable ({exc}); start with torchrun or train --nproc")
+            raise GroupError(f"torchrun's environment is not readable ({exc}); start with torchrun or "
+                             f"train --nproc") from None
         return cls(rank, world, local, restart, timeout)
 
     # ------------------------------------------------------------------------------------- set-up

@@ -6,14 +6,14 @@ the hooks a trial had.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..adapters import build_adapters
-from ..watch.alerts import TelegramReporter
 from ..config import Config
-from ..watch.debug import DebugReporter
 from ..hooks import Hook, TrainResult
+from ..watch.alerts import TelegramReporter
+from ..watch.debug import DebugReporter
 from ..watch.previews import PreviewWriter
 from .distributed import Group
 from .trainer import Trainer

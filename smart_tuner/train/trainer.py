@@ -19,21 +19,28 @@ import math
 import os
 import signal
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tqdm import tqdm
 
 from .. import interrupts
-from ..cores import CoreShare
 from ..config import Config, resume_changes, to_yaml
-from ..data.dataset import (Batch, BucketBatchSampler, Collate, MelStats, PreparedData, eval_batches, length_grid,
-                            prepare_data)
+from ..cores import CoreShare
+from ..data.dataset import (
+    Batch,
+    BucketBatchSampler,
+    Collate,
+    MelStats,
+    PreparedData,
+    eval_batches,
+    length_grid,
+    prepare_data,
+)
 from ..data.text import SymbolTable
-from ..files import (DirectoryLock, DirectoryLocked, DiskFullError, append_line, remove_stale_temporaries,
-                     write_atomic)
+from ..files import DirectoryLock, DirectoryLocked, DiskFullError, append_line, remove_stale_temporaries, write_atomic
 from ..hooks import CONTROLS, Decision, EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
 from ..tts import build_family, count_parameters
 from ..tts import checkpoint as ckpt

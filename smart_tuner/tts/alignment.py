@@ -37,14 +37,14 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "length_mask",
-    "ideal_diagonal",
+    "alignment_metrics",
+    "coverage",
     "diagonality",
     "focus",
-    "monotonicity",
-    "coverage",
-    "alignment_metrics",
+    "ideal_diagonal",
+    "length_mask",
     "mean_alignment_metrics",
+    "monotonicity",
 ]
 
 # Slack for the band test: cell centres that lie exactly on the band edge in exact

@@ -15,9 +15,8 @@ from ..config import AudioConfig, Config, from_dict
 from ..data.audio import MelExtractor, griffin_lim
 from ..data.dataset import MelStats
 from ..data.text import SymbolTable
-from . import build_family
+from . import build_family, nvidia
 from . import checkpoint as ckpt
-from . import nvidia
 from .base import ModelFamily
 
 GRIFFIN_LIM_ITERS = 32

@@ -22,16 +22,18 @@ the tensors' shapes, so a checkpoint trained with other sizes converts too.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..config import Config, build_config
 from ..data.text import SymbolTable
 
-_VOWELS = "AA AE AH AO AW AY EH ER EY IH IY OW OY UH UW".split()
-_CONSONANTS = "B CH D DH F G HH JH K L M N NG P R S SH T TH V W Y Z ZH".split()
+_VOWELS = ["AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"]
+_CONSONANTS = ["B", "CH", "D", "DH", "F", "G", "HH", "JH", "K", "L", "M", "N", "NG", "P", "R", "S", "SH", "T", "TH",
+               "V", "W", "Y", "Z", "ZH"]
 ARPABET = sorted(_VOWELS + [v + s for v in _VOWELS for s in "012"] + _CONSONANTS)
 SYMBOLS = (["_", "-"] + list("!'(),.:;? ") + list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
            + ["@" + p for p in ARPABET])
@@ -131,9 +133,11 @@ def config_for(state: dict[str, torch.Tensor]) -> Config:
     encoder_convs, postnet_convs = count("encoder.convolutions."), count("postnet.convolutions.")
     conv0 = shape("encoder.convolutions.0.0.conv.weight")
     location = shape("decoder.attention_layer.location_layer.location_conv.conv.weight")
-    prenet = [shape(f"decoder.prenet.layers.{i}.linear_layer.weight")[0] for i in range(count("decoder.prenet.layers."))]
+    prenet = [shape(f"decoder.prenet.layers.{i}.linear_layer.weight")[0]
+              for i in range(count("decoder.prenet.layers."))]
     post = shape("postnet.convolutions.0.0.conv.weight")
-    n_mels = shape("decoder.linear_projection.linear_layer.weight")[0] // shape("decoder.gate_layer.linear_layer.weight")[0]
+    frames_per_step = shape("decoder.gate_layer.linear_layer.weight")[0]
+    n_mels = shape("decoder.linear_projection.linear_layer.weight")[0] // frames_per_step
     model = {
         "embedding_dim": shape("embedding.weight")[1],
         "encoder_conv_layers": encoder_convs,

@@ -11,6 +11,7 @@ Shapes: B batch, N text tokens, E encoder width, T mel frames, D = T / r decoder
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +21,8 @@ from torch import nn
 
 from ..config import Config, LossConfig, ModelConfig
 from ..data.dataset import Batch
-from .alignment import length_mask
 from . import nvidia
+from .alignment import length_mask
 from .base import ForeignWeights, ModelFamily, Synthesis, TrainingOutput
 
 
@@ -58,7 +59,7 @@ class Prenet(nn.Module):
     def __init__(self, in_dim: int, dims: list[int], dropout: float):
         super().__init__()
         sizes = [in_dim] + dims
-        self.layers = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in itertools.pairwise(sizes))
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -326,7 +327,7 @@ class Postnet(nn.Module):
         super().__init__()
         layers = []
         sizes = [n_mels] + [cfg.postnet_channels] * (cfg.postnet_layers - 1) + [n_mels]
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             layers += [nn.Conv1d(a, b, cfg.postnet_kernel, padding=cfg.postnet_kernel // 2), nn.BatchNorm1d(b)]
             if i < len(sizes) - 2:
                 layers.append(nn.Tanh())
@@ -393,7 +394,7 @@ def guided_attention_penalty(alignments: torch.Tensor, text_lengths: torch.Tenso
     a uniform one about 0.5 for sigma 0.2. (A plain mean over the whole N x D region would be about 1/N of this,
     so a weight would have to be N times larger to act.)
     """
-    b, d_max, n_max = alignments.shape
+    _b, d_max, n_max = alignments.shape
     n_len = text_lengths.to(alignments.device, torch.float32)
     d_len = dec_lengths.to(alignments.device, torch.float32)
     n_pos = (torch.arange(n_max, device=alignments.device) + 0.5)[None, None, :] / n_len[:, None, None]

@@ -112,7 +112,7 @@ def sqlite_path(url: str) -> Path | None:
         return None
     try:
         database = sqlite_file(url)
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's parse errors vary
+    except Exception as exc:
         raise StudyError(f"storage {redact_url(url)}: not a valid URL ({exc})") from None
     if database is None:
         raise StudyError(f"storage {redact_url(url)}: an in-memory database holds nothing to show; name a "
@@ -137,7 +137,7 @@ def open_dashboard_storage(url: str) -> Any:
     try:
         storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
         storage.get_all_studies()
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or database
+    except Exception as exc:
         raise unreadable(url, exc) from None
     return storage
 

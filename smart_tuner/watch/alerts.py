@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
 from urllib.parse import quote, quote_plus
 
 import requests
@@ -318,9 +317,8 @@ class TelegramClient:
         what = f"Telegram {item.method}"
         problem, delay = "", 0.0
         for attempt in range(self.max_retries + 1):
-            if attempt:
-                if not self._pause(delay):
-                    return "dropped", f"{what} dropped: the client was closed while retrying ({problem})"
+            if attempt and not self._pause(delay):
+                return "dropped", f"{what} dropped: the client was closed while retrying ({problem})"
             try:
                 response = self._post(url, item, png)
             except requests.RequestException as exc:

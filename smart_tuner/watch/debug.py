@@ -30,7 +30,7 @@ from typing import Any
 
 from ..config import DebugConfig, yaml_load
 from ..files import atomic_dir, write_atomic
-from ..hooks import Event, EvalStats, Hook, RunInfo, StepStats, TrainResult
+from ..hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class DebugReporter(Hook):
             self.bundles += 1
             self._open = (step, path, [line]) if kind != "failed" else None
             log.warning("debug bundle written: %s (%s)", path, line)
-        except Exception as exc:  # noqa: BLE001 - a debug aid must never end the run it is debugging
+        except Exception as exc:
             log.warning("debug: could not write a bundle for %r: %s", line, exc)
 
     def _reason_text(self, reasons: list[str]) -> str:
@@ -194,7 +194,7 @@ class DebugReporter(Hook):
 
                     title = f"step {self.last_eval['step']}" if self.last_eval else ""
                     (tmp / "alignment.png").write_bytes(alignment_png(self.alignment, title))
-                except Exception as exc:  # noqa: BLE001 - a bundle without its image is still worth having
+                except Exception as exc:
                     log.warning("debug: no alignment image in %s: %s", final, exc)
         return final
 
@@ -288,7 +288,7 @@ def summarize_run(run_dir: Path | str) -> str:
         config = loaded if isinstance(loaded, dict) else {}
     except FileNotFoundError:
         lines.append("config: config.yaml missing")
-    except Exception as exc:  # noqa: BLE001 - a damaged config must not hide the rest of the summary
+    except Exception as exc:
         lines.append(f"config: config.yaml unreadable ({exc})")
     train, loss = config.get("train") or {}, config.get("loss") or {}
     if config:

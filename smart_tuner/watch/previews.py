@@ -14,8 +14,8 @@ Each preview directory is written to a temporary name and renamed, so a reader n
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..config import Config
 from ..files import atomic_dir

@@ -18,20 +18,22 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
+from mlflow import MlflowClient
+
 from ..config import ConfigError, flatten, is_finite_number, redact_url
 from ..files import write_atomic
-from ..paths import default_tracking_uri, make_sqlite_dir, mlflow_artifact_root
 from ..hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
+from ..paths import default_tracking_uri, make_sqlite_dir, mlflow_artifact_root
 from .previews import list_previews
 
 log = logging.getLogger(__name__)
@@ -342,7 +344,8 @@ def _quote(text: str) -> str:
 def end_study_run(client: MlflowClient, run_id: str, summary: dict[str, Any]) -> None:
     """Finish the parent run: finite numbers of ``summary`` become metrics, everything else tags."""
     flat = flatten(summary)
-    metrics = [Metric(k[:MAX_ENTITY_KEY_LENGTH], float(v), _now_ms(), 0) for k, v in flat.items() if is_finite_number(v)]
+    metrics = [Metric(k[:MAX_ENTITY_KEY_LENGTH], float(v), _now_ms(), 0)
+               for k, v in flat.items() if is_finite_number(v)]
     tags = [RunTag(k[:MAX_ENTITY_KEY_LENGTH], (v if isinstance(v, str) else json.dumps(v, default=str))
                    [:MAX_TAG_VAL_LENGTH])
             for k, v in flat.items() if not is_finite_number(v)]

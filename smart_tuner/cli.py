@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import interrupts
+from .errors import UserError
 from .study.options import StudyOptions, add_arguments, at_least
 
 log = logging.getLogger("smart_tuner")
@@ -47,22 +48,6 @@ def setup_logging(level: str = "INFO") -> None:
     libraries = logging.INFO if requested <= logging.DEBUG else max(requested, logging.WARNING)
     for name in ("matplotlib", "PIL", "urllib3", "mlflow", "alembic", "optuna", "httpx"):
         logging.getLogger(name).setLevel(libraries)
-
-
-# Errors caused by input, printed as one clear line and never as a traceback: (module, class).
-USER_ERRORS = (("smart_tuner.config", "ConfigError"), ("smart_tuner.data.corpus", "CorpusError"),
-               ("smart_tuner.data.audio", "AudioError"), ("smart_tuner.tts.checkpoint", "CheckpointError"),
-               ("smart_tuner.train.trainer", "TrainingError"), ("smart_tuner.data.espeak", "EspeakError"),
-               ("smart_tuner.tts.nvidia", "ConversionError"), ("smart_tuner.files", "DiskFullError"),
-               ("smart_tuner.train.distributed", "GroupError"))
-
-
-def _is_user_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is one of :data:`USER_ERRORS`. Only modules already imported are looked at: an error whose
-    module never loaded cannot have been raised, and importing the trainer's to print a study error would pull
-    torch into ``report`` and ``dashboard``."""
-    return any(isinstance(exc, getattr(sys.modules[module], name))
-               for module, name in USER_ERRORS if module in sys.modules)
 
 
 # ------------------------------------------------------------------------------------------------- train
@@ -464,11 +449,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return interrupts.exit_code(interrupts.requested() or signal.SIGINT)
     except Exception as exc:
-        if isinstance(exc, OSError) and exc.filename is not None and not _is_user_error(exc):
+        if isinstance(exc, OSError) and exc.filename is not None and not isinstance(exc, UserError):
             # A path the user named cannot be written or read (a directory, a missing folder, a full disk).
             print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
             return 2
-        if not _is_user_error(exc):
+        if not isinstance(exc, UserError):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2

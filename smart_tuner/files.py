@@ -23,12 +23,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import UserError
+
 Content = bytes | str | Callable[[BinaryIO], None]  # a callable writes into the open binary file
 FULL = (errno.ENOSPC, errno.EDQUOT)
 _TEMPORARY = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
 
 
-class DiskFullError(OSError):
+class DiskFullError(UserError, OSError):
     """No space left where a file was being written; the message names the file (the previous one is intact)."""
 
     def __str__(self) -> str:

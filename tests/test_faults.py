@@ -17,9 +17,9 @@ import optuna
 import pytest
 import torch
 import yaml
+from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from mlflow import MlflowClient
 from smart_tuner.files import DiskFullError, append_line
 
 from .conftest import TINY_MODEL, tiny_config

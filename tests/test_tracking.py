@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlflow import MlflowClient
 from smart_tuner import paths
 from smart_tuner.config import build_config
 from smart_tuner.hooks import EvalStats, Event, RunInfo, StepStats, TrainResult

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from mlflow import MlflowClient
+
 from smart_tuner import cli
 from smart_tuner.watch.tracking import MLFLOW_RUN_FILE
 

@@ -21,6 +21,7 @@ import torch
 from scipy.signal import resample_poly
 
 from .corpus import MAX_ABS_SAMPLE, header_problem
+from ..errors import UserError
 
 __all__ = [
     "AudioError",
@@ -46,7 +47,7 @@ _LOG_STEP = math.log(6.4) / 27.0
 LOG_MEL_FLOOR = 1e-5
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """An audio file is unreadable, empty, or holds non-finite samples."""
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import soundfile
 
 from ..files import write_atomic
+from ..errors import UserError
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """The corpus cannot be used; the message says which file and what to do."""
 
 

@@ -15,6 +15,7 @@ import ctypes
 import threading
 
 import numpy as np
+from ..errors import UserError
 
 __all__ = ["EspeakError", "EspeakSynthesizer", "DEFAULT_RATE_WPM"]
 
@@ -34,7 +35,7 @@ DEFAULT_RATE_WPM = 175  # eSpeak's own default
 _CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)
 
 
-class EspeakError(RuntimeError):
+class EspeakError(UserError, RuntimeError):
     """libespeak-ng could not be loaded or initialized, or rejected a request."""
 
 

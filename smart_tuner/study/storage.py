@@ -29,7 +29,8 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import Config, ConfigError, build_config, is_finite_number, merge, redact_url
+from ..config import Config, build_config, is_finite_number, merge, redact_url
+from ..errors import UserError
 from ..paths import STUDIES_DIR, make_sqlite_dir, sqlite_file
 from .space import load_objective, params_to_overrides
 
@@ -38,7 +39,7 @@ GRACE_PERIOD = 60  # a trial without a heartbeat for this long is failed (and re
 MAX_RETRIES = 2  # re-queues of one killed trial
 
 
-class StudyError(ConfigError):
+class StudyError(UserError, ValueError):
     """A study cannot be run or read as asked; the message says what to do."""
 
 

@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from ..errors import UserError
+
 T = TypeVar("T")
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # Seconds torchrun waits, after passing a signal on, before it kills the ranks: room for the step, an evaluation
@@ -45,7 +47,7 @@ def torchrun_env(env: dict[str, str]) -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"), "PYTHONFAULTHANDLER": "1"}
 
 
-class GroupError(RuntimeError):
+class GroupError(UserError, RuntimeError):
     """A collective failed or timed out: another rank died or hangs."""
 
 

@@ -40,6 +40,7 @@ from ..data.dataset import (
     prepare_data,
 )
 from ..data.text import SymbolTable
+from ..errors import UserError
 from ..files import DirectoryLock, DirectoryLocked, DiskFullError, append_line, remove_stale_temporaries, write_atomic
 from ..hooks import CONTROLS, Decision, EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
 from ..tts import build_family, count_parameters
@@ -51,7 +52,7 @@ from .distributed import Group, GroupError
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """The run cannot go on; the message says why."""
 
 

@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..files import write_atomic
 
 FORMAT = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     pass
 
 

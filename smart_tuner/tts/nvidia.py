@@ -30,6 +30,7 @@ import torch
 
 from ..config import Config, build_config
 from ..data.text import SymbolTable
+from ..errors import UserError
 
 _VOWELS = ["AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"]
 _CONSONANTS = ["B", "CH", "D", "DH", "F", "G", "HH", "JH", "K", "L", "M", "N", "NG", "P", "R", "S", "SH", "T", "TH",
@@ -78,7 +79,7 @@ ATTENTION_BIAS = "decoder.attention.v.bias"  # ours only: set to zero
 SIGNATURE = ("embedding.weight", "decoder.attention_layer.query_layer.linear_layer.weight")
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A file looks like an NVIDIA checkpoint but cannot be converted; the message says why."""
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt
+from ..errors import UserError
 from .alignment import diagonality
 from .inference import LoadedModel
 
 
-class SynthesisError(ckpt.CheckpointError):
+class SynthesisError(UserError, ValueError):
     """The text or the request cannot be synthesized; the message says which line and why."""
 
 

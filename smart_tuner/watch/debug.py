@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DebugConfig, yaml_load
+from ..errors import UserError
 from ..files import atomic_dir, write_atomic
 from ..hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
 
@@ -39,7 +40,7 @@ MAX_EVENTS = 500  # events kept for bundles: enough context, bounded memory on l
 BUNDLE_FILES = ("buffer.json", "events.json", "config.json", "eval.json", "alignment.png", "reason.txt")
 
 
-class RunDirError(ValueError):
+class RunDirError(UserError, ValueError):
     """The path is not a run directory; the message says which path and what was expected."""
 
 

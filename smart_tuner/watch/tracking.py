@@ -23,14 +23,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from mlflow import MlflowClient
-
-from ..config import ConfigError, flatten, is_finite_number, redact_url
+from ..config import flatten, is_finite_number, redact_url
+from ..errors import UserError
 from ..files import write_atomic
 from ..hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
 from ..paths import default_tracking_uri, make_sqlite_dir, mlflow_artifact_root
@@ -353,7 +353,7 @@ def end_study_run(client: MlflowClient, run_id: str, summary: dict[str, Any]) ->
     client.set_terminated(run_id, status="FINISHED")
 
 
-class TrackingError(ConfigError):
+class TrackingError(UserError, ValueError):
     """The MLflow store cannot be used as asked; the message says which and what to do."""
 
 

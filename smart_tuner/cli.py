@@ -188,8 +188,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     from .data.audio import wav_bytes
     from .data.dataset import LOG_FLOOR
     from .files import write_atomic
-    from .train.trainer import pick_device
-    from .tts.inference import load_for_inference, min_vocodable_frames, vocode
+    from .tts.inference import load_for_inference, min_vocodable_frames, pick_device, vocode
     from .tts.synthesis import encode_lines, read_lines, synthesize
     from .watch.plots import alignment_png
 

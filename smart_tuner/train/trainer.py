@@ -46,6 +46,7 @@ from ..hooks import CONTROLS, Decision, EvalStats, Event, Hook, RunInfo, StepSta
 from ..tts import build_family, count_parameters
 from ..tts import checkpoint as ckpt
 from ..tts.alignment import METRICS, alignment_metrics, diagonality
+from ..tts.inference import pick_device
 from ..tts.warm_start import init_from
 from .distributed import Group, GroupError
 
@@ -54,15 +55,6 @@ log = logging.getLogger(__name__)
 
 class TrainingError(UserError, RuntimeError):
     """The run cannot go on; the message says why."""
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"train.device={name!r} but CUDA is not available here; use auto or cpu")
-    return device
 
 
 class Trainer:

@@ -15,11 +15,33 @@ from ..config import AudioConfig, Config, from_dict
 from ..data.audio import MelExtractor, griffin_lim
 from ..data.dataset import MelStats
 from ..data.text import SymbolTable
+from ..errors import UserError
 from . import build_family, nvidia
 from . import checkpoint as ckpt
 from .base import ModelFamily
 
 GRIFFIN_LIM_ITERS = 32
+
+
+class DeviceError(UserError, ValueError):
+    """A device name that is not a device of this machine."""
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``, checked against this machine."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"device {name!r}: not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"device {name!r}: smart_tuner runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {name!r}: CUDA is not available here; use auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 @dataclass

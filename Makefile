@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo train test lint bench clean-venv
+.PHONY: setup demo train test lint docs bench clean-venv
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ test: setup
 # ruff: lint and import order (configured in pyproject.toml); CI runs it before the tests.
 lint: setup
 	$(BIN)/ruff check .
+
+# The config reference (docs/config.md), generated from smart_tuner/config.py; tests/test_docs.py checks it.
+docs: setup
+	$(BIN)/python scripts/config_reference.py
 
 bench: setup
 	$(BIN)/python benchmarks/align_demo.py

@@ -151,41 +151,41 @@ class DataConfig:
 
 @dataclass
 class AudioConfig:
-    sample_rate: int = fixed(22050, ge=1000, le=192000)
-    n_fft: int = fixed(1024, ge=16)
-    hop_length: int = fixed(256, ge=1)
-    win_length: int = fixed(1024, ge=1)
-    n_mels: int = fixed(80, ge=1)
-    fmin: float = fixed(0.0, ge=0)
-    fmax: float = fixed(8000.0, gt=0)
+    sample_rate: int = fixed(22050, ge=1000, le=192000)  # Hz; audio is resampled to it
+    n_fft: int = fixed(1024, ge=16)  # FFT size
+    hop_length: int = fixed(256, ge=1)  # samples between frames
+    win_length: int = fixed(1024, ge=1)  # Hann window length
+    n_mels: int = fixed(80, ge=1)  # mel channels (Slaney mel scale and area normalization)
+    fmin: float = fixed(0.0, ge=0)  # lowest mel frequency, Hz
+    fmax: float = fixed(8000.0, gt=0)  # highest mel frequency, Hz
     trim_db: float = fixed(40.0, gt=0)  # leading/trailing audio quieter than peak - trim_db is cut
 
 
 @dataclass
 class ModelConfig:
     family: str = fixed("tacotron2")  # the model family (smart_tuner.tts); the sizes below are its hyperparameters
-    embedding_dim: int = fixed(512, ge=1)
-    encoder_conv_layers: int = fixed(3, ge=1)
-    encoder_kernel: int = fixed(5, ge=1)
-    encoder_channels: int = fixed(512, ge=1)
+    embedding_dim: int = fixed(512, ge=1)  # character embedding size
+    encoder_conv_layers: int = fixed(3, ge=1)  # encoder convolutions
+    encoder_kernel: int = fixed(5, ge=1)  # their kernel size
+    encoder_channels: int = fixed(512, ge=1)  # their channels
     encoder_lstm_dim: int = fixed(256, ge=1)  # per direction
-    encoder_dropout: float = fixed(0.5, ge=0, lt=1)
-    attention_rnn_dim: int = fixed(1024, ge=1)
-    decoder_rnn_dim: int = fixed(1024, ge=1)
-    attention_dim: int = fixed(128, ge=1)
-    location_filters: int = fixed(32, ge=1)
-    location_kernel: int = fixed(31, ge=1)
-    attention_dropout: float = fixed(0.1, ge=0, lt=1)
-    decoder_dropout: float = fixed(0.1, ge=0, lt=1)
+    encoder_dropout: float = fixed(0.5, ge=0, lt=1)  # after each encoder convolution
+    attention_rnn_dim: int = fixed(1024, ge=1)  # attention LSTM size
+    decoder_rnn_dim: int = fixed(1024, ge=1)  # decoder LSTM size
+    attention_dim: int = fixed(128, ge=1)  # attention projection size
+    location_filters: int = fixed(32, ge=1)  # location-sensitive attention filters
+    location_kernel: int = fixed(31, ge=1)  # their kernel size
+    attention_dropout: float = fixed(0.1, ge=0, lt=1)  # on the attention LSTM output
+    decoder_dropout: float = fixed(0.1, ge=0, lt=1)  # on the decoder LSTM output
     prenet_dims: list[int] = fixed(factory=lambda: [256, 256], min_length=1, items={"ge": 1})
     prenet_dropout: float = fixed(0.5, ge=0, lt=1)  # kept on at inference too (Tacotron 2)
-    postnet_channels: int = fixed(512, ge=1)
-    postnet_kernel: int = fixed(5, ge=1)
-    postnet_layers: int = fixed(5, ge=1)
-    postnet_dropout: float = fixed(0.5, ge=0, lt=1)
+    postnet_channels: int = fixed(512, ge=1)  # postnet channels
+    postnet_kernel: int = fixed(5, ge=1)  # postnet kernel size
+    postnet_layers: int = fixed(5, ge=1)  # postnet convolutions
+    postnet_dropout: float = fixed(0.5, ge=0, lt=1)  # postnet dropout
     r: int = fixed(1, ge=1)  # mel frames emitted per decoder step
-    max_decoder_steps: int = fixed(1000, ge=1)
-    gate_threshold: float = fixed(0.5, gt=0, le=1)
+    max_decoder_steps: int = fixed(1000, ge=1)  # free-running bound
+    gate_threshold: float = fixed(0.5, gt=0, le=1)  # stop when the gate probability exceeds this
 
 
 @dataclass
@@ -197,15 +197,15 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    lr: float = setting(1e-3, gt=0)
-    batch_size: int = setting(16, ge=1)
-    max_steps: int = setting(1000, ge=0)
-    eval_every: int = setting(50, ge=1)
+    lr: float = setting(1e-3, gt=0)  # AdamW learning rate
+    batch_size: int = setting(16, ge=1)  # utterances per batch (length-bucketed)
+    max_steps: int = setting(1000, ge=0)  # optimizer steps
+    eval_every: int = setting(50, ge=1)  # steps between evaluations
     checkpoint_every: int = setting(0, ge=0)  # 0: at every evaluation
-    seed: int = 0
-    weight_decay: float = setting(1e-6, ge=0)
-    grad_clip: float = setting(1.0, gt=0)
-    adam_betas: list[float] = setting(factory=lambda: [0.9, 0.999], length=2, items={"ge": 0, "lt": 1})
+    seed: int = 0  # seeds torch, the batch order and dropout
+    weight_decay: float = setting(1e-6, ge=0)  # AdamW weight decay
+    grad_clip: float = setting(1.0, gt=0)  # gradient norm clip
+    adam_betas: list[float] = setting(factory=lambda: [0.9, 0.999], length=2, items={"ge": 0, "lt": 1})  # AdamW betas
     device: str = setting("auto", pattern=r"auto|cpu|cuda(:[0-9]+)?",
                                   pattern_help="auto, cpu, cuda or cuda:N")  # auto | cpu | cuda | cuda:N
     bf16: bool = True  # bf16 autocast on CUDA; CPU always runs fp32
@@ -225,7 +225,7 @@ class TrainConfig:
 class LrAdapterConfig:
     """Learning-rate adapter: plateau (torch's ReduceLROnPlateau semantics), emergency, recovery."""
 
-    enabled: bool = True
+    enabled: bool = True  # learning-rate adapter on
     patience: int = setting(10, ge=0)  # evaluations without improvement of the validation loss before a reduction
     factor: float = setting(0.5, gt=0, lt=1)  # plateau reduction
     threshold: float = setting(1e-4, ge=0)  # relative improvement that counts (torch's threshold_mode="rel")
@@ -233,7 +233,7 @@ class LrAdapterConfig:
     # Plateau counting starts at the first evaluation whose diagonality reaches this (0: from the first one):
     # before attention aligns, the validation loss often rises while the model learns to use it.
     plateau_from_diagonality: float = setting(0.5, ge=0, le=1)
-    min_lr: float = setting(1e-8, ge=0)
+    min_lr: float = setting(1e-8, ge=0)  # lower bound of the rate
     max_lr: float = setting(0.0, ge=0)  # upper bound (of every rule, the raise below too); 0: twice train.lr
     # The weights' relative change per step (EvalStats.weight_change) says whether the rate is in range: above
     # weight_change_high (at any time) it is far too large (multiplied by emergency_factor, and a rollback), below
@@ -244,7 +244,7 @@ class LrAdapterConfig:
     # Free-running lag: teacher-forced diagonality above free-running by lag_gap or more for lag_patience evaluations
     # in a row raises the rate by raise_factor (up to max_lr). 0: off.
     lag_gap: float = setting(0.5, ge=0, le=1)
-    lag_patience: int = setting(2, ge=1)
+    lag_patience: int = setting(2, ge=1)  # evaluations in a row of such a lag before the rate is raised
     # multiplies the rate on a non-finite loss, a huge loss or gradient
     emergency_factor: float = setting(0.1, gt=0, lt=1)
     loss_limit: float = setting(1e6, gt=0)  # a loss above this is an emergency
@@ -258,26 +258,27 @@ class LrAdapterConfig:
 class GaAdapterConfig:
     """Guided-attention weight adapter, driven by validation diagonality at each evaluation."""
 
-    enabled: bool = True
+    enabled: bool = True  # guided-attention weight adapter on
     # diagonality (teacher-forced) | infer_diagonality (free-running) | worse (the lower of the two: a model that
     # aligns teacher-forced but cannot speak free-running still counts as misaligned)
     metric: str = setting("diagonality", choices=("diagonality", "infer_diagonality", "worse"))
-    critical: float = setting(0.1, ge=0, le=1)
-    critical_boost: float = setting(2.0, ge=1)
-    critical_cap: float = setting(20.0, ge=0)
-    low: float = setting(0.3, ge=0, le=1)
-    low_boost: float = setting(1.2, ge=1)
-    low_cap: float = setting(10.0, ge=0)
-    high: float = setting(0.7, ge=0, le=1)
-    decay: float = setting(0.95, gt=0, le=1)
-    floor: float = setting(1.0, ge=0)
+    critical: float = setting(0.1, ge=0, le=1)  # below this diagonality: critical_boost
+    critical_boost: float = setting(2.0, ge=1)  # weight multiplier when critical
+    critical_cap: float = setting(20.0, ge=0)  # highest weight a critical boost reaches
+    low: float = setting(0.3, ge=0, le=1)  # below this diagonality: low_boost
+    low_boost: float = setting(1.2, ge=1)  # weight multiplier when low
+    low_cap: float = setting(10.0, ge=0)  # highest weight a low boost reaches
+    high: float = setting(0.7, ge=0, le=1)  # above this diagonality: decay
+    decay: float = setting(0.95, gt=0, le=1)  # weight multiplier when aligned
+    floor: float = setting(1.0, ge=0)  # the decay stops here; a lower weight is raised to it when diagonality is low
 
 
 @dataclass
 class CollapseAdapterConfig:
     """Attention collapse: an aligned run whose diagonality falls below ``low`` rolls back (and the rate is cut)."""
 
-    enabled: bool = True
+    enabled: bool = True  # attention-collapse adapter on
+    # The diagonality it watches: diagonality, infer_diagonality or worse
     metric: str = setting("diagonality", choices=("diagonality", "infer_diagonality", "worse"))
     high: float = setting(0.7, ge=0, le=1)  # the run counts as aligned from an evaluation at or above this
     low: float = setting(0.3, ge=0, le=1)  # an aligned run below this has collapsed
@@ -287,8 +288,8 @@ class CollapseAdapterConfig:
 class GradAdapterConfig:
     """Gradient health: vanishing gradients trigger a rollback (non-finite ones are never applied)."""
 
-    enabled: bool = True
-    vanish_eps: float = setting(1e-8, ge=0)
+    enabled: bool = True  # gradient-health adapter on
+    vanish_eps: float = setting(1e-8, ge=0)  # a gradient norm below this counts as vanished
     vanish_patience: int = setting(10, ge=1)  # consecutive steps with a gradient norm below vanish_eps
 
 
@@ -305,13 +306,13 @@ class AdaptersConfig:
 class FaultsConfig:
     """Deliberate faults, to test the adapters and a set-up: 1-based steps."""
 
-    nan_loss_at: list[int] = setting(factory=list, items={"ge": 1})
-    inf_grad_at: list[int] = setting(factory=list, items={"ge": 1})
+    nan_loss_at: list[int] = setting(factory=list, items={"ge": 1})  # steps (1-based) whose loss is made NaN
+    inf_grad_at: list[int] = setting(factory=list, items={"ge": 1})  # steps whose gradients are made infinite
     hang_at: list[int] = setting(factory=list, items={"ge": 1})  # steps at which the process hangs (sleeps)
     # Steps after whose update every weight gets Gaussian noise of perturb_scale x its tensor's standard deviation:
     # a trained run knocked off its alignment (a collapse), for the rescue benchmark.
     perturb_at: list[int] = setting(factory=list, items={"ge": 1})
-    perturb_scale: float = setting(1.0, ge=0)
+    perturb_scale: float = setting(1.0, ge=0)  # that noise, in units of each weight tensor's standard deviation
     rank: int = setting(-1, ge=-1)  # with several ranks, the one the faults happen on; -1: every rank
 
 
@@ -334,7 +335,7 @@ class AlertsConfig:
 
 @dataclass
 class DebugConfig:
-    enabled: bool = True
+    enabled: bool = True  # debug reporter on
     buffer_steps: int = setting(200, ge=1)  # steps kept in the ring buffer
     max_bundles: int = setting(20, ge=0)  # debug bundles written per run at most
 
@@ -344,17 +345,18 @@ class TrackingConfig:
     """MLflow tracking of a run (the store comes from --tracking-uri / MLFLOW_TRACKING_URI, never from here:
     a server URL may hold credentials)."""
 
+    # Log the run to MLflow (store: --tracking-uri, MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)
     enabled: bool = True
     experiment: str = ""  # MLflow experiment of `train` runs; "": the source study's name, else "train"
     log_every: int = setting(10, ge=1)  # steps per batched metric write
     log_checkpoint: bool = True  # upload the run's best checkpoint at its end (`train` runs)
     source_study: str = ""  # set by `best` / `train --from-study`: where this config came from (run tags)
-    source_trial: int = -1
+    source_trial: int = -1  # set with it: the trial number
 
 
 @dataclass
 class Config:
-    preset: str = "demo"
+    preset: str = "demo"  # demo (small, CPU) or tacotron2 (the paper's sizes, GPU)
     data: DataConfig = field(default_factory=DataConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

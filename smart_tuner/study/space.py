@@ -267,7 +267,7 @@ class _Reader:
             where = f"search_space.{key}"
             if key not in known:
                 close = difflib.get_close_matches(str(key), known, n=3)
-                hint = f"; close matches: {', '.join(close)}" if close else "; see the config reference in README.md"
+                hint = f"; close matches: {', '.join(close)}" if close else "; see docs/config.md"
                 raise self.fail(where, f"unknown config key{hint}")
             dim = self.dimension(where, key, spec)
             self.fits_field(where, dim)

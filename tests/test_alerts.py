@@ -25,7 +25,7 @@ from smart_tuner.watch.alerts import (
     format_critical_alert,
     resolve_settings,
 )
-from smart_tuner.watch.plots import alignment_png
+from smart_tuner.tts.plots import alignment_png
 
 from .stats import eval_stats as make_eval_stats
 

@@ -110,7 +110,17 @@ def _check_field(key: str, value: Any, rules: dict[str, Any]) -> None:
 
 
 def is_number(value: Any) -> bool:
+    """A real int or float; ``True``/``False`` are not numbers here (YAML and JSON tell them apart)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """A number (:func:`is_number`) that is finite."""
+    return is_number(value) and math.isfinite(value)
 
 
 def fields_of(obj: Any, prefix: str = "") -> list[tuple[str, Any, dataclasses.Field]]:
@@ -649,11 +659,6 @@ def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
-
-
-def is_finite_number(value: Any) -> bool:
-    """A real int or float that is finite; ``True``/``False`` are not numbers here (YAML and JSON tell them apart)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 _SECRET_QUERY = re.compile(r"([?&;](?:password|passwd|pwd|pass|secret|token|api_key|apikey|access_token)=)[^&;#]*",

@@ -18,6 +18,7 @@ import torch
 
 from smart_tuner.config import Config, TelegramConfig
 from smart_tuner.hooks import EvalStats, Event, RunInfo, TrainResult
+from smart_tuner.tts.plots import alignment_png
 from smart_tuner.watch.alerts import (
     DEFAULT_API_URL,
     TelegramClient,
@@ -25,7 +26,6 @@ from smart_tuner.watch.alerts import (
     format_critical_alert,
     resolve_settings,
 )
-from smart_tuner.watch.plots import alignment_png
 
 from .stats import eval_stats as make_eval_stats
 

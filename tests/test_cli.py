@@ -216,3 +216,18 @@ def test_bad_arguments_found_by_a_hostile_user_are_one_error_line(tmp_path, corp
 
     with pytest.raises(IsADirectoryError, match="is a directory"):
         write_atomic(tmp_path, "x")
+
+
+def test_help_lists_every_command_but_the_hidden_worker(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "SUPPRESS" not in text and "worker" not in text
+    for name in ("train", "synthesize", "convert", "optimize", "best", "data", "dashboard", "mlflow-ui", "report",
+                 "debug"):
+        assert re.search(rf"^\s+{re.escape(name)}\s", text, re.MULTILINE), name
+    # Hidden is not gone: optimize starts its worker processes with it.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["worker", "--help"])
+    assert exit_info.value.code == 0 and "--mlflow-parent" in capsys.readouterr().out

@@ -7,7 +7,6 @@ and stopped at the end of its test or module, whatever the outcome.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -16,6 +15,8 @@ import socket
 import struct
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
@@ -28,13 +29,12 @@ from optuna.trial import TrialState, create_trial
 
 from smart_tuner.study.storage import StudyError
 from smart_tuner.view.dashboard import (
-    cmd_dashboard,
-    cmd_mlflow_ui,
     listens_on_all_interfaces,
     mlflow_server_command,
     mlflow_server_env,
+    serve_dashboard,
+    serve_mlflow_ui,
     server_url,
-    wait_for_http,
 )
 from tests.chromium import dump_dom
 
@@ -115,6 +115,27 @@ def kill_groups(pids: list[int]) -> None:
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def wait_for_http(url: str, timeout: float = 30.0, interval: float = 0.2,
+                  process: subprocess.Popen | None = None) -> int:
+    """Poll ``url`` until it answers with any HTTP status; returns that status. Raises :class:`TimeoutError` after
+    ``timeout`` seconds, or :class:`RuntimeError` at once when ``process`` (the server waited for) has exited."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=max(interval, 2.0)) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:  # an error status is an answer too
+            return exc.code
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout:.0f} s ({last})")
+        time.sleep(interval)  # polling a server that is starting: the wait ends on its answer, not on the clock
 
 
 def wait_up(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 60.0) -> None:
@@ -281,24 +302,23 @@ def test_dashboard_missing_study_is_a_user_error(tmp_path):
     assert not list(tmp_path.rglob("*.db"))
 
 
-def _dashboard_args(**kwargs) -> argparse.Namespace:
-    defaults = {"study": None, "storage": None, "port": 1, "host": "127.0.0.1", "artifact_dir": "artifacts"}
-    return argparse.Namespace(**{**defaults, **kwargs})
+def _serve(**kwargs) -> int:
+    return serve_dashboard(**{"port": 1, "artifact_dir": "artifacts", **kwargs})
 
 
 def test_dashboard_storage_errors(study_dir, tmp_path, monkeypatch):
     """Errors raised before anything listens: no server, no database file, no password in the message."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(StudyError, match=r"no database file elsewhere\.db.*optimize"):
-        cmd_dashboard(_dashboard_args(storage="sqlite:///elsewhere.db"))
+    with pytest.raises(StudyError, match=r"no study storage at elsewhere\.db.*optimize"):
+        _serve(storage="sqlite:///elsewhere.db")
     assert not (tmp_path / "elsewhere.db").exists()
     with pytest.raises(StudyError, match=r"study 'other' is not in this storage \(its studies: dash-study\)"):
-        cmd_dashboard(_dashboard_args(storage=study_dir["url"], study="other"))
+        _serve(storage=study_dir["url"], study="other")
     (tmp_path / "not-optuna.db").write_bytes(b"")
-    with pytest.raises(StudyError, match="cannot read studies"):
-        cmd_dashboard(_dashboard_args(storage="sqlite:///not-optuna.db"))
+    with pytest.raises(StudyError, match="not an Optuna study storage"):
+        _serve(storage="sqlite:///not-optuna.db")
     with pytest.raises(StudyError) as info:
-        cmd_dashboard(_dashboard_args(storage="postgresql://tuner:s3cret@127.0.0.1:1/optuna"))
+        _serve(storage="postgresql://tuner:s3cret@127.0.0.1:1/optuna")
     assert "s3cret" not in str(info.value)
     assert not (tmp_path / "artifacts").exists()
 
@@ -320,9 +340,7 @@ def test_mlflow_server_command_local_store(tmp_path):
 
 
 def test_mlflow_ui_remote_server_starts_nothing(capsys):
-    args = argparse.Namespace(tracking_uri="https://tuner:s3cret@mlflow.example.org", port=5000,
-                              host="127.0.0.1")
-    assert cmd_mlflow_ui(args) == 0
+    assert serve_mlflow_ui("https://tuner:s3cret@mlflow.example.org", host="127.0.0.1", port=5000) == 0
     out = capsys.readouterr().out
     assert "https://tuner:***@mlflow.example.org" in out
     assert "nothing to start" in out
@@ -330,13 +348,15 @@ def test_mlflow_ui_remote_server_starts_nothing(capsys):
 
 
 def test_mlflow_ui_shows_runs_and_artifacts(tmp_path, monkeypatch):
-    from smart_tuner.watch.tracking import ensure_experiment, make_client
+    from mlflow import MlflowClient
+
+    from smart_tuner.watch.tracking import ensure_experiment
 
     monkeypatch.chdir(tmp_path)
     uri = "sqlite:///mlflow/mlflow.db"  # what default_tracking_uri() gives in this directory
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     (tmp_path / "mlflow").mkdir()
-    client = make_client(uri)
+    client = MlflowClient(tracking_uri=uri)
     experiment_id = ensure_experiment(client, "dash-exp")
     run_id = client.create_run(experiment_id, run_name="trial-0").info.run_id
     client.log_metric(run_id, "val_loss", 0.25, step=4)

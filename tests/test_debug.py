@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from smart_tuner import cli
 from smart_tuner.config import Config, DebugConfig
 from smart_tuner.hooks import Event, RunInfo, TrainResult
-from smart_tuner.watch.debug import BUNDLE_FILES, DebugReporter, RunDirError, main_debug, summarize_run
+from smart_tuner.watch.debug import BUNDLE_FILES, DebugReporter, RunDirError, summarize_run
 
 from .stats import eval_stats as make_eval_stats
 from .stats import step_stats as make_step_stats
@@ -365,13 +366,14 @@ def test_summary_of_a_non_run_dir_is_a_clear_error(tmp_path, capsys):
         summarize_run(tmp_path)
     with pytest.raises(ValueError, match="does not exist"):
         summarize_run(tmp_path / "missing")
-    assert main_debug(str(tmp_path)) == 2
-    assert "error:" in capsys.readouterr().err
+    assert cli.main(["debug", str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error:") and "is not a run directory" in line
 
 
-def test_main_debug_prints_the_summary(tmp_path, capsys):
+def test_debug_command_prints_the_summary(tmp_path, capsys):
     run = fake_run(tmp_path)
-    assert main_debug(str(run)) == 0
+    assert cli.main(["debug", str(run)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"run: {run}") and "verdict: healthy" in out
 

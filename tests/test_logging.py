@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from smart_tuner.cli import TqdmHandler, setup_logging
+from smart_tuner.watch.logs import TqdmHandler, setup_logging
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_log_lines_never_garble_a_progress_bar():
     code = r"""
 import logging, time
 from tqdm import tqdm
-from smart_tuner.cli import setup_logging
+from smart_tuner.watch.logs import setup_logging
 setup_logging("INFO")
 import mlflow  # after the set-up, as in every command: its own handler is not installed
 log, lib = logging.getLogger("smart_tuner.test"), logging.getLogger("mlflow.test")

@@ -171,7 +171,7 @@ def test_empty_search_space_runs_the_base_config(tmp_path):
     spec = load_objective(write(tmp_path, "config: {preset: demo, train: {lr: 0.002}}\nsearch_space:\n"))
     assert spec.space == []
     assert spec.config == {"preset": "demo", "train": {"lr": 0.002}}
-    assert spec.ga_penalty == 1.0 and spec.pruning == PruningSpec("median", 0, 5)
+    assert spec.formula.ga_penalty == 1.0 and spec.pruning == PruningSpec("median", 0, 5)
     trial = optuna.create_study().ask()
     assert suggest(trial, spec.space) == {}
     assert reference_params(spec) == ({}, [])
@@ -192,7 +192,7 @@ def test_shipped_objectives_load_and_their_reference_is_fully_in_range(name):
 def test_demo_objective_settings():
     spec = load_objective(OBJECTIVES / "demo.yaml")
     assert spec.config["preset"] == "demo"
-    assert spec.ga_penalty == 1.0
+    assert spec.formula.ga_penalty == 1.0
     assert spec.pruning == PruningSpec(pruner="median", warmup_steps=150, startup_trials=2)
     keys = {dim.key for dim in spec.space}
     for key in ("train.lr", "train.batch_size", "loss.ga_weight", "model.r", "adapters.lr.patience",

@@ -10,20 +10,26 @@ for the same control in one round (higher wins: an emergency beats a plateau).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from ..config import is_finite_number
 from ..hooks import EvalStats, Hook
+
+
+def worse_diagonality(*values: Any) -> float:
+    """The lowest of ``values`` that are finite numbers, NaN when none is: the ``worse`` diagonality of the adapters
+    and of the objective (free-running with ``data.val_infer: 0`` is NaN and left out). Torch-free, so the study's
+    objective shares it."""
+    found = [v for v in values if is_finite_number(v)]
+    return min(found) if found else float("nan")
 
 
 def diagonality_of(stats: EvalStats, metric: str) -> float:
     """The diagonality an adapter reads: teacher-forced (``diagonality``), free-running (``infer_diagonality``), or
-    the ``worse`` of the two (one that is not a number, for example free-running with ``data.val_infer: 0``, is
-    left out)."""
+    the ``worse`` of the two."""
     if metric != "worse":
         return getattr(stats, metric)
-    found = [v for v in (stats.diagonality, stats.infer_diagonality) if math.isfinite(v)]
-    return min(found) if found else float("nan")
+    return worse_diagonality(stats.diagonality, stats.infer_diagonality)
 
 
 class Adapter(Hook):

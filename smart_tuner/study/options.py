@@ -2,8 +2,9 @@
 
 Each field carries its command-line flag in its metadata (:func:`option`): the flag's help, choices, and which
 commands take it. The flags of ``optimize``, of the hidden ``worker`` command, of ``best``, ``report`` and
-``train --from-study`` are added from there (:func:`add_arguments`), parsed back with
-:meth:`StudyOptions.from_args`, and the command line of a worker process is written from the same fields
+``dashboard``, the ``--tracking-uri`` of ``train`` and ``mlflow-ui``, and ``--from-study`` of ``train`` and
+``synthesize`` are added from there (:func:`add_arguments`), parsed back with :meth:`StudyOptions.from_args`, and
+the command line of a worker process is written from the same fields
 (:meth:`StudyOptions.worker_argv`), so that a new option is one new field.
 """
 
@@ -27,6 +28,7 @@ RUN = ("optimize", "worker")  # the commands that run trials
 DEFAULT_TRIALS = 10
 FLAG = "flag"  # the metadata key of a field's Flag
 DEFAULT_STORAGE = "default sqlite:///studies/<study>.db"
+DEFAULT_ARTIFACTS = "default: artifacts/ next to a SQLite study file, else studies/artifacts"
 
 
 @dataclass(frozen=True)
@@ -69,11 +71,13 @@ class StudyOptions:
         "train": {"name": "--from-study", "metavar": "NAME",
                   "help": "train the best config of this study (instead of --config)"},
         "synthesize": {"name": "--from-study", "metavar": "NAME",
-                       "help": "speak with the best trial's checkpoint of this study (instead of --checkpoint)"}})
+                       "help": "speak with the best trial's checkpoint of this study (instead of --checkpoint)"},
+        "dashboard": {"help": "study name: its default storage sqlite:///studies/<study>.db"}})
     storage: str | None = option(None, *RUN, help=f"Optuna storage URL ({DEFAULT_STORAGE})", variants={
         "best": {"help": DEFAULT_STORAGE}, "report": {"help": DEFAULT_STORAGE},
         "train": {"help": f"the study's storage URL ({DEFAULT_STORAGE})"},
-        "synthesize": {"help": f"the study's storage URL ({DEFAULT_STORAGE})"}})
+        "synthesize": {"help": f"the study's storage URL ({DEFAULT_STORAGE})"},
+        "dashboard": {"help": "Optuna storage URL (instead of --study)"}})
     sampler: str = option("tpe", *RUN, choices=SAMPLERS)
     startup_trials: int = option(
         5, *RUN, help="random trials before TPE/GP/CMA-ES take over (Optuna's default of 10 is long here)")
@@ -88,10 +92,11 @@ class StudyOptions:
     grace_period: int = option(GRACE_PERIOD, *RUN,
                                help="a trial without a heartbeat for this long is failed and re-queued")
     tracking_uri: str | None = option(
-        None, *RUN, help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db)")
+        None, *RUN, "train", "mlflow-ui", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db)")
     artifact_dir: Path | None = option(
-        None, *RUN, help="Optuna artifact store of the trials' preview images and audio "
-                         "(default: artifacts/ next to a SQLite study file, else studies/artifacts)")
+        None, *RUN, help=f"Optuna artifact store of the trials' preview images and audio ({DEFAULT_ARTIFACTS})",
+        variants={"dashboard": {"help": f"the study's artifact store, where its trials uploaded their images "
+                                        f"({DEFAULT_ARTIFACTS})"}})
     trials: int | None = option(
         None, *RUN, minimum=1, help=f"trials to run in this command, shared by its workers (Optuna's n_trials; "
                                     f"default {DEFAULT_TRIALS} unless --study-trials is given)")

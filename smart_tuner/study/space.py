@@ -51,12 +51,14 @@ from typing import Any
 
 import optuna
 
+from ..adapters.base import worse_diagonality
 from ..config import (
     Config,
     ConfigError,
     build_config,
     config_keys,
     is_finite_number,
+    is_int,
     merge,
     nest,
     read_yaml,
@@ -93,8 +95,7 @@ class ObjectiveFormula:
     stop_penalty: float = 0.5
 
     def diagonality(self, metrics: dict[str, float]) -> float:
-        found = [metrics[k] for k in ALIGNMENTS[self.alignment] if is_finite_number(metrics.get(k))]
-        return min(found) if found else float("nan")
+        return worse_diagonality(*(metrics.get(k) for k in ALIGNMENTS[self.alignment]))
 
     def value(self, output_loss: float, metrics: dict[str, float]) -> float:
         value = output_loss + self.ga_penalty * (1.0 - self.diagonality(metrics))
@@ -141,16 +142,8 @@ class ObjectiveSpec:
     formula: ObjectiveFormula = field(default_factory=ObjectiveFormula)
     pruning: PruningSpec = field(default_factory=PruningSpec)
 
-    @property
-    def ga_penalty(self) -> float:
-        return self.formula.ga_penalty
-
 
 # --------------------------------------------------------------------------------------------- helpers
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _field_hint(key: str) -> Any:
     """The type of a dotted config key with ``X | None`` reduced to ``X`` (keys are checked before)."""
     hint: Any = Config
@@ -254,7 +247,7 @@ class _Reader:
         counts = {}
         for name in ("warmup_steps", "startup_trials"):
             value = spec.get(name, getattr(default, name))
-            if not _is_int(value) or value < 0:
+            if not is_int(value) or value < 0:
                 raise self.fail(f"pruning.{name}", f"expected an integer >= 0, got {value!r}")
             counts[name] = value
         return PruningSpec(pruner=pruner, **counts)
@@ -288,7 +281,7 @@ class _Reader:
         return self.numeric(where, key, kind, spec)
 
     def numeric(self, where: str, key: str, kind: str, spec: dict[str, Any]) -> Dimension:
-        is_ok = _is_int if kind == "int" else is_finite_number
+        is_ok = is_int if kind == "int" else is_finite_number
         what = "an integer" if kind == "int" else "a number"
         for name in ("low", "high"):
             if name not in spec:

@@ -29,14 +29,17 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import Config, build_config, is_finite_number, merge, redact_url
+from ..config import Config, build_config, is_finite_number, merge, parse_set_overrides, redact_url, to_yaml
 from ..errors import UserError
+from ..files import write_atomic
 from ..paths import STUDIES_DIR, make_sqlite_dir, sqlite_file
 from .space import load_objective, params_to_overrides
 
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 60  # a trial without a heartbeat for this long is failed (and re-queued)
 MAX_RETRIES = 2  # re-queues of one killed trial
+
+log = logging.getLogger(__name__)
 
 
 class StudyError(UserError, ValueError):
@@ -117,15 +120,33 @@ def unreadable(url: str, exc: BaseException) -> StudyError:
                       f"{redact_url(first)[:200]})")
 
 
-def open_storage_readonly(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage for reading only: never creating tables (in a file that is no Optuna study, say an MLflow
-    database), and a SQLite file opened read-only, so that a reader cannot change it. The file must exist."""
-    database = _sqlite_file_or_none(url)
+def existing_sqlite_file(url: str, study: str | None = None) -> Path | None:
+    """The database file of a ``sqlite:`` URL, which must exist: opening a missing file would create an empty
+    database. None for other URLs; an unparsable URL or an in-memory database (nothing to read) is an error."""
+    if not url.startswith("sqlite"):
+        return None
+    try:
+        database = sqlite_file(url)
+    except Exception as exc:
+        raise StudyError(f"storage {redact_url(url)}: not a valid URL ({exc})") from None
+    if database is None:
+        raise StudyError(f"storage {redact_url(url)}: an in-memory database holds no study; name a database file, "
+                         "e.g. sqlite:///studies/NAME.db")
+    if not database.is_file():
+        where = "" if database.is_absolute() else f" (under {Path.cwd()})"
+        run = "optimize" + (f" --study {study}" if study else "")
+        raise StudyError(f"no study storage at {database}{where}; run `python -m smart_tuner {run}` first, or name "
+                         "the study's file with --storage")
+    return database
+
+
+def open_existing_storage(url: str, study: str | None = None, read_only: bool = True) -> optuna.storages.RDBStorage:
+    """The RDB storage of an existing study, never creating tables (in a file that is no Optuna study, say an MLflow
+    database) nor a SQLite file. ``read_only`` opens a SQLite file read-only, so that a reader (``best``,
+    ``report``) cannot change it; the dashboard opens it writable (optuna-dashboard saves notes)."""
+    database = existing_sqlite_file(url, study)
     engine_url = url
-    if database is not None:
-        if not database.is_file():
-            raise StudyError(f"storage {redact_url(url)}: no database file {database}; run `optimize` first, or "
-                             "name the study's file with --storage")
+    if database is not None and read_only:
         engine_url = f"sqlite:///file:{quote(str(database.resolve()))}?mode=ro&uri=true"
     storage = None
     try:
@@ -157,11 +178,8 @@ def open_study_readonly(name: str, storage: str | None = None) -> optuna.Study:
     read-only storage: a SQLite file that is not there is an error, never a new empty database."""
     route_optuna_logging()
     url = storage_url(name, storage)
-    database = _sqlite_file_or_none(url)
-    if database is not None and not database.is_file():
-        raise StudyError(f"no study storage at {database}; run `optimize --study {name}` first, or pass --storage")
     try:
-        return optuna.load_study(study_name=name, storage=open_storage_readonly(url))
+        return optuna.load_study(study_name=name, storage=open_existing_storage(url, name))
     except KeyError:
         raise StudyError(f"no study {name!r} in {redact_url(url)}") from None
 
@@ -312,8 +330,34 @@ def best_config(study: optuna.Study, objective: Path | None = None) -> tuple[Con
     return build_config(merge(spec.config, params_to_overrides(best.params))), best
 
 
-def best_checkpoint(study: optuna.Study) -> Path:
-    """The checkpoint of the best trial: ``best.pt`` of its run directory, else ``last.pt``."""
+def write_best_config(name: str, storage: str | None, out: str | Path) -> int:
+    """``best``: the full training config of the study's best trial, written to ``out`` with a header that says how
+    to train it."""
+    study = open_study_readonly(name, storage)
+    config, trial = best_config(study)
+    config.tracking.source_study, config.tracking.source_trial = study.study_name, trial.number
+    header = (f"# best trial {trial.number} of study {study.study_name}: value {trial.value:.6g}, diagonality "
+              f"{trial.user_attrs.get('diagonality', float('nan')):.3f}\n"
+              f"# train it: python -m smart_tuner train --config {out} --max-steps 100000\n")
+    path = write_atomic(out, header + to_yaml(config))
+    print(f"wrote the config of trial {trial.number} (value {trial.value:.4f}) to {path}")
+    return 0
+
+
+def production_config(name: str, storage: str | None, sets: list[str]) -> Config:
+    """``train --from-study``: the best trial's config with its origin in ``tracking`` and ``sets`` over it."""
+    study = open_study_readonly(name, storage)
+    best, trial = best_config(study)
+    origin = {"tracking": {"source_study": study.study_name, "source_trial": trial.number}}
+    config = build_config(merge(merge(best.to_dict(), origin), parse_set_overrides(sets)))
+    log.info("production run from study %s, trial %d (value %.4f)", study.study_name, trial.number, trial.value)
+    return config
+
+
+def best_checkpoint(name: str, storage: str | None) -> Path:
+    """The checkpoint of study ``name``'s best trial (``synthesize --from-study``): ``best.pt`` of its run directory,
+    else ``last.pt``."""
+    study = open_study_readonly(name, storage)
     best = study_trials(study).best
     if best is None:
         raise StudyError(f"study {study.study_name!r} has no complete trial yet")

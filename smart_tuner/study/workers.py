@@ -41,6 +41,7 @@ from .storage import (
     open_storage,
     route_optuna_logging,
     study_trials,
+    summary,
 )
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,27 @@ def _run_trials(study: BudgetedStudy, objective: Objective, trials: int | None, 
             break
         done += 1
         after_each()
+
+
+def optimize_command(options: StudyOptions, progress: bool = True) -> int:
+    """``optimize``: run the study until its budget is spent or a signal stops it; print what it holds."""
+    with interrupts.handle_signals():
+        study = optimize(options, progress=progress)
+    print(summary(study))
+    signum = interrupts.requested()
+    if signum is not None:
+        print("interrupted: the running trial was failed as interrupted and re-queued; run the same command again "
+              "to continue the study (the re-queued trial resumes from its last checkpoint)", flush=True)
+        return interrupts.exit_code(signum)
+    return 0
+
+
+def worker_command(options: StudyOptions) -> int:
+    """The hidden ``worker`` command that ``optimize`` starts: run trials; a signal ends it with its exit code."""
+    with interrupts.handle_signals():
+        run_worker(options)
+    signum = interrupts.requested()
+    return 0 if signum is None else interrupts.exit_code(signum)
 
 
 def run_worker(options: StudyOptions) -> None:

@@ -197,3 +197,11 @@ def convert(source: str | Path, out: str | Path) -> dict[str, Any]:
                    "iteration": iteration if isinstance(iteration, int) else None},
     }, out)
     return {"tensors": len(state), "parameters": sum(t.numel() for t in model.parameters()), "out": str(out)}
+
+
+def convert_command(source: str | Path, out: str | Path) -> int:
+    """``convert nvidia``: :func:`convert`, and one line saying what the new checkpoint holds."""
+    done = convert(source, out)
+    print(f"converted {done['tensors']} tensors ({done['parameters']:,} parameters) into {done['out']}: NVIDIA's "
+          f"symbols, English cleaning and unstandardized log-mels")
+    return 0

@@ -1,7 +1,7 @@
 """Speech from text with a trained checkpoint: check the text against the checkpoint's symbols, decode batches
 free-running, and hand back each sentence's log-mel (in the checkpoint's mel convention made absolute: natural
-log of mel magnitudes, unstandardized), alignment and stop status. Files are written by the ``synthesize``
-command."""
+log of mel magnitudes, unstandardized), alignment and stop status. Files are written by
+:mod:`smart_tuner.tts.speak`."""
 
 from __future__ import annotations
 

@@ -17,7 +17,6 @@ Both servers listen on 127.0.0.1 unless ``--host`` says otherwise; neither print
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import logging
 import os
@@ -25,17 +24,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import optuna
 
 from ..config import redact_url
-from ..paths import mlflow_artifact_root, sqlite_file, study_artifact_dir
-from ..study.storage import StudyError, storage_url, unreadable
+from ..paths import default_tracking_uri, mlflow_artifact_root, sqlite_file, study_artifact_dir
+from ..study.storage import StudyError, open_existing_storage, storage_url
 
 log = logging.getLogger(__name__)
 
@@ -47,30 +43,6 @@ def server_url(host: str, port: int, path: str = "") -> str:
     """``http://host:port/path`` (an IPv6 address in brackets)."""
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
     return f"http://{shown}:{port}{path}"
-
-
-def wait_for_http(url: str, timeout: float = 30.0, interval: float = 0.2,
-                  process: subprocess.Popen | None = None) -> int:
-    """Poll ``url`` until it answers with any HTTP status; returns that status.
-
-    Raises :class:`TimeoutError` after ``timeout`` seconds, or :class:`RuntimeError` at once when ``process``
-    (the server being waited for) has exited.
-    """
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while True:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the server exited with code {process.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=max(interval, 2.0)) as response:
-                return response.status
-        except urllib.error.HTTPError as exc:  # an error status is an answer too
-            return exc.code
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
-            last = exc
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{url} did not answer within {timeout:.0f} s ({last})")
-        time.sleep(interval)
 
 
 def listens_on_all_interfaces(host: str) -> bool:
@@ -105,41 +77,12 @@ def resolve_storage_url(study: str | None, storage: str | None) -> str:
                      "storage (--storage URL)")
 
 
-def sqlite_path(url: str) -> Path | None:
-    """The database file of a ``sqlite:`` URL (relative to the working directory); None for other URLs. An
-    unparsable URL or an in-memory database is an error: there is nothing to show."""
-    if not url.startswith("sqlite"):
-        return None
-    try:
-        database = sqlite_file(url)
-    except Exception as exc:
-        raise StudyError(f"storage {redact_url(url)}: not a valid URL ({exc})") from None
-    if database is None:
-        raise StudyError(f"storage {redact_url(url)}: an in-memory database holds nothing to show; name a "
-                         "database file, e.g. sqlite:///studies/NAME.db")
-    return database
-
-
-def check_sqlite_file(url: str) -> None:
-    """A SQLite storage must already exist: opening a missing file would create an empty database."""
-    path = sqlite_path(url)
-    if path is not None and not path.is_file():
-        where = "" if path.is_absolute() else f" (under {Path.cwd()})"
-        raise StudyError(f"storage {redact_url(url)}: no database file {path}{where}; run "
-                         "`python -m smart_tuner optimize` first, or name the study's file with --storage")
-
-
-def open_dashboard_storage(url: str) -> Any:
-    """An RDB storage as optuna-dashboard opens one (never creating tables), with its studies checked; other
+def open_dashboard_storage(url: str, study: str | None) -> Any:
+    """The storage optuna-dashboard serves: an existing RDB storage, writable (the dashboard saves notes); other
     URLs (a journal file, Redis) are handed to optuna-dashboard as they are."""
     if "://" not in url or url.startswith("redis"):
         return url
-    try:
-        storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
-        storage.get_all_studies()
-    except Exception as exc:
-        raise unreadable(url, exc) from None
-    return storage
+    return open_existing_storage(url, study, read_only=False)
 
 
 def find_study_id(storage: Any, name: str) -> int:
@@ -159,30 +102,30 @@ def make_artifact_store(artifact_dir: str | os.PathLike) -> Any:
     return optuna.artifacts.FileSystemArtifactStore(str(path))
 
 
-def cmd_dashboard(args: argparse.Namespace) -> int:
+def serve_dashboard(study: str | None = None, storage: str | None = None, artifact_dir: str | Path | None = None,
+                    host: str = "127.0.0.1", port: int = 8080) -> int:
     """``dashboard``: serve a study's storage and artifacts with optuna-dashboard until Ctrl-C."""
-    url = resolve_storage_url(args.study, args.storage)
-    check_sqlite_file(url)
-    storage = open_dashboard_storage(url)
+    url = resolve_storage_url(study, storage)
+    opened = open_dashboard_storage(url, study)
     path = "/dashboard"
-    if args.study and not isinstance(storage, str):
-        path = f"/dashboard/studies/{find_study_id(storage, args.study)}"
-    artifact_dir = Path(args.artifact_dir) if args.artifact_dir else study_artifact_dir(url)
+    if study and not isinstance(opened, str):
+        path = f"/dashboard/studies/{find_study_id(opened, study)}"
+    artifact_dir = Path(artifact_dir) if artifact_dir else study_artifact_dir(url)
     store = make_artifact_store(artifact_dir)
 
     from optuna_dashboard import run_server
 
-    _warn_if_exposed(args.host)
-    address = server_url(args.host, args.port, path)
+    _warn_if_exposed(host)
+    address = server_url(host, port, path)
     log.info("optuna-dashboard on %s (storage %s, artifacts %s); Ctrl-C stops it",
              address, redact_url(url), artifact_dir.resolve())
     print(f"optuna-dashboard: {address}", flush=True)
     try:
-        run_server(storage, host=args.host, port=args.port, artifact_store=store)
+        run_server(opened, host=host, port=port, artifact_store=store)
     except KeyboardInterrupt:
         pass
     except OSError as exc:  # the port is taken, or the host is not an address of this machine
-        raise StudyError(f"dashboard: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
+        raise StudyError(f"dashboard: cannot listen on {host}:{port} ({exc.strerror or exc}); "
                          "choose another --port or --host") from None
     return 0
 
@@ -246,21 +189,22 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
-def cmd_mlflow_ui(args: argparse.Namespace) -> int:
+def serve_mlflow_ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> int:
     """``mlflow-ui``: run ``mlflow server`` on the runs' tracking store until Ctrl-C; its exit code."""
-    from ..paths import default_tracking_uri
-
-    uri = args.tracking_uri or default_tracking_uri()
+    uri = tracking_uri or default_tracking_uri()
     if is_remote_tracking_uri(uri):
         print(f"the tracking URI {redact_url(uri)} is a tracking server: nothing to start, its UI is at that "
               "URL", flush=True)
         return 0
-    path = sqlite_path(uri)
+    try:
+        path = sqlite_file(uri)
+    except Exception:  # an unparsable URI: mlflow server names it itself
+        path = None
     if path is not None and not path.is_file():
         log.warning("no database file %s yet: the MLflow UI starts on an empty store", path)
-    command = mlflow_server_command(uri, args.host, args.port)
-    _warn_if_exposed(args.host)
-    address = server_url(args.host, args.port)
+    command = mlflow_server_command(uri, host, port)
+    _warn_if_exposed(host)
+    address = server_url(host, port)
     log.info("MLflow UI on %s (tracking store %s); Ctrl-C stops it", address, redact_url(uri))
     print(f"MLflow UI: {address}", flush=True)
     # Its own process group: mlflow server starts uvicorn as a grandchild, and a signal must reach both.

@@ -44,6 +44,7 @@ from ..config import ConfigError, build_config, is_finite_number, redact_url, to
 from ..files import write_atomic
 from ..study.storage import StudyTrials, open_study_readonly, storage_url, study_trials
 from ..watch.previews import latest_preview
+from ..watch.text import fmt
 
 IMPORTANCE_SEED = 0  # fANOVA and the random forest sample; a fixed seed gives the same report twice
 TRAINER = "trainer"  # the source of the trainer's own decisions (it skips any non-finite update by itself)
@@ -63,12 +64,9 @@ img { max-width: 100%; }
 
 
 # ----------------------------------------------------------------------------------------------- trials
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
-    return str(value)
+def _cell(value: Any, digits: int = 4) -> str:
+    """A table cell: a float to ``digits`` decimals, nothing (None) as an empty cell."""
+    return fmt(value, f".{digits}f", missing="")
 
 
 def _param(value: Any) -> str:
@@ -175,7 +173,7 @@ def _png(fig: Figure) -> bytes:
 
 
 def _figure(width: float, height: float) -> Figure:
-    # Figure + Agg canvas, never pyplot: pyplot keeps global state (see plots.py).
+    # Figure + Agg canvas, never pyplot: pyplot keeps global state (see tts/plots.py).
     fig = Figure(figsize=(width, height), dpi=80)
     FigureCanvasAgg(fig)
     return fig
@@ -317,8 +315,8 @@ def best_section(trials: StudyTrials) -> str:
         return "<h2>Best trial</h2>" + note("No complete trial yet: there is no best trial, no best config and "
                                             "no preview to show.", "no-best")
     facts = table(["trial", "value", "diagonality", "final step", "run dir"],
-                  [[best.number, _fmt(best.value), _fmt(best.user_attrs.get("diagonality"), 3),
-                    _fmt(best.user_attrs.get("step")), _fmt(best.user_attrs.get("run_dir"))]],
+                  [[best.number, _cell(best.value), _cell(best.user_attrs.get("diagonality"), 3),
+                    _cell(best.user_attrs.get("step")), _cell(best.user_attrs.get("run_dir"))]],
                   id_="best", numeric=(0, 1, 2, 3))
     params = table(["parameter", "value"], [[k, _param(v)] for k, v in sorted(best.params.items())],
                    id_="best-params")
@@ -380,8 +378,8 @@ def trials_section(trials: StudyTrials) -> str:
     names = sorted({k for t in trials.results for k in t.params})
     best = trials.best
     ordered = trials.results
-    rows = [[t.number, t.state.name.lower(), _fmt(t.value) if t.state == TrialState.COMPLETE else "",
-             _fmt(t.user_attrs.get("diagonality"), 3), _fmt(t.user_attrs.get("step")), trial_outcome(t),
+    rows = [[t.number, t.state.name.lower(), _cell(t.value) if t.state == TrialState.COMPLETE else "",
+             _cell(t.user_attrs.get("diagonality"), 3), _cell(t.user_attrs.get("step")), trial_outcome(t),
              *(_param(t.params[n]) if n in t.params else "" for n in names)] for t in ordered]
     attrs = [f'id="trial-{t.number}" class="{t.state.name.lower()}'
              f'{" best" if best is not None and t.number == best.number else ""}"' for t in ordered]
@@ -430,8 +428,8 @@ def build_report(study: optuna.Study, out: Path, storage: str | None = None) -> 
     return write_atomic(out, render_report(study, storage))
 
 
-def cmd_report(args: Any) -> int:
-    study = open_study_readonly(args.study, args.storage)
-    path = build_report(study, Path(args.out), storage=storage_url(args.study, args.storage))
+def write_report(study: str, storage: str | None, out: str | Path) -> int:
+    """``report``: the report of an existing study written to ``out``."""
+    path = build_report(open_study_readonly(study, storage), Path(out), storage=storage_url(study, storage))
     print(f"wrote {path}", file=sys.stdout)
     return 0

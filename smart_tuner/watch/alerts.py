@@ -32,7 +32,8 @@ import requests
 
 from ..config import Config, TelegramConfig
 from ..hooks import EvalStats, Event, Hook, RunInfo, TrainResult
-from .plots import alignment_png
+from ..tts.plots import alignment_png
+from .text import fmt
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def format_critical_alert(alert_type: str, details: Mapping[str, Any] | str, rec
     if isinstance(details, str):
         lines.append(details)
     else:
-        lines += [f"{key}: {_fmt(value)}" for key, value in details.items()]
+        lines += [f"{key}: {fmt(value)}" for key, value in details.items()]
     if recommendations:
         lines.append("")
         lines.append("Recommendations:")
@@ -401,14 +402,6 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if value is None:
-        return "-"
-    return str(value)
-
-
 # ------------------------------------------------------------------------------------------------ reporter
 _RECOMMENDATIONS = {
     "rollback": ["The model and optimizer were restored to the last healthy state; watch whether it recurs.",
@@ -498,7 +491,7 @@ class TelegramReporter(Hook):
             metrics = stats.metrics()
             shown = {**{k: metrics[k] for k in EvalStats.SUMMARY}, "lr": stats.lr, **stats.loss_weights}
             lines = [f"Summary: {self.run_name or 'run'} at step {stats.step} (evaluation {self._evals})"]
-            lines += [f"{k}: {_fmt(v)}" for k, v in shown.items()]
+            lines += [f"{k}: {fmt(v)}" for k, v in shown.items()]
             self.client.send_message("\n".join(lines))
             self._send_alignment()
         return []
@@ -513,7 +506,7 @@ class TelegramReporter(Hook):
             return
         details: dict[str, Any] = {"step": event.step, "source": event.source, "control": event.control}
         if event.old is not None or event.new is not None:
-            details["change"] = f"{_fmt(event.old)} -> {_fmt(event.new)}"
+            details["change"] = f"{fmt(event.old)} -> {fmt(event.new)}"
         details["reason"] = event.reason
         if event.trigger is not None:
             details["trigger"] = event.trigger
@@ -530,7 +523,7 @@ class TelegramReporter(Hook):
     def on_train_end(self, result: TrainResult) -> None:
         try:
             suppressed = f"; {self._suppressed} later alarms not sent" if self._suppressed else ""
-            best = _fmt(result.best_val_loss)
+            best = fmt(result.best_val_loss)
             if result.status == "failed":
                 details: dict[str, Any] = {"step": result.step, "reason": result.reason, "best val_loss": best}
                 if self._suppressed:

@@ -12,7 +12,7 @@ the run fails, writes a bundle to ``<run_dir>/debug/<step>-<kind>/``::
     reason.txt     why the bundle was written (first line), then the alarms of that step
 
 :func:`summarize_run` reads a run directory alone (finished, failed or still running) and says in a few lines
-how it went; ``python -m smart_tuner debug RUN_DIR`` prints it through :func:`main_debug`.
+how it went; ``python -m smart_tuner debug RUN_DIR`` prints it.
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ import logging
 import math
 import os
 import shutil
-import sys
 from collections import Counter, deque
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ..config import DebugConfig, yaml_load
+from ..config import DebugConfig, is_number, yaml_load
 from ..errors import UserError
 from ..files import atomic_dir, write_atomic
 from ..hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
+from .text import fmt
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class DebugReporter(Hook):
             (tmp / "eval.json").write_text(_dumps(self.last_eval), encoding="utf-8")
             if self.alignment is not None:
                 try:
-                    from .plots import alignment_png  # matplotlib: only imported when a bundle is written
+                    from ..tts.plots import alignment_png  # matplotlib: only imported when a bundle is written
 
                     title = f"step {self.last_eval['step']}" if self.last_eval else ""
                     (tmp / "alignment.png").write_bytes(alignment_png(self.alignment, title))
@@ -222,12 +222,12 @@ def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 
 def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return float(value) if is_number(value) else None
 
 
 def _fmt(value: Any, spec: str = ".4g") -> str:
-    number = _num(value)
-    return "-" if number is None else format(number, spec)
+    """A number of a run's files (an int reads as a float here), anything else as ``-``."""
+    return fmt(_num(value), spec)
 
 
 def _at(step: int | None) -> str:
@@ -281,22 +281,9 @@ def summarize_run(run_dir: Path | str) -> str:
         what = "does not exist" if not run_dir.exists() else "is not a run directory"
         raise RunDirError(f"{run_dir} {what}: expected a run directory written by `smart_tuner train` "
                           f"(with config.yaml or metrics.jsonl)")
-    lines = [f"run: {run_dir}"]
-
-    config: dict[str, Any] = {}
-    try:
-        loaded = yaml_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-        config = loaded if isinstance(loaded, dict) else {}
-    except FileNotFoundError:
-        lines.append("config: config.yaml missing")
-    except Exception as exc:
-        lines.append(f"config: config.yaml unreadable ({exc})")
+    config, lines = _read_config(run_dir)
+    lines.insert(0, f"run: {run_dir}")
     train, loss = config.get("train") or {}, config.get("loss") or {}
-    if config:
-        lines.append(f"config: preset {config.get('preset', '-')}, lr {_fmt(train.get('lr'))}, "
-                     f"batch size {train.get('batch_size', '-')}, ga weight {_fmt(loss.get('ga_weight'))}, "
-                     f"max steps {train.get('max_steps', '-')}, eval every {train.get('eval_every', '-')}")
-
     metrics, bad_metrics = _read_jsonl(run_dir / "metrics.jsonl")
     events, bad_events = _read_jsonl(run_dir / "events.jsonl")
     bundles = _bundles(run_dir)
@@ -306,29 +293,57 @@ def summarize_run(run_dir: Path | str) -> str:
     of = f" of {train['max_steps']}" if "max_steps" in train else ""
     lines.append(f"steps: {last_step}{of} trained (last recorded), {len(metrics)} evaluations"
                  + (f", {bad_metrics} unreadable lines in metrics.jsonl" if bad_metrics else ""))
-
     aligned = _first_step(metrics, "diagonality")
     aligned_infer = _first_step(metrics, "infer_diagonality")
-    last = metrics[-1] if metrics else None
-    if metrics:
-        lines.append(f"aligned (diagonality >= {ALIGNED}): {_at(aligned)}; free-running: {_at(aligned_infer)}")
-        finite = [m for m in metrics if _num(m.get("val_loss")) is not None and math.isfinite(m["val_loss"])]
-        best = min(finite, key=lambda m: m["val_loss"]) if finite else None
-        best_text = f"{_fmt(best['val_loss'])} at step {best.get('step')}" if best else "- (none finite)"
-        lines.append(f"validation loss: best {best_text}, "
-                     f"last {_fmt(last.get('val_loss'))} at step {last.get('step')}")
-        lines.append("last alignment: " + ", ".join(
-            f"{k} {_fmt(last.get(k), '.3f')}" for k in ("diagonality", "focus", "monotonicity", "coverage"))
-            + f"; free-running diagonality {_fmt(last.get('infer_diagonality'), '.3f')}, "
-              f"stop rate {_fmt(last.get('infer_stop_rate'), '.2f')}")
-    else:
-        lines.append("evaluations: none yet (metrics.jsonl missing or empty)")
+    lines += _evaluation_lines(metrics, aligned, aligned_infer)
     lines.append(f"lr: {_trajectory(train.get('lr'), metrics, events, 'lr')}")
     lines.append(f"ga weight: {_trajectory(loss.get('ga_weight'), metrics, events, 'ga_weight')}")
+    lines += _event_lines(events, bad_events)
+    lines += _data_lines(run_dir)
+    lines.append(f"debug bundles: {len(bundles)}" if bundles else "debug bundles: none")
+    lines += [f"  debug/{name}: {reason}" for name, reason in bundles]
+    lines.append("verdict: " + _verdict(metrics, events, bundles, aligned, aligned_infer))
+    return "\n".join(lines)
 
+
+def _read_config(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
+    """The run's config.yaml as a dict (empty when missing or unreadable) and the summary's line on it."""
+    try:
+        loaded = yaml_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, ["config: config.yaml missing"]
+    except Exception as exc:
+        return {}, [f"config: config.yaml unreadable ({exc})"]
+    config = loaded if isinstance(loaded, dict) else {}
+    if not config:
+        return config, []
+    train, loss = config.get("train") or {}, config.get("loss") or {}
+    return config, [f"config: preset {config.get('preset', '-')}, lr {_fmt(train.get('lr'))}, "
+                    f"batch size {train.get('batch_size', '-')}, ga weight {_fmt(loss.get('ga_weight'))}, "
+                    f"max steps {train.get('max_steps', '-')}, eval every {train.get('eval_every', '-')}"]
+
+
+def _evaluation_lines(metrics: list[dict[str, Any]], aligned: int | None, aligned_infer: int | None) -> list[str]:
+    """When the run aligned, its best and last validation loss, and the last evaluation's alignment."""
+    if not metrics:
+        return ["evaluations: none yet (metrics.jsonl missing or empty)"]
+    last = metrics[-1]
+    finite = [m for m in metrics if _num(m.get("val_loss")) is not None and math.isfinite(m["val_loss"])]
+    best = min(finite, key=lambda m: m["val_loss"]) if finite else None
+    best_text = f"{_fmt(best['val_loss'])} at step {best.get('step')}" if best else "- (none finite)"
+    return [f"aligned (diagonality >= {ALIGNED}): {_at(aligned)}; free-running: {_at(aligned_infer)}",
+            f"validation loss: best {best_text}, last {_fmt(last.get('val_loss'))} at step {last.get('step')}",
+            "last alignment: " + ", ".join(
+                f"{k} {_fmt(last.get(k), '.3f')}" for k in ("diagonality", "focus", "monotonicity", "coverage"))
+            + f"; free-running diagonality {_fmt(last.get('infer_diagonality'), '.3f')}, "
+              f"stop rate {_fmt(last.get('infer_stop_rate'), '.2f')}"]
+
+
+def _event_lines(events: list[dict[str, Any]], bad_events: int) -> list[str]:
+    """The events counted per source and control, the last five, and the alarms by kind."""
     applied = sum(1 for e in events if e.get("applied"))
-    lines.append(f"events: {len(events)} ({applied} applied, {len(events) - applied} overridden)"
-                 + (f", {bad_events} unreadable lines in events.jsonl" if bad_events else ""))
+    lines = [f"events: {len(events)} ({applied} applied, {len(events) - applied} overridden)"
+             + (f", {bad_events} unreadable lines in events.jsonl" if bad_events else "")]
     counts = Counter((e.get("source"), e.get("control"), bool(e.get("applied"))) for e in events)
     for source, control in sorted({(s, c) for s, c, _ in counts}, key=str):
         lines.append(f"  {source}/{control}: {counts[(source, control, True)]} applied, "
@@ -339,15 +354,10 @@ def summarize_run(run_dir: Path | str) -> str:
             change = "" if e.get("new") is None else f" {_fmt(e.get('old'))} -> {_fmt(e.get('new'))}"
             lines.append(f"  step {e.get('step')} {e.get('source')} {e.get('control')}{change} "
                          f"({'applied' if e.get('applied') else 'overridden'}): {e.get('reason')}")
-
     alarms = Counter(_alarm_kind(str(e.get("control"))) for e in events if _is_alarm(e))
     if alarms:
         lines.append("alarms: " + ", ".join(f"{alarms[k]} {k}" for k in ("emergency", "skip", "rollback")))
-    lines += _data_lines(run_dir)
-    lines.append(f"debug bundles: {len(bundles)}" if bundles else "debug bundles: none")
-    lines += [f"  debug/{name}: {reason}" for name, reason in bundles]
-    lines.append("verdict: " + _verdict(metrics, events, bundles, aligned, aligned_infer))
-    return "\n".join(lines)
+    return lines
 
 
 def _data_lines(run_dir: Path) -> list[str]:
@@ -391,11 +401,21 @@ def _verdict(metrics: list[dict], events: list[dict], bundles: list[tuple[str, s
     return f"healthy: aligned at step {aligned} ({free}){note}"
 
 
-def main_debug(run_dir: str) -> int:
-    """``python -m smart_tuner debug RUN_DIR``: print the summary; 2 with one error line if not a run dir."""
-    try:
-        print(summarize_run(Path(run_dir)))
-    except RunDirError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def describe_result(result: TrainResult) -> str:
+    """What ``train`` prints at its end: how the run ended, its last evaluation, and how to resume an interrupted
+    one."""
+    text = f"{result.status} at step {result.step}: {result.reason}; run dir {result.run_dir}"
+    last = result.last_eval
+    if last:
+        text += (f"\nvalidation loss {last.val_loss:.4f}, diagonality {last.diagonality:.3f} "
+                 f"(free-running {last.infer_diagonality:.3f}), focus {last.focus:.3f}")
+    if result.status == "interrupted":
+        text += (f"\ncheckpoint written at step {result.step}; resume with:\n  python -m smart_tuner train --config "
+                 f"{result.run_dir / 'config.yaml'} --run-dir {result.run_dir} --resume")
+    return text
+
+
+def debug_command(run_dir: str | Path) -> int:
+    """``debug RUN_DIR``: print :func:`summarize_run`."""
+    print(summarize_run(run_dir))
     return 0

@@ -58,7 +58,7 @@ def render_preview(stats: EvalStats, config: Config, out_dir: Path) -> dict[str,
     """Write the preview files of one evaluation into ``out_dir`` (atomically); returns what was written."""
     from ..data.audio import save_wav
     from ..tts.inference import min_vocodable_frames, vocode
-    from .plots import alignment_png, mel_png
+    from ..tts.plots import alignment_png, mel_png
 
     with atomic_dir(out_dir) as tmp:
         if stats.alignment is not None:

@@ -57,12 +57,6 @@ def default_artifact_location(tracking_uri: str) -> str:
     return mlflow_artifact_root(tracking_uri).resolve().as_uri()
 
 
-def make_client(tracking_uri: str | None = None) -> MlflowClient:
-    uri = tracking_uri or default_tracking_uri()
-    make_sqlite_dir(uri)
-    return MlflowClient(tracking_uri=uri)
-
-
 def _is_local(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 

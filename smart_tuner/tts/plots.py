@@ -1,5 +1,6 @@
-"""Images for people: the alignment heatmap and mel spectrograms (previews, debug bundles, alerts), rendered
-off-screen to PNG.
+"""Images for people: the alignment heatmap and mel spectrograms (previews, debug bundles, alerts, synthesis),
+rendered off-screen to PNG. They live with the models (below ``watch``) so that synthesis can draw its alignments;
+a tensor converts through ``__array__``, so this module itself needs only matplotlib and numpy.
 
 Figures are built with ``matplotlib.figure.Figure`` directly, not pyplot: pyplot keeps a global list of open
 figures, and alerts render on a worker thread while the debug reporter renders on the training thread.

@@ -5,7 +5,8 @@ features, truncated logs on resume) goes through :func:`write_atomic` or :func:`
 written under a temporary name in the same directory, flushed, and renamed over the final name, so a crash, a kill
 or a full disk never leaves half a file where a reader (a resumed run, a browser, another worker) would find it.
 A kill can leave the temporary file itself; :func:`remove_stale_temporaries` removes those of dead processes.
-Logs that grow line by line (``metrics.jsonl``, ``events.jsonl``) get whole lines or nothing (:func:`append_line`).
+Logs that grow line by line (``metrics.jsonl``, ``events.jsonl``) get whole lines or nothing (:func:`append_line`);
+a resumed run cuts them back to its checkpoint's step (:func:`truncate_jsonl`).
 A full disk is a :class:`DiskFullError` naming the file. A run directory is written by one process at a time
 (:func:`lock_directory`).
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
+import logging
 import os
 import re
 import secrets
@@ -26,6 +29,8 @@ from typing import BinaryIO
 from .errors import UserError
 
 Content = bytes | str | Callable[[BinaryIO], None]  # a callable writes into the open binary file
+log = logging.getLogger(__name__)
+
 FULL = (errno.ENOSPC, errno.EDQUOT)
 _TEMPORARY = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
 
@@ -35,6 +40,10 @@ class DiskFullError(UserError, OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+class BrokenRecord(UserError, ValueError):
+    """A line of a JSONL log, other than the last, is not a JSON record; the message names the file and line."""
 
 
 class DirectoryLocked(RuntimeError):
@@ -98,6 +107,30 @@ def append_line(path: str | os.PathLike, line: str) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def truncate_jsonl(path: str | os.PathLike, step: int) -> None:
+    """Keep the records of ``path`` up to ``step`` (their ``"step"`` key), rewritten atomically. A torn last line
+    (its process died while writing it, before lines were written whole) is dropped with a warning; a broken line
+    elsewhere is a :class:`BrokenRecord`. A missing file stays missing."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    keep = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                log.warning("%s:%d: dropped a torn last line (the process died while writing it)", path, number)
+                continue
+            raise BrokenRecord(f"{path}:{number}: not a JSON record; repair or remove that line") from None
+        if record["step"] <= step:
+            keep.append(line)
+    write_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:

@@ -373,7 +373,7 @@ def test_faults_are_survived_with_the_rate_cut_and_events_written(corpus_en, tmp
     result = trainer.fit()
     assert result.status == "completed" and result.step == 10
     assert all_finite(trainer)
-    assert trainer.lr == pytest.approx(config.train.lr * 0.01)
+    assert trainer.controls.lr == pytest.approx(config.train.lr * 0.01)
     events = read_events(tmp_path / "run")
     skips = [e for e in events if e["control"] == "skip_update" and e["applied"]]
     cuts = [e for e in events if e["control"] == "lr" and e["source"] == "lr"]
@@ -398,19 +398,19 @@ def test_consecutive_emergencies_roll_back_and_the_budget_ends_the_run(corpus_en
                          faults={"nan_loss_at": [6, 7, 8]}, adapters={"lr": {"max_emergencies": 3}})
     trainer = Trainer(config, tmp_path / "ok", hooks=build_adapters(config), progress=False)
     healthy_step = None
-    original = trainer._rollback
+    original = trainer.controls.rollback
 
-    def spy(reason):
+    def spy(reason, step):
         nonlocal healthy_step
-        healthy_step = trainer.healthy["step"]
-        original(reason)
+        healthy_step = trainer.controls.healthy["step"]
+        original(reason, step)
         # After the rollback the model is exactly the healthy snapshot.
         for name, value in trainer.model.state_dict().items():
-            assert torch.equal(value.cpu(), trainer.healthy["model"][name])
+            assert torch.equal(value.cpu(), trainer.controls.healthy["model"][name])
 
-    trainer._rollback = spy
+    trainer.controls.rollback = spy
     result = trainer.fit()
-    assert result.status == "completed" and trainer.rollbacks == 1 and healthy_step == 4
+    assert result.status == "completed" and trainer.controls.rollbacks == 1 and healthy_step == 4
     rollbacks = [e for e in read_events(tmp_path / "ok") if e["control"] == "rollback"]
     assert [(e["step"], e["applied"]) for e in rollbacks] == [(8, True)]
 
@@ -431,7 +431,7 @@ def test_vanishing_gradients_roll_back_and_cut_the_rate(corpus_en, tmp_path):
     events = read_events(tmp_path / "run")
     assert [(e["source"], e["control"], e["step"]) for e in events if e["control"] in ("rollback", "lr")] == [
         ("grad", "rollback", 4), ("lr", "lr", 5)]
-    assert trainer.lr == pytest.approx(config.train.lr * 0.1)
+    assert trainer.controls.lr == pytest.approx(config.train.lr * 0.1)
 
 
 def test_the_ga_adapter_weight_reaches_the_loss(corpus_en, tmp_path):
@@ -474,4 +474,4 @@ def test_in_a_real_run_a_rate_far_too_small_is_raised_and_a_jump_of_the_weights_
     assert changes[2] > 10 * max(changes[:2]) and changes[2] > 0.04
     undo = [e for e in read_events(tmp_path / "run") if "far too large" in e["reason"]]
     assert {e["control"] for e in undo} == {"rollback", "lr"} and all(e["applied"] and e["alarm"] for e in undo)
-    assert trainer.rollbacks == 1 and trainer.healthy["step"] == 6
+    assert trainer.controls.rollbacks == 1 and trainer.controls.healthy["step"] == 6

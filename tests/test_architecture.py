@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "smart_tuner"
 
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = [
-    {"errors", "config", "paths", "files", "hooks", "interrupts", "cores"},
+    {"errors", "config", "paths", "files", "hooks", "interrupts", "cores", "seeds"},
     {"data"},
     {"tts"},
     {"adapters", "watch"},

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from smart_tuner.files import atomic_dir, write_atomic
+from smart_tuner.files import BrokenRecord, atomic_dir, truncate_jsonl, write_atomic
 
 
 def test_text_bytes_and_writer_functions_land_whole(tmp_path):
@@ -52,3 +52,18 @@ def test_atomic_dir_replaces_a_directory_only_when_complete(tmp_path):
         (tmp / "c.png").write_bytes(b"3")
     assert [p.name for p in target.iterdir()] == ["c.png"]  # a new complete one replaces it
     assert [p.name for p in target.parent.iterdir()] == ["step_000010"]
+
+
+def test_truncate_jsonl_keeps_records_up_to_the_step_and_drops_only_a_torn_last_line(tmp_path, caplog):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 2}\n\n{"step": 4, "x": 1}\n{"step": 6}\n{"step": 8, "val_lo')
+    truncate_jsonl(log, 4)
+    assert log.read_text() == '{"step": 2}\n{"step": 4, "x": 1}\n'
+    assert "metrics.jsonl:5: dropped a torn last line" in caplog.text
+    log.write_text('{"step": 2}\nnot json\n{"step": 4}\n')
+    with pytest.raises(BrokenRecord, match=r"metrics.jsonl:2: not a JSON record; repair or remove that line"):
+        truncate_jsonl(log, 4)
+    assert log.read_text() == '{"step": 2}\nnot json\n{"step": 4}\n'  # left as it was
+    truncate_jsonl(tmp_path / "absent.jsonl", 4)
+    assert not (tmp_path / "absent.jsonl").exists()
+

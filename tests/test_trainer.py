@@ -122,7 +122,7 @@ def test_hooks_steer_controls_by_priority_and_every_request_is_an_event(corpus_e
     low, high = AskLr("plateau", 10, 5e-4, 3), AskLr("emergency", 100, 1e-4, 3)
     trainer = Trainer(config, tmp_path / "run", hooks=[low, high, AskGaWeight(), recorder], progress=False)
     trainer.fit()
-    assert trainer.lr == 1e-4
+    assert trainer.controls.lr == 1e-4
     assert all(g["lr"] == 1e-4 for g in trainer.optimizer.param_groups)
     events = read_jsonl(tmp_path / "run" / "events.jsonl")
     lr_events = [e for e in events if e["control"] == "lr"]

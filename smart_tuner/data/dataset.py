@@ -25,6 +25,7 @@ import torch
 from ..config import Config
 from ..files import write_atomic
 from ..paths import demo_corpus_dir
+from ..seeds import derived_seed
 from .audio import LOG_MEL_FLOOR, AudioError, MelExtractor, load_wav, trim_silence
 from .corpus import BadLine, Corpus, CorpusError, read_corpus, write_report
 from .text import SymbolTable
@@ -200,7 +201,7 @@ class BucketBatchSampler:
         self.lengths, self.batch_size, self.seed, self.pool = lengths, batch_size, seed, pool
 
     def epoch(self, epoch: int) -> list[list[int]]:
-        rng = random.Random(self.seed * 1_000_003 + epoch)
+        rng = random.Random(derived_seed(self.seed, epoch))
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
         span = self.batch_size * self.pool

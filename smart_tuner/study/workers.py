@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .. import interrupts
 from ..config import Config, build_config, flatten, is_finite_number, parse_set_overrides, redact_url
+from ..seeds import derived_seed
 from ..train.distributed import Group, GroupLost, torchrun_command, torchrun_env
 from ..train.runner import run_training
 from ..tts import build_family
@@ -66,7 +67,7 @@ def open_study(options: StudyOptions, spec: ObjectiveSpec) -> BudgetedStudy:
         if options.seed is not None and held:
             # A seeded sampler opened again on a study that holds trials (a second `optimize --seed S`, a script
             # that runs one trial per call) would replay its first suggestions: it goes on from a seed of its own.
-            study.sampler = make_sampler(options.sampler, (options.seed + 1_000_003 * held) % 2**32,
+            study.sampler = make_sampler(options.sampler, derived_seed(held, options.seed) % 2**32,
                                          options.startup_trials)
         if not study.metric_names:
             with allow_experimental():

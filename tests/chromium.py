@@ -1,17 +1,16 @@
 """Headless Chromium for browser checks: the DOM of a page after its scripts ran.
 
 Debian's ``chromium`` package (installed by ``.ci/run``). Without it the browser tests skip locally and fail
-under CI (``CI`` set), like the PostgreSQL test.
+under CI (``CI`` set), like the PostgreSQL test (``tests.conftest.require``).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
 
-import pytest
+from .conftest import require
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
 
@@ -26,11 +25,7 @@ def chromium_path() -> str | None:
 
 def require_chromium() -> str:
     path = chromium_path()
-    if path is None:
-        message = "no chromium on PATH (Debian package `chromium`; .ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require(path is not None, "no chromium on PATH (Debian package `chromium`; .ci/run installs it)")
     return path
 
 

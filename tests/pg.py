@@ -10,7 +10,8 @@ PostgreSQL refuses to run as root: as root, ``initdb``/``pg_ctl`` run as the ``p
 ``runuser`` in a directory that user owns; as any other user they run directly.
 
 No server binaries (``initdb``/``pg_ctl`` on PATH or in ``/usr/lib/postgresql/*/bin``): the tests skip, except
-under CI (``CI=true``), where they must run and the fixture raises instead (``.ci/run`` installs the server).
+under CI (``CI=true``), where they must run and fail instead (``tests.conftest.require``; ``.ci/run`` installs the
+server).
 
 Use in a test module::
 
@@ -38,20 +39,12 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import require
+
 DATABASE = "smart_tuner"
 SUPERUSER = "postgres"
 RUN_AS = "postgres"  # the OS user the server runs as when the tests run as root
 
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-def unavailable(reason: str) -> None:
-    """Skip outside CI; under CI the PostgreSQL tests must run, so a missing piece is an error."""
-    if in_ci():
-        raise RuntimeError(f"PostgreSQL tests cannot run under CI: {reason}")
-    pytest.skip(f"PostgreSQL tests skipped: {reason}")
 
 
 def _version_key(path: str) -> tuple[int, ...]:
@@ -154,13 +147,13 @@ def postgres_server(base_dir: Path) -> Iterator[str]:
     directory the ``postgres`` user can reach, which pytest's private ``/tmp/pytest-of-root`` is not).
     """
     bin_dir = find_bin_dir()
-    if bin_dir is None:
-        unavailable("no PostgreSQL server binaries (initdb, pg_ctl, postgres) on PATH or in "
-                    "/usr/lib/postgresql/*/bin; install them, e.g. `apt-get install postgresql`")
+    require(bin_dir is not None, "PostgreSQL: no server binaries (initdb, pg_ctl, postgres) on PATH or in "
+            "/usr/lib/postgresql/*/bin; install them, e.g. `apt-get install postgresql`")
     try:
         import psycopg2  # noqa: F401
     except ImportError:
-        unavailable("the psycopg2 driver is not installed (`pip install -e '.[dev]'` installs psycopg2-binary)")
+        require(False, "PostgreSQL: the psycopg2 driver is not installed (`pip install -e '.[dev]'` installs "
+                "psycopg2-binary)")
 
     as_user = None
     if os.geteuid() == 0:

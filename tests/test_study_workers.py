@@ -10,7 +10,9 @@ import subprocess
 import sys
 import time
 
+import optuna
 import pytest
+import sqlalchemy
 import torch
 from optuna.trial import TrialState
 
@@ -22,7 +24,7 @@ from smart_tuner.study.workers import open_study
 from .pg import postgres_url  # noqa: F401  (the fixture)
 from .test_study import objective_file
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
 
 def worker(tmp_path, path, url, study, trials=None, study_trials=None, heartbeat=1, grace=3, seed=0):
@@ -32,6 +34,17 @@ def worker(tmp_path, path, url, study, trials=None, study_trials=None, heartbeat
                            grace_period=grace)
     return subprocess.Popen([sys.executable, "-m", "smart_tuner", "worker", *options.worker_argv()], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition, what, timeout=240, proc=None):
+    """Poll ``condition`` until it holds; fail after a generous ``timeout``, or at once when ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"waiting for {what}: the worker exited {proc.returncode}: {proc.communicate()[0][-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
 
 
 def create(tmp_path, path, url, study):
@@ -55,7 +68,7 @@ def test_budgets_two_workers_trials_each_then_study_trials_however_many_workers(
     assert trials.complete[0].user_attrs.get("reference") is True
     # --study-trials 7: three workers, one started late, stop once the study holds 7, with no trial beyond it.
     early = [worker(tmp_path, path, postgres_url, "two-workers", study_trials=7, seed=10 + i) for i in range(2)]
-    time.sleep(3)
+    wait_for(lambda: len(study.get_trials()) > 4, "the early workers' first trial")
     late = worker(tmp_path, path, postgres_url, "two-workers", study_trials=7, seed=20)
     outputs = [p.communicate(timeout=240)[0] for p in [*early, late]]
     assert [p.returncode for p in [*early, late]] == [0, 0, 0], outputs
@@ -69,22 +82,30 @@ def test_a_killed_worker_trial_is_failed_by_heartbeat_retried_and_the_study_comp
     path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"}, train={"max_steps": 400, "eval_every": 10})
     study = create(tmp_path, path, postgres_url, "killed")
     victim = worker(tmp_path, path, postgres_url, "killed", study_trials=2)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # wait until its first trial runs and has written a checkpoint
+    # The heartbeats as the workers keep them: the storage's own test of a stale trial (grace period 3 s).
+    beats = optuna.storages.RDBStorage(postgres_url, heartbeat_interval=1, grace_period=3)
+
+    def last_pt(number):
+        return tmp_path / "runs" / "killed" / f"trial-{number:04d}" / "checkpoints" / "last.pt"
+
+    def evaluated_saved_and_beating():
         running = study.get_trials(states=(TrialState.RUNNING,))
-        if running and running[0].intermediate_values:
-            break
-        time.sleep(0.3)
-    else:
-        pytest.fail("the first worker never started a trial")
-    time.sleep(2.5)  # past one heartbeat
-    killed_number = running[0].number
+        if not (running and running[0].intermediate_values and last_pt(running[0].number).is_file()):
+            return False
+        with beats.engine.connect() as conn:  # a trial that never beat is never stale
+            return conn.execute(sqlalchemy.text("SELECT count(*) FROM trial_heartbeats WHERE trial_id = :t"),
+                                {"t": running[0]._trial_id}).scalar() > 0
+
+    # The kill lands mid-trial: once the first trial has reported an evaluation, saved its checkpoint and beats.
+    wait_for(evaluated_saved_and_beating, "the first trial's checkpoint", proc=victim)
+    (running,) = study.get_trials(states=(TrialState.RUNNING,))
+    killed_number = running.number
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
-    time.sleep(4)  # past the grace period: the trial is stale now
+    wait_for(lambda: beats._get_stale_trial_ids(study._study_id) == [running._trial_id], "the trial to go stale")
+    beats.engine.dispose()
 
-    checkpoint = torch.load(tmp_path / "runs" / "killed" / f"trial-{killed_number:04d}" / "checkpoints" / "last.pt",
-                            weights_only=True)["step"]
+    checkpoint = torch.load(last_pt(killed_number), weights_only=True)["step"]
     fast = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"},
                           train={"max_steps": checkpoint + 20, "eval_every": 10}, name="fast")
     rescuer = worker(tmp_path, fast, postgres_url, "killed", study_trials=2)

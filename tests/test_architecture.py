@@ -1,4 +1,4 @@
-"""The folders are layers and imports only go downward (README, "Architecture"): read from the source itself."""
+"""The folders are layers and imports only go downward (docs/architecture.md): read from the source itself."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def imported_units(path: Path, root: Path = PACKAGE) -> set[str]:
 def test_every_unit_has_a_layer():
     units = {unit_of(p) for p in PACKAGE.rglob("*.py")}
     missing = {u for u in units if not any(u in layer for layer in LAYERS)}
-    assert not missing, f"add {sorted(missing)} to LAYERS and to the README's Architecture section"
+    assert not missing, f"add {sorted(missing)} to LAYERS and to docs/architecture.md"
 
 
 def upward_imports(root: Path = PACKAGE) -> list[str]:

@@ -20,20 +20,20 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
-from .corpus import MAX_ABS_SAMPLE, header_problem
 from ..errors import UserError
+from .corpus import MAX_ABS_SAMPLE, header_problem
 
 __all__ = [
     "AudioError",
-    "load_wav",
-    "save_wav",
-    "wav_bytes",
-    "trim_silence",
-    "hz_to_mel",
-    "mel_to_hz",
-    "mel_filterbank",
     "MelExtractor",
     "griffin_lim",
+    "hz_to_mel",
+    "load_wav",
+    "mel_filterbank",
+    "mel_to_hz",
+    "save_wav",
+    "trim_silence",
+    "wav_bytes",
 ]
 
 # Slaney mel scale constants: linear (200/3 Hz per mel) below 1 kHz,
@@ -286,7 +286,7 @@ class MelExtractor:
         self._inv_basis: torch.Tensor | None = None
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "MelExtractor":
+    def from_config(cls, cfg: Any) -> MelExtractor:
         """Build from any object (dataclass, namespace) or mapping with fields
         named like the constructor arguments; missing ones keep the defaults."""
         get = cfg.get if isinstance(cfg, Mapping) else lambda k, d: getattr(cfg, k, d)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import soundfile
 
-from ..files import write_atomic
 from ..errors import UserError
+from ..files import write_atomic
 
 
 class CorpusError(UserError, ValueError):
@@ -109,54 +109,64 @@ def read_corpus(root: str | Path) -> Corpus:
         if not raw.strip():
             continue  # blank lines are not utterances
         total += 1
-
-        def reject(reason: str, uid: str = "") -> None:
-            bad.append(BadLine(str(meta), number, uid, reason))
-
-        # The id is read before anything else so that every problem is reported with it.
-        uid = raw.split(b"|", 1)[0].decode("utf-8", errors="replace").strip()
         try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            reject(f"not UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); save the file as UTF-8", uid)
-            continue
-        fields = line.split("|")
-        if len(fields) not in (2, 3):
-            reject(f"expected 2 or 3 '|'-separated columns (id|text[|normalized text]), found {len(fields)}", uid)
-            continue
-        text = (fields[2] if len(fields) == 3 and fields[2].strip() else fields[1]).strip()
-        if not uid:
-            reject("empty id")
-            continue
-        if not text:
-            reject("empty text", uid)
-            continue
-        if uid in seen:
-            reject(f"duplicate id (first on line {seen[uid]})", uid)
-            continue
-        seen[uid] = number
-        problem = id_problem(uid)
-        if problem:
-            reject(problem, uid)
-            continue
-        wav = root / "wavs" / f"{uid}.wav"
-        if not wav.is_file():
-            reject(f"missing audio file {wav}", uid)
-            continue
-        try:
-            info = soundfile.info(str(wav))
-        except Exception as exc:  # soundfile raises several types for broken files
-            reject(f"unreadable audio file {wav} ({type(exc).__name__}: {exc})", uid)
-            continue
-        if info.frames == 0:
-            reject(f"zero-length audio file {wav}", uid)
-            continue
-        problem = header_problem(info.samplerate)
-        if problem:
-            reject(f"{wav}: {problem}", uid)
-            continue
-        utterances.append(Utterance(uid, text, wav, number))
+            utterances.append(_read_line(root, raw, number, seen))
+        except _Rejected as rejected:
+            bad.append(BadLine(str(meta), number, rejected.uid, rejected.reason))
     return Corpus(root, utterances, bad, total)
+
+
+class _Rejected(Exception):
+    """Why one metadata line is not an utterance (collected as a :class:`BadLine`, never raised out of here)."""
+
+    def __init__(self, reason: str, uid: str = ""):
+        super().__init__(reason)
+        self.reason, self.uid = reason, uid
+
+
+def _read_line(root: Path, raw: bytes, number: int, seen: dict[str, int]) -> Utterance:
+    """One non-blank metadata line as an utterance; ``seen`` maps the ids read so far to their line numbers."""
+    # The id is read before anything else so that every problem is reported with it.
+    uid = raw.split(b"|", 1)[0].decode("utf-8", errors="replace").strip()
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Rejected(f"not UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); save the file as UTF-8",
+                        uid) from None
+    fields = line.split("|")
+    if len(fields) not in (2, 3):
+        raise _Rejected(f"expected 2 or 3 '|'-separated columns (id|text[|normalized text]), found {len(fields)}",
+                        uid)
+    text = (fields[2] if len(fields) == 3 and fields[2].strip() else fields[1]).strip()
+    if not uid:
+        raise _Rejected("empty id")
+    if not text:
+        raise _Rejected("empty text", uid)
+    if uid in seen:
+        raise _Rejected(f"duplicate id (first on line {seen[uid]})", uid)
+    seen[uid] = number
+    problem = id_problem(uid)
+    if problem:
+        raise _Rejected(problem, uid)
+    wav = root / "wavs" / f"{uid}.wav"
+    problem = _audio_problem(wav)
+    if problem:
+        raise _Rejected(problem, uid)
+    return Utterance(uid, text, wav, number)
+
+
+def _audio_problem(wav: Path) -> str | None:
+    """Why ``wav`` cannot be an utterance's audio, read from its header only; None when it can."""
+    if not wav.is_file():
+        return f"missing audio file {wav}"
+    try:
+        info = soundfile.info(str(wav))
+    except Exception as exc:  # soundfile raises several types for broken files
+        return f"unreadable audio file {wav} ({type(exc).__name__}: {exc})"
+    if info.frames == 0:
+        return f"zero-length audio file {wav}"
+    problem = header_problem(info.samplerate)
+    return f"{wav}: {problem}" if problem else None
 
 
 def write_report(path: Path, corpus: Corpus, extra: list[BadLine] | None = None) -> None:

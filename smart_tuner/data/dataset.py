@@ -15,9 +15,9 @@ import logging
 import math
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ class MelStats:
         return (LOG_FLOOR - self.mean) / self.std
 
     @classmethod
-    def identity(cls, n_mels: int) -> "MelStats":
+    def identity(cls, n_mels: int) -> MelStats:
         """No standardization: normalized mels are the log-mels as computed."""
         return cls(torch.zeros(n_mels), torch.ones(n_mels))
 
@@ -63,7 +63,7 @@ class MelStats:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "MelStats":
+    def from_dict(cls, data: dict) -> MelStats:
         return cls(torch.tensor(data["mean"]), torch.tensor(data["std"]))
 
 
@@ -143,7 +143,7 @@ class Batch:
     gate: torch.Tensor  # (B, T) 1.0 from the last real frame on
     frames: int = 0  # real (unpadded) mel frames, counted on the host when the batch is made
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(*(t.to(device, non_blocking=True) for t in
                        (self.text, self.text_lengths, self.mel, self.mel_lengths, self.gate)), frames=self.frames)
 
@@ -257,29 +257,8 @@ def prepare_data(config: Config, run_dir: Path | None = None) -> PreparedData:
         write_report(report_path, corpus)
     corpus.check_bad_share(config.data.max_bad_share, report_path)
 
-    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else corpus_dir / ".smart_tuner_cache"
-    try:
-        cache = FeatureCache(cache_dir, config)
-    except OSError as exc:
-        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise
-        where = "the corpus directory is read-only" if not config.data.cache_dir else "it is not writable"
-        raise CorpusError(f"cannot write the feature cache in {cache_dir}: {where} ({exc.strerror}); set "
-                          "data.cache_dir to a writable directory, e.g. --set data.cache_dir=/tmp/tts-cache") from None
-    extra: list[BadLine] = []
-    usable, frames = [], []
-    for utt in corpus.utterances:
-        try:
-            mel = cache.get(utt.id, utt.wav_path)
-        except AudioError as exc:
-            extra.append(BadLine(str(corpus_dir / "metadata.csv"), utt.line, utt.id, str(exc)))
-            continue
-        if mel.shape[1] > config.data.max_frames:
-            extra.append(BadLine(str(corpus_dir / "metadata.csv"), utt.line, utt.id,
-                                 f"too long: {mel.shape[1]} frames > data.max_frames={config.data.max_frames}"))
-            continue
-        usable.append(utt)
-        frames.append(mel.shape[1])
+    cache = _open_cache(config, corpus_dir)
+    usable, frames, extra = _measure(corpus, cache, config.data.max_frames)
     cache.save()
     corpus.bad += extra
     if report_path:
@@ -310,6 +289,37 @@ def prepare_data(config: Config, run_dir: Path | None = None) -> PreparedData:
 
     return PreparedData(corpus_dir, symbols, stats, dataset(train_utts, train_frames),
                         dataset(*split[True]), corpus.bad, report_path)
+
+
+def _open_cache(config: Config, corpus_dir: Path) -> FeatureCache:
+    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else corpus_dir / ".smart_tuner_cache"
+    try:
+        return FeatureCache(cache_dir, config)
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        where = "the corpus directory is read-only" if not config.data.cache_dir else "it is not writable"
+        raise CorpusError(f"cannot write the feature cache in {cache_dir}: {where} ({exc.strerror}); set "
+                          "data.cache_dir to a writable directory, e.g. --set data.cache_dir=/tmp/tts-cache") from None
+
+
+def _measure(corpus: Corpus, cache: FeatureCache, max_frames: int) -> tuple[list, list[int], list[BadLine]]:
+    """The utterances whose features compute and fit ``max_frames``, their frame counts, and the rest as bad lines."""
+    metadata = str(corpus.root / "metadata.csv")
+    usable, frames, extra = [], [], []
+    for utt in corpus.utterances:
+        try:
+            mel = cache.get(utt.id, utt.wav_path)
+        except AudioError as exc:
+            extra.append(BadLine(metadata, utt.line, utt.id, str(exc)))
+            continue
+        if mel.shape[1] > max_frames:
+            extra.append(BadLine(metadata, utt.line, utt.id,
+                                 f"too long: {mel.shape[1]} frames > data.max_frames={max_frames}"))
+            continue
+        usable.append(utt)
+        frames.append(mel.shape[1])
+    return usable, frames, extra
 
 
 def mel_statistics(mel_paths: list[Path], n_mels: int) -> MelStats:

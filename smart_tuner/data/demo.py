@@ -13,8 +13,8 @@ import os
 import random
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import soundfile as sf
@@ -339,19 +339,8 @@ def build_demo_corpus(
         return found is not None and all(found.get(k) == v for k, v in wanted.items()) \
             and (out_dir / "metadata.csv").is_file()
 
-    if out_dir.exists() or out_dir.is_symlink():
-        if not out_dir.is_dir():
-            raise CorpusError(f"{out_dir} exists and is not a directory; choose another directory (--out)")
-        found = _read_manifest(out_dir)
-        if found is None:
-            if any(out_dir.iterdir()):
-                raise CorpusError(f"{out_dir} exists, is not empty and is not a demo corpus; refusing to "
-                                  "touch it: choose another directory (--out)")
-        elif matches(found) and not force:
-            return out_dir
-        elif not force:
-            raise CorpusError(f"{out_dir} holds a demo corpus built with other settings; rebuild it with --force "
-                              "(force=True) or choose another directory (--out)")
+    if (out_dir.exists() or out_dir.is_symlink()) and _reusable(out_dir, matches, force):
+        return out_dir
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Build in a hidden sibling (same filesystem, so the final rename is atomic) so that
@@ -377,3 +366,21 @@ def build_demo_corpus(
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return out_dir
+
+
+def _reusable(out_dir: Path, matches: Callable[[dict | None], bool], force: bool) -> bool:
+    """Whether the existing ``out_dir`` is the wanted corpus already; raises when it may not be (re)built."""
+    if not out_dir.is_dir():
+        raise CorpusError(f"{out_dir} exists and is not a directory; choose another directory (--out)")
+    found = _read_manifest(out_dir)
+    if found is None:
+        if any(out_dir.iterdir()):
+            raise CorpusError(f"{out_dir} exists, is not empty and is not a demo corpus; refusing to "
+                              "touch it: choose another directory (--out)")
+        return False
+    if force:
+        return False
+    if matches(found):
+        return True
+    raise CorpusError(f"{out_dir} holds a demo corpus built with other settings; rebuild it with --force "
+                      "(force=True) or choose another directory (--out)")

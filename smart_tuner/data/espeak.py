@@ -15,9 +15,10 @@ import ctypes
 import threading
 
 import numpy as np
+
 from ..errors import UserError
 
-__all__ = ["EspeakError", "EspeakSynthesizer", "DEFAULT_RATE_WPM"]
+__all__ = ["DEFAULT_RATE_WPM", "EspeakError", "EspeakSynthesizer"]
 
 # Constants from espeak-ng's speak_lib.h.
 _AUDIO_OUTPUT_SYNCHRONOUS = 2  # espeak_Synth returns only when all audio went to the callback

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 PAD = "<pad>"
 EOS = "<eos>"
@@ -29,9 +30,9 @@ def normalize_text(text: str, lowercase: bool = True) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- English
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-         "seventeen eighteen nineteen").split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+_TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 _SCALES = ((10**12, "trillion"), (10**9, "billion"), (10**6, "million"), (1000, "thousand"))
 _ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
                   "nine": "ninth", "twelve": "twelfth"}
@@ -153,7 +154,7 @@ class SymbolTable:
         self._ids = {s: i for i, s in enumerate(self.symbols)}
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str], lowercase: bool = True, cleaner: str = "basic") -> "SymbolTable":
+    def from_texts(cls, texts: Iterable[str], lowercase: bool = True, cleaner: str = "basic") -> SymbolTable:
         chars = sorted({c for t in texts for c in clean(t, cleaner, lowercase)})
         return cls(list(SPECIALS) + chars, lowercase, cleaner)
 
@@ -198,7 +199,7 @@ class SymbolTable:
                 "pad": self.pad, "eos": self.eos, "unk": self.unk}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SymbolTable":
+    def from_dict(cls, data: dict[str, Any]) -> SymbolTable:
         """A saved table; one saved before tables named their cleaner and specials gets today's defaults."""
         return cls(list(data["symbols"]), bool(data["lowercase"]), data.get("cleaner", "basic"),
                    data.get("pad", PAD), data.get("eos", EOS), data.get("unk", UNK))

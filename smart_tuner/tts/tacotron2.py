@@ -155,34 +155,19 @@ class Decoder(nn.Module):
         and stop gate applied once to the stacked decoder outputs, and the large weights shared by the steps (the
         LSTMs', the query's, the memory) given their gradient in one matmul over all steps
         (:class:`_StepProducts`) instead of one matmul and one accumulation per step."""
-        cfg, attention, attn_rnn, dec_rnn = self.cfg, self.attention, self.attention_rnn, self.decoder_rnn
-        b, steps, p = prenet_out.shape
+        cfg, attention = self.cfg, self.attention
+        b, steps, _ = prenet_out.shape
         n = memory.shape[1]
         kernel = cfg.location_kernel
         # Location features: dense(conv(w)) is one linear map of each K-wide window of the two weight rows, with
         # the dense layer folded into the kernel: (2 K) -> A.
         location_weight = torch.einsum("af,fck->ack", attention.location_dense.weight,
                                        attention.location_conv.weight).reshape(-1, 2 * kernel).t()  # (2K, A)
-        # Per-step products with shared weights: (the tensor each step adds its product to, its weight, the
-        # inputs the steps append). Each "base" holds every step's state-free part already: the attention LSTM's
-        # product with the prenet output and both biases; the decoder LSTM's biases; the processed memory.
-        attn_inputs, dec_inputs, query_inputs, weight_inputs = [], [], [], []
-        attn_weight = torch.cat([attn_rnn.weight_ih[:, p:], attn_rnn.weight_hh], 1).t()  # [context, h] -> gates
-        attn_base = F.linear(prenet_out.transpose(0, 1), attn_rnn.weight_ih[:, :p], attn_rnn.bias_ih + attn_rnn.bias_hh)
-        dec_weight = torch.cat([dec_rnn.weight_ih, dec_rnn.weight_hh], 1).t()  # [attn_h, context, h] -> gates
-        dec_base = (dec_rnn.bias_ih + dec_rnn.bias_hh).expand(steps, b, -1)
-        query_weight = attention.query.weight.t()
+        bases, shared, inputs = self._step_products(prenet_out, memory, processed_memory)
+        attn_base, dec_base, query_base, context_base = bases
+        attn_weight, dec_weight, query_weight = shared
+        attn_inputs, dec_inputs, query_inputs, weight_inputs = inputs
         v = attention.v.weight.t()  # (A, 1)
-        # One tensor per step (unbind): indexing a step of one tensor would make its backward zero-fill the whole.
-        attn_base = _StepProducts.apply(attn_weight, attn_base, attn_inputs).unbind(0)
-        dec_base = _StepProducts.apply(dec_weight, dec_base, dec_inputs).unbind(0)
-        query_base = _StepProducts.apply(query_weight, processed_memory.new_zeros(steps, b, cfg.attention_dim),
-                                         query_inputs).unbind(0)
-        # The location and energy products keep plain autograd: batching their small weights' gradients would
-        # materialize (D, B, N, A) tensors, gigabytes at LJSpeech shapes.
-        context_base = _StepProducts.apply(memory, memory.new_zeros(steps, b, 1, memory.shape[2]), weight_inputs,
-                                           _context_memory_grad).unbind(0)
-        attn_weight, dec_weight, query_weight = attn_weight.detach(), dec_weight.detach(), query_weight.detach()
         memory_values = memory.detach()
         attn_masks = _dropout_masks(prenet_out, (steps, b, cfg.attention_rnn_dim), cfg.attention_dropout,
                                     self.training)
@@ -221,6 +206,33 @@ class Decoder(nn.Module):
         mel_out = self.projection(out).reshape(b, steps * self.r, self.n_mels).transpose(1, 2)  # (B, M, T)
         gate_out = self.gate(out).reshape(b, steps * self.r)  # (B, T)
         return mel_out, gate_out, torch.stack(alignments, 1)
+
+    def _step_products(self, prenet_out: torch.Tensor, memory: torch.Tensor, processed_memory: torch.Tensor):
+        """Per-step products with the weights the steps share, for :meth:`_teacher_forced`: each step's "base" (the
+        tensor its product is added to), the weights (detached: their gradient comes from :class:`_StepProducts`)
+        and the lists the steps append their inputs to, from which backward makes one matmul per weight.
+
+        Each base holds every step's state-free part already: the attention LSTM's product with the prenet output
+        and both biases; the decoder LSTM's biases; the processed memory."""
+        attn_rnn, dec_rnn, attention = self.attention_rnn, self.decoder_rnn, self.attention
+        b, steps, p = prenet_out.shape
+        inputs = attn_inputs, dec_inputs, query_inputs, weight_inputs = [], [], [], []
+        attn_weight = torch.cat([attn_rnn.weight_ih[:, p:], attn_rnn.weight_hh], 1).t()  # [context, h] -> gates
+        attn_base = F.linear(prenet_out.transpose(0, 1), attn_rnn.weight_ih[:, :p], attn_rnn.bias_ih + attn_rnn.bias_hh)
+        dec_weight = torch.cat([dec_rnn.weight_ih, dec_rnn.weight_hh], 1).t()  # [attn_h, context, h] -> gates
+        dec_base = (dec_rnn.bias_ih + dec_rnn.bias_hh).expand(steps, b, -1)
+        # One tensor per step (unbind): indexing a step of one tensor would make its backward zero-fill the whole.
+        attn_base = _StepProducts.apply(attn_weight, attn_base, attn_inputs).unbind(0)
+        dec_base = _StepProducts.apply(dec_weight, dec_base, dec_inputs).unbind(0)
+        query_weight = attention.query.weight.t()
+        query_base = _StepProducts.apply(query_weight, processed_memory.new_zeros(steps, b, self.cfg.attention_dim),
+                                         query_inputs).unbind(0)
+        # The location and energy products keep plain autograd: batching their small weights' gradients would
+        # materialize (D, B, N, A) tensors, gigabytes at LJSpeech shapes.
+        context_base = _StepProducts.apply(memory, memory.new_zeros(steps, b, 1, memory.shape[2]), weight_inputs,
+                                           _context_memory_grad).unbind(0)
+        shared = attn_weight.detach(), dec_weight.detach(), query_weight.detach()
+        return (attn_base, dec_base, query_base, context_base), shared, inputs
 
     @torch.no_grad()
     def infer(self, memory: torch.Tensor, text_lengths: torch.Tensor, max_steps: int, gate_threshold: float):

@@ -83,3 +83,36 @@ def test_the_check_sees_upward_imports(tmp_path):
     (root / "train" / "runner.py").write_text("from ..adapters import build_adapters\n")  # downward: fine
     assert upward_imports(root) == ["smart_tuner/data/audio.py imports smart_tuner.train",
                                     "smart_tuner/hooks.py imports smart_tuner.view"]
+
+
+# The size limits the house keeps (docs/architecture.md): a file every feature lands in needs new rooms.
+FUNCTION_LINES = 60
+FILE_LINES = {"train/trainer.py": 350, "cli.py": 250}
+
+
+def long_functions(root: Path = PACKAGE, limit: int = FUNCTION_LINES) -> list[str]:
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    found.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.name}: {lines} lines")
+    return found
+
+
+def test_no_function_is_longer_than_the_limit():
+    assert not long_functions(), "\n".join(long_functions())
+
+
+def test_the_trainer_and_the_cli_stay_small():
+    sizes = {name: len((PACKAGE / name).read_text(encoding="utf-8").splitlines()) for name in FILE_LINES}
+    assert all(sizes[name] <= limit for name, limit in FILE_LINES.items()), sizes
+
+
+def test_the_length_check_sees_methods_and_their_nested_functions(tmp_path):
+    root = tmp_path / "smart_tuner"
+    root.mkdir()
+    body = "".join(f"        x{i} = {i}\n" for i in range(60))
+    (root / "a.py").write_text(f"class A:\n    def outer(self):\n        def inner():\n            pass\n{body}")
+    assert long_functions(root) == ["smart_tuner/a.py:2 outer: 63 lines"]

@@ -1,7 +1,11 @@
 # Two commands on a fresh machine:  `make demo` (the main job on the demo corpus)  and  `make test`.
 PYTHON ?= python3
 VENV ?= .venv
-# torch first, pinned: on a CPU machine pip takes the local CPU wheel; an unpinned torch would pull CUDA packages.
+# torch first, pinned (an unpinned torch would let pip pick any build). Where a local CPU wheel for the pin exists
+# pip takes it; with only the public index, torch==2.13.0 for Linux is the CUDA build (several GB). TORCH_SPEC is
+# split into words, so it may carry pip options, e.g. a CPU-only build:
+#     make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+# (quote a range inside it for the shell: TORCH_SPEC="'torch>=2.6,<2.14'").
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
@@ -13,7 +17,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 

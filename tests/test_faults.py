@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -24,6 +23,7 @@ from smart_tuner.files import DiskFullError, append_line
 
 from .conftest import TINY_MODEL, require, tiny_config
 from .test_study import objective_file
+from .waiting import wait_for
 
 
 def config_file(tmp_path, corpus, name="tiny.yaml", **train):
@@ -59,17 +59,6 @@ def start(cwd, *args):
 def run(cwd, *args):
     return subprocess.run([sys.executable, "-m", "smart_tuner", *map(str, args)], cwd=cwd, text=True,
                           capture_output=True, timeout=300)
-
-
-def wait_for(condition, what, timeout=120, proc=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return
-        if proc is not None and proc.poll() is not None:  # it failed: say why now, not after the timeout
-            pytest.fail(f"waiting for {what}: the process exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def first_trial_evaluated(storage, study="s"):

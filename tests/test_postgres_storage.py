@@ -23,7 +23,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 import warnings
 from pathlib import Path
@@ -35,6 +34,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from tests.pg import postgres_url  # noqa: F401  (fixture)
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -130,8 +130,8 @@ class Workers:
 
     def go(self, *labels):
         """Wait until the workers have loaded the study, then release them together."""
-        wait_for(lambda: all((self.out / f"loaded-{lb}").exists() for lb in labels), 60,
-                 "workers loading the study", self)
+        wait_for(lambda: all((self.out / f"loaded-{lb}").exists() for lb in labels), "workers loading the study",
+                 timeout=60, details=self.logs, interval=0.02)
         (self.out / "go").touch()
 
     def wait(self, label, timeout=60):
@@ -153,14 +153,6 @@ class Workers:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-
-
-def wait_for(condition, timeout, what, workers=None):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}" + (f"\n{workers.logs()}" if workers else ""))
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -253,7 +245,8 @@ def test_killed_worker_trial_fails_after_grace_period_and_is_retried(study_env):
     study, storage, workers = study_env
     budget = 5
     workers.start("A", budget, "hang")
-    wait_for(lambda: (workers.out / "ready").exists(), 60, "worker A's first trial", workers)
+    wait_for(lambda: (workers.out / "ready").exists(), "worker A's first trial", 60, details=workers.logs,
+             interval=0.02)
     ready = json.loads((workers.out / "ready").read_text())
     (stale,) = study.get_trials()
     assert (stale.number, stale.state) == (ready["number"], TrialState.RUNNING)
@@ -261,9 +254,11 @@ def test_killed_worker_trial_fails_after_grace_period_and_is_retried(study_env):
 
     # The heartbeat thread of the running trial advances its timestamp (about once a second), and a stale-trial
     # sweep leaves the live worker's trial alone.
-    wait_for(lambda: heartbeat(storage, stale._trial_id) is not None, 30, "a first heartbeat", workers)
+    wait_for(lambda: heartbeat(storage, stale._trial_id) is not None, "a first heartbeat", 30,
+             details=workers.logs, interval=0.02)
     first = heartbeat(storage, stale._trial_id)
-    wait_for(lambda: heartbeat(storage, stale._trial_id) != first, 30, "the heartbeat to advance", workers)
+    wait_for(lambda: heartbeat(storage, stale._trial_id) != first, "the heartbeat to advance", 30,
+             details=workers.logs, interval=0.02)
     optuna.storages.fail_stale_trials(study)
     assert [(t.number, t.state) for t in study.get_trials()] == [(stale.number, TrialState.RUNNING)]
 
@@ -271,7 +266,8 @@ def test_killed_worker_trial_fails_after_grace_period_and_is_retried(study_env):
     assert workers.wait("A") == -signal.SIGKILL
     last = heartbeat(storage, stale._trial_id)
     # Nothing beats for the dead worker: the trial goes stale, and nothing has failed it yet.
-    wait_for(lambda: is_stale(storage, study, stale._trial_id), 60, "the trial to go stale", workers)
+    wait_for(lambda: is_stale(storage, study, stale._trial_id), "the trial to go stale", 60, details=workers.logs,
+             interval=0.02)
     assert heartbeat(storage, stale._trial_id) == last
     assert [(t.number, t.state) for t in study.get_trials()] == [(stale.number, TrialState.RUNNING)]
 

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
@@ -23,6 +22,7 @@ from smart_tuner.study.workers import open_study
 
 from .pg import postgres_url  # noqa: F401  (the fixture)
 from .test_study import objective_file
+from .waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
@@ -34,17 +34,6 @@ def worker(tmp_path, path, url, study, trials=None, study_trials=None, heartbeat
                            grace_period=grace)
     return subprocess.Popen([sys.executable, "-m", "smart_tuner", "worker", *options.worker_argv()], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for(condition, what, timeout=240, proc=None):
-    """Poll ``condition`` until it holds; fail after a generous ``timeout``, or at once when ``proc`` exits."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"waiting for {what}: the worker exited {proc.returncode}: {proc.communicate()[0][-2000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def create(tmp_path, path, url, study):

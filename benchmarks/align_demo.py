@@ -50,12 +50,13 @@ def run(label: str, sets: list[str], args, workdir: Path) -> None:
     result = Trainer(config, workdir / label, hooks=[log], progress=False).fit()
     final = result.last_eval
     teacher_forced = first_reaching(log.evals, "diagonality", args.target, start)
-    free_running = first_reaching(log.evals, "infer_diagonality", args.target, start)
+    free_running = first_reaching(log.evals, "free_running_diagonality", args.target, start)
     print(f"{label:>16}: diagonality >= {args.target}: teacher-forced {teacher_forced}; free-running {free_running}")
     print(f"{'':>16}  after {result.step} steps ({final.elapsed:.1f} s train, {time.perf_counter() - start:.1f} s "
           f"wall): val loss {final.val_loss:.4f}, val mel {final.val_losses['mel']:.4f}, diagonality "
-          f"{final.diagonality:.3f}, free-running {final.infer_diagonality:.3f}, focus {final.focus:.3f}, stop rate "
-          f"{final.infer_stop_rate:.2f}")
+          f"{final.diagonality:.3f}, free-running {final.free_running_diagonality:.3f}, focus {final.focus:.3f}, "
+          f"stop rate "
+          f"{final.free_running_stop_rate:.2f}")
     sys.stdout.flush()
 
 

@@ -47,8 +47,8 @@ class StopAtTarget(Hook):
         self.target, self.after = target, after
 
     def on_eval(self, stats):
-        if stats.step >= self.after and stats.infer_diagonality >= self.target:
-            return [Decision("stop", None, "reached the target", stats.infer_diagonality)]
+        if stats.step >= self.after and stats.free_running_diagonality >= self.target:
+            return [Decision("stop", None, "reached the target", stats.free_running_diagonality)]
         return []
 
 
@@ -63,12 +63,12 @@ def train(args, workdir: Path, label: str, sets: list[str], stop: bool = False) 
     last, reached = evals[-1], first_step(evals, args.target)
     print(f"{label:>16}: {result.step} steps in {time.perf_counter() - start:6.1f} s; free-running diagonality >= "
           f"{args.target} at {f'step {reached}' if reached else 'never'}; final val loss {last['val_loss']:.4f}, "
-          f"diagonality {last['diagonality']:.3f}, free-running {last['infer_diagonality']:.3f}", flush=True)
+          f"diagonality {last['diagonality']:.3f}, free-running {last['free_running_diagonality']:.3f}", flush=True)
     return evals
 
 
 def first_step(evals: Evaluations, target: float) -> int | None:
-    return next((e["step"] for e in evals if e["infer_diagonality"] >= target), None)
+    return next((e["step"] for e in evals if e["free_running_diagonality"] >= target), None)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ import torch
 from scipy.stats import spearmanr
 
 from smart_tuner.data.dataset import Collate, prepare_data
+from smart_tuner.hooks import current_metric_names
 from smart_tuner.study.space import ObjectiveFormula
 from smart_tuner.study.storage import open_study_readonly
 from smart_tuner.tts.inference import load_for_inference
@@ -85,10 +86,11 @@ def main() -> None:
                            if (run_dir / "checkpoints" / n).is_file()), None)
         if checkpoint is None or not (run_dir / "metrics.jsonl").is_file():
             continue
-        last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+        last = current_metric_names(json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1]))
         rows.append({"trial": trial.number, "state": trial.state.name, "step": last["step"],
                      "old": OLD.value(last["val_postnet"], last), "new": NEW.value(last["val_postnet"], last),
-                     "tf": last["diagonality"], "fr": last["infer_diagonality"], "stop": last["infer_stop_rate"],
+                     "tf": last["diagonality"], "fr": last["free_running_diagonality"],
+                     "stop": last["free_running_stop_rate"],
                      **dict(zip(("error", "length"), synthesis_error(checkpoint, args.sentences)))})
         r = rows[-1]
         print(f"trial {r['trial']:3d} {r['state']:8s} step {r['step']:5d}: old {r['old']:.3f}  new {r['new']:.3f}  "

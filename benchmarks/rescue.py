@@ -72,12 +72,12 @@ class Watch(Hook):
 
     def on_eval(self, stats):
         self.evals.append({"step": stats.step, "val_loss": stats.val_loss, "diagonality": stats.diagonality,
-                           "infer_diagonality": stats.infer_diagonality, "lr": stats.lr,
+                           "free_running_diagonality": stats.free_running_diagonality, "lr": stats.lr,
                            "weight_change": stats.weight_change,
                            "ga_weight": stats.loss_weights.get("ga_weight")})
         if stats.step <= self.after:
             return []
-        for key in ("diagonality", "infer_diagonality"):
+        for key in ("diagonality", "free_running_diagonality"):
             if key not in self.reached and getattr(stats, key) >= self.target:
                 self.reached[key] = stats.step
         if len(self.reached) == 2:
@@ -108,7 +108,8 @@ def one_run(job: tuple) -> dict:
 
 def reached(rows: list[dict]) -> tuple[int, int]:
     """How many runs reached the target teacher-forced, and free-running."""
-    return (sum("diagonality" in r["reached"] for r in rows), sum("infer_diagonality" in r["reached"] for r in rows))
+    return (sum("diagonality" in r["reached"] for r in rows),
+            sum("free_running_diagonality" in r["reached"] for r in rows))
 
 
 def main() -> None:
@@ -144,7 +145,7 @@ def main() -> None:
                 print(f"  {r['start']:<16} seed {r['seed']} adapters {'on ' if r['adapters'] else 'off'}: "
                       f"{r['status']} at step {r['steps']} ({r['seconds']:.0f} s), reached {r['reached']}, "
                       f"last: diagonality {last.get('diagonality', float('nan')):.2f} / "
-                      f"{last.get('infer_diagonality', float('nan')):.2f}, lr {last.get('lr')}, "
+                      f"{last.get('free_running_diagonality', float('nan')):.2f}, lr {last.get('lr')}, "
                       f"ga_weight {last.get('ga_weight')}", flush=True)
                 if args.out:
                     args.out.write_text(json.dumps(results, indent=1))
@@ -156,7 +157,7 @@ def main() -> None:
         for on in arms:
             rows = [r for r in results if r["start"] == name and r["adapters"] == on]
             tf, fr = reached(rows)
-            steps = ", ".join(str(r["reached"].get("infer_diagonality", "-")) for r in rows)
+            steps = ", ".join(str(r["reached"].get("free_running_diagonality", "-")) for r in rows)
             print(f"{name:<17}{STARTS[name].budget:>7}{'on' if on else 'off':>10}{tf:>10}/{len(rows)}"
                   f"{fr:>10}/{len(rows)}    {steps}")
     for on in arms:

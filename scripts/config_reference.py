@@ -125,6 +125,9 @@ def bounds(rules: dict[str, Any]) -> str:
     parts = _number_bounds(rules)
     if "choices" in rules:
         parts.append("one of " + ", ".join(f"`{c}`" for c in rules["choices"]))
+    if rules.get("aliases"):
+        parts.append("old names read as the new: " + ", ".join(f"`{old}` = `{new}`"
+                                                                for old, new in rules["aliases"].items()))
     if "pattern" in rules:
         parts.append(rules.get("pattern_help") or f"matches `{rules['pattern']}`")
     if "length" in rules:

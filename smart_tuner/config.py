@@ -59,11 +59,14 @@ def setting(default: Any = dataclasses.MISSING, *, factory: Any = None, ge: floa
             gt: float | None = None, le: float | None = None, lt: float | None = None,
             choices: tuple[str, ...] | None = None, pattern: str | None = None, length: int | None = None,
             min_length: int | None = None, items: dict[str, float] | None = None, pattern_help: str | None = None,
-            fixed: bool = False) -> Any:
+            aliases: dict[str, str] | None = None, fixed: bool = False) -> Any:
     """A config field with its bounds: ``ge``/``gt``/``le``/``lt`` for a number (``items`` for each number of a
-    list), ``choices`` or a regular expression ``pattern`` for a string, ``length``/``min_length`` for a list."""
+    list), ``choices`` or a regular expression ``pattern`` for a string, ``length``/``min_length`` for a list.
+    ``aliases`` maps old names of choices to their names now: a file (or a checkpoint's config) that says the old
+    name still loads, as the new one."""
     rules = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, pattern=pattern, length=length,
-                                   min_length=min_length, items=items, pattern_help=pattern_help).items()
+                                   min_length=min_length, items=items, pattern_help=pattern_help,
+                                   aliases=aliases).items()
              if v is not None}
     metadata = {"rules": rules, "fixed": fixed}
     if factory is not None:
@@ -74,6 +77,12 @@ def setting(default: Any = dataclasses.MISSING, *, factory: Any = None, ge: floa
 def fixed(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
     """A setting that a resumed run cannot change (the model's shape, the features, the data split)."""
     return setting(default, fixed=True, **rules)
+
+
+# The validation diagonality an adapter reads (one word for each across config, code and docs): teacher-forced, free-
+# running (EvalStats.diagonality, EvalStats.free_running_diagonality), or the worse of the two.
+DIAGONALITIES = ("teacher_forced", "free_running", "worse")
+OLD_DIAGONALITY_NAMES = {"diagonality": "teacher_forced", "infer_diagonality": "free_running"}  # until 2026-12-03
 
 
 _OPS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"), "le": (lambda v, b: v <= b, "<="),
@@ -269,9 +278,9 @@ class GaAdapterConfig:
     """Guided-attention weight adapter, driven by validation diagonality at each evaluation."""
 
     enabled: bool = True  # guided-attention weight adapter on
-    # diagonality (teacher-forced) | infer_diagonality (free-running) | worse (the lower of the two: a model that
-    # aligns teacher-forced but cannot speak free-running still counts as misaligned)
-    metric: str = setting("diagonality", choices=("diagonality", "infer_diagonality", "worse"))
+    # The diagonality it reads: teacher_forced | free_running | worse (the lower of the two: a model that aligns
+    # teacher-forced but cannot speak free-running still counts as misaligned)
+    metric: str = setting("teacher_forced", choices=DIAGONALITIES, aliases=OLD_DIAGONALITY_NAMES)
     critical: float = setting(0.1, ge=0, le=1)  # below this diagonality: critical_boost
     critical_boost: float = setting(2.0, ge=1)  # weight multiplier when critical
     critical_cap: float = setting(20.0, ge=0)  # highest weight a critical boost reaches
@@ -288,8 +297,8 @@ class CollapseAdapterConfig:
     """Attention collapse: an aligned run whose diagonality falls below ``low`` rolls back (and the rate is cut)."""
 
     enabled: bool = True  # attention-collapse adapter on
-    # The diagonality it watches: diagonality, infer_diagonality or worse
-    metric: str = setting("diagonality", choices=("diagonality", "infer_diagonality", "worse"))
+    # The diagonality it watches: teacher_forced | free_running | worse (the lower of the two)
+    metric: str = setting("teacher_forced", choices=DIAGONALITIES, aliases=OLD_DIAGONALITY_NAMES)
     high: float = setting(0.7, ge=0, le=1)  # the run counts as aligned from an evaluation at or above this
     low: float = setting(0.3, ge=0, le=1)  # an aligned run below this has collapsed
 
@@ -459,7 +468,8 @@ def _apply_section(obj: Any, section: str, values: Any) -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"{section}: expected a mapping of keys to values, got {_describe(values)}")
     hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    names = list(fields)
     for name, value in values.items():
         key = f"{section}.{name}"
         if name not in names:
@@ -467,7 +477,13 @@ def _apply_section(obj: Any, section: str, values: Any) -> None:
         if dataclasses.is_dataclass(hints[name]):
             _apply_section(getattr(obj, name), key, value)
         else:
-            setattr(obj, name, _coerce(key, value, hints[name]))
+            setattr(obj, name, current_name(fields[name], _coerce(key, value, hints[name])))
+
+
+def current_name(f: dataclasses.Field, value: Any) -> Any:
+    """``value`` with an old name of a choice replaced by its name now (``aliases`` of :func:`setting`)."""
+    aliases = f.metadata.get("rules", {}).get("aliases", {})
+    return aliases.get(value, value) if isinstance(value, str) else value
 
 
 def config_keys(obj: Any = None, prefix: str = "") -> list[str]:
@@ -537,6 +553,8 @@ def resume_changes(saved: dict[str, Any], config: Config) -> tuple[list[str], li
     cannot, applied = [], []
     for key, value, f in fields_of(config):
         if key.startswith("alerts.telegram.token") or key not in old or old[key] == value:
+            continue
+        if current_name(f, old[key]) == value:  # an old name of the same choice
             continue
         (cannot if f.metadata.get("fixed") else applied).append(f"{key}: {old[key]!r} -> {value!r}")
     return cannot, applied

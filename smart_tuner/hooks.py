@@ -56,11 +56,11 @@ class EvalStats:
     focus: float
     monotonicity: float
     coverage: float
-    infer_diagonality: float
-    infer_focus: float
-    infer_monotonicity: float
-    infer_coverage: float
-    infer_stop_rate: float  # share of free-running sentences whose stop gate fired before max steps
+    free_running_diagonality: float
+    free_running_focus: float
+    free_running_monotonicity: float
+    free_running_coverage: float
+    free_running_stop_rate: float  # share of free-running sentences whose stop gate fired before max steps
     lr: float
     loss_weights: dict[str, float]
     train_loss: float  # mean training loss since the previous evaluation
@@ -80,22 +80,35 @@ class EvalStats:
     mels: dict[str, Any] | None = field(default=None, repr=False)
 
     # What a one-line summary of an evaluation shows (study attributes, alerts, progress).
-    SUMMARY: ClassVar[tuple[str, ...]] = ("val_loss", "diagonality", "infer_diagonality", "focus")
+    SUMMARY: ClassVar[tuple[str, ...]] = ("val_loss", "diagonality", "free_running_diagonality", "focus")
 
     def metrics(self) -> dict[str, float]:
         """Every measured number, flat, named as in metrics.jsonl: val_loss, ``val_<term>``, the teacher-forced
         and free-running alignment metrics, train_loss, elapsed."""
         return {"val_loss": self.val_loss, **{f"val_{k}": v for k, v in self.val_losses.items()},
                 "diagonality": self.diagonality, "focus": self.focus, "monotonicity": self.monotonicity,
-                "coverage": self.coverage, "infer_diagonality": self.infer_diagonality,
-                "infer_focus": self.infer_focus, "infer_monotonicity": self.infer_monotonicity,
-                "infer_coverage": self.infer_coverage, "infer_stop_rate": self.infer_stop_rate,
+                "coverage": self.coverage, "free_running_diagonality": self.free_running_diagonality,
+                "free_running_focus": self.free_running_focus,
+                "free_running_monotonicity": self.free_running_monotonicity,
+                "free_running_coverage": self.free_running_coverage,
+                "free_running_stop_rate": self.free_running_stop_rate,
                 "train_loss": self.train_loss, "elapsed": self.elapsed, "frames_per_second": self.frames_per_second,
                 "steps_per_second": self.steps_per_second, "weight_change": self.weight_change}
 
     def to_dict(self) -> dict[str, Any]:
         """The metrics.jsonl record: the step, the measurements and the controls in force."""
         return {"step": self.step, **self.metrics(), "lr": self.lr, **self.loss_weights}
+
+
+# Metric names in metrics.jsonl (and MLflow) until 2026-12-03, when free-running got one name everywhere. A reader
+# of a run directory passes each record through current_metric_names: a run resumed across the rename has both.
+OLD_METRIC_NAMES = {f"infer_{name}": f"free_running_{name}"
+                    for name in ("diagonality", "focus", "monotonicity", "coverage", "stop_rate")}
+
+
+def current_metric_names(record: dict[str, Any]) -> dict[str, Any]:
+    """A metrics.jsonl record with the metric names of today (:data:`OLD_METRIC_NAMES` renamed)."""
+    return {OLD_METRIC_NAMES.get(key, key): value for key, value in record.items()}
 
 
 @dataclass

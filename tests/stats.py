@@ -20,8 +20,9 @@ def eval_stats(step: int = 1, *, val_loss: float = 1.0, ga_weight: float = 2.0, 
                val_postnet: float = 0.4, val_gate: float = 0.2, val_ga: float = 0.1, **fields) -> EvalStats:
     values = dict(step=step, val_loss=val_loss,
                   val_losses={"mel": val_mel, "postnet": val_postnet, "gate": val_gate, "ga": val_ga},
-                  diagonality=0.5, focus=0.3, monotonicity=0.9, coverage=0.9, infer_diagonality=0.5,
-                  infer_focus=0.3, infer_monotonicity=0.9, infer_coverage=0.9, infer_stop_rate=1.0, lr=1e-3,
+                  diagonality=0.5, focus=0.3, monotonicity=0.9, coverage=0.9, free_running_diagonality=0.5,
+                  free_running_focus=0.3, free_running_monotonicity=0.9, free_running_coverage=0.9,
+                  free_running_stop_rate=1.0, lr=1e-3,
                   loss_weights={"ga_weight": ga_weight}, train_loss=1.0, elapsed=1.0)
     values.update(fields)
     return EvalStats(**values)

@@ -28,9 +28,9 @@ def step(n=1, loss=1.0, grad_norm=1.0, lr=1e-3, ga_weight=2.0):
     return step_stats(n, loss=loss, grad_norm=grad_norm, lr=lr, ga_weight=ga_weight)
 
 
-def evaluation(n=1, val_loss=1.0, diagonality=0.5, ga_weight=2.0, infer_diagonality=0.5, **fields):
+def evaluation(n=1, val_loss=1.0, diagonality=0.5, ga_weight=2.0, free_running_diagonality=0.5, **fields):
     return eval_stats(n, val_loss=val_loss, diagonality=diagonality, ga_weight=ga_weight,
-                      infer_diagonality=infer_diagonality, **fields)
+                      free_running_diagonality=free_running_diagonality, **fields)
 
 
 def controls(decisions):
@@ -182,7 +182,7 @@ def test_a_raised_rate_stops_at_max_lr_and_raises_end_with_alignment_but_cuts_do
     # And no rule raises it again above what it was cut to (here the free-running lag rule would).
     assert fresh.max_lr == pytest.approx(5e-4)
     for i in range(7, 10):
-        assert fresh.on_eval(evaluation(i, val_loss=1.0 - 0.1 * i, diagonality=0.9, infer_diagonality=0.1)) == []
+        assert fresh.on_eval(evaluation(i, val_loss=1.0 - 0.1 * i, diagonality=0.9, free_running_diagonality=0.1)) == []
     restored = LearningRateAdapter(fresh.cfg, initial_lr=1e-3)
     restored.load_state_dict(fresh.state_dict())
     assert restored.max_lr == pytest.approx(5e-4)
@@ -206,7 +206,7 @@ def test_free_running_lag_rule_at_its_boundaries(pairs, raised_at):
     adapter = LearningRateAdapter(LrAdapterConfig(max_lr=1.0, plateau_from_diagonality=0.0), initial_lr=1e-3)
     fired = []
     for i, (tf, fr) in enumerate(pairs):
-        decisions = adapter.on_eval(evaluation(i, val_loss=1.0 - 0.1 * i, diagonality=tf, infer_diagonality=fr))
+        decisions = adapter.on_eval(evaluation(i, val_loss=1.0 - 0.1 * i, diagonality=tf, free_running_diagonality=fr))
         if decisions:
             assert controls(decisions) == {"lr": pytest.approx(1e-3 * 4 ** (len(fired) + 1))}
             assert "lags" in decisions[0].reason and not decisions[0].alarm
@@ -217,22 +217,22 @@ def test_free_running_lag_rule_at_its_boundaries(pairs, raised_at):
 def test_free_running_lag_rule_respects_max_lr_recovery_off_switch_and_state():
     cfg = LrAdapterConfig(max_lr=2e-3, plateau_from_diagonality=0.0)
     adapter = LearningRateAdapter(cfg, initial_lr=1e-3)
-    adapter.on_eval(evaluation(0, diagonality=0.9, infer_diagonality=0.1))
+    adapter.on_eval(evaluation(0, diagonality=0.9, free_running_diagonality=0.1))
     state = adapter.state_dict()
     assert state["lagging_evals"] == 1
     fresh = LearningRateAdapter(cfg, initial_lr=1e-3)
     fresh.load_state_dict(state)  # the count survives a checkpoint: the next lagging evaluation raises
-    assert controls(fresh.on_eval(evaluation(1, val_loss=0.9, diagonality=0.9, infer_diagonality=0.1))) == {
+    assert controls(fresh.on_eval(evaluation(1, val_loss=0.9, diagonality=0.9, free_running_diagonality=0.1))) == {
         "lr": pytest.approx(2e-3)}  # capped at max_lr
     for i in range(2, 5):
-        assert fresh.on_eval(evaluation(i, val_loss=1.0 - 0.1 * i, diagonality=0.9, infer_diagonality=0.1)) == []
+        assert fresh.on_eval(evaluation(i, val_loss=1.0 - 0.1 * i, diagonality=0.9, free_running_diagonality=0.1)) == []
     off = LearningRateAdapter(LrAdapterConfig(max_lr=1.0, plateau_from_diagonality=0.0, lag_gap=0.0), 1e-3)
-    assert all(off.on_eval(evaluation(i, val_loss=1.0 - 0.1 * i, diagonality=0.9, infer_diagonality=0.0)) == []
+    assert all(off.on_eval(evaluation(i, val_loss=1.0 - 0.1 * i, diagonality=0.9, free_running_diagonality=0.0)) == []
                for i in range(4))
     recovering = LearningRateAdapter(LrAdapterConfig(max_lr=1.0, plateau_from_diagonality=0.0), 1e-3)
     recovering.on_step(step(loss=float("nan")))
     assert all(recovering.on_eval(evaluation(i, val_loss=1.0 - 0.1 * i, diagonality=0.9,
-                                             infer_diagonality=0.0)) == [] for i in range(4))
+                                             free_running_diagonality=0.0)) == [] for i in range(4))
 
 
 # ------------------------------------------------------------------------------------------ collapse
@@ -259,13 +259,13 @@ def test_collapse_rule_at_its_boundaries(history, expected):
 
 def test_collapse_rule_on_the_worse_diagonality_and_its_state_round_trip():
     adapter = AttentionCollapseAdapter(CollapseAdapterConfig(metric="worse"))
-    assert adapter.on_eval(evaluation(diagonality=0.95, infer_diagonality=0.6)) == []  # worse 0.6: not aligned
-    assert adapter.on_eval(evaluation(diagonality=0.95, infer_diagonality=0.2)) == []
-    assert adapter.on_eval(evaluation(diagonality=0.95, infer_diagonality=0.8)) == []  # now aligned
+    assert adapter.on_eval(evaluation(diagonality=0.95, free_running_diagonality=0.6)) == []  # worse 0.6: not aligned
+    assert adapter.on_eval(evaluation(diagonality=0.95, free_running_diagonality=0.2)) == []
+    assert adapter.on_eval(evaluation(diagonality=0.95, free_running_diagonality=0.8)) == []  # now aligned
     fresh = AttentionCollapseAdapter(adapter.cfg)
     fresh.load_state_dict(adapter.state_dict())
     assert fresh.state_dict() == {"aligned": True}
-    assert controls(fresh.on_eval(evaluation(diagonality=0.95, infer_diagonality=0.2))) == {"rollback": None}
+    assert controls(fresh.on_eval(evaluation(diagonality=0.95, free_running_diagonality=0.2))) == {"rollback": None}
 
 
 # ------------------------------------------------------------------------------------------ guided attention
@@ -294,8 +294,8 @@ def test_ga_weight_rules_at_their_boundaries(weight, diag, expected):
 
 
 def test_ga_adapter_can_follow_free_running_diagonality():
-    adapter = GuidedAttentionAdapter(GaAdapterConfig(metric="infer_diagonality"))
-    decisions = adapter.on_eval(evaluation(diagonality=0.9, infer_diagonality=0.05))
+    adapter = GuidedAttentionAdapter(GaAdapterConfig(metric="free_running"))
+    decisions = adapter.on_eval(evaluation(diagonality=0.9, free_running_diagonality=0.05))
     assert controls(decisions) == {"ga_weight": pytest.approx(4.0)}
 
 
@@ -308,7 +308,7 @@ def test_ga_adapter_can_follow_free_running_diagonality():
 ])
 def test_ga_adapter_on_the_worse_diagonality(tf, fr, expected):
     adapter = GuidedAttentionAdapter(GaAdapterConfig(metric="worse"))
-    decisions = adapter.on_eval(evaluation(diagonality=tf, infer_diagonality=fr))
+    decisions = adapter.on_eval(evaluation(diagonality=tf, free_running_diagonality=fr))
     assert controls(decisions).get("ga_weight", 2.0) == pytest.approx(expected)
 
 

@@ -396,8 +396,9 @@ class FakeClock:
 
 def eval_stats(step: int, **overrides) -> EvalStats:
     values = dict(val_loss=0.5, val_mel=0.2, val_postnet=0.2, val_gate=0.1, val_ga=0.05,
-                  diagonality=0.81, focus=0.44, monotonicity=0.9, coverage=0.95, infer_diagonality=0.62,
-                  infer_focus=0.3, infer_monotonicity=0.8, infer_coverage=0.9, infer_stop_rate=0.5,
+                  diagonality=0.81, focus=0.44, monotonicity=0.9, coverage=0.95, free_running_diagonality=0.62,
+                  free_running_focus=0.3, free_running_monotonicity=0.8, free_running_coverage=0.9,
+                  free_running_stop_rate=0.5,
                   train_loss=0.6, elapsed=12.0, alignment=torch.rand(40, 15))
     values.update(overrides)
     return make_eval_stats(step, **values)
@@ -476,7 +477,7 @@ def test_reporter_summary_every_k_evaluations(bot, reporter):
     assert [r["path"].rsplit("/", 1)[1] for r in requests] == ["sendMessage", "sendPhoto"] * 2  # evaluations 2, 4
     summary = requests[0]["json"]["text"].splitlines()
     assert summary[0] == "Summary: run-7 at step 200 (evaluation 2)"
-    for line in ("val_loss: 0.5", "diagonality: 0.81", "infer_diagonality: 0.62", "focus: 0.44", "lr: 0.001",
+    for line in ("val_loss: 0.5", "diagonality: 0.81", "free_running_diagonality: 0.62", "focus: 0.44", "lr: 0.001",
                  "ga_weight: 2"):
         assert line in summary
     assert "step 400" in requests[2]["json"]["text"]

@@ -30,8 +30,9 @@ def step_stats(step, **changes):
 def eval_stats(step, diagonality=0.9, val_loss=1.0, alignment=None, **changes):
     values = dict(val_loss=val_loss, val_mel=0.5, val_postnet=0.4, val_gate=0.1, val_ga=0.2,
                   diagonality=diagonality, focus=0.6, monotonicity=0.95, coverage=0.9,
-                  infer_diagonality=diagonality - 0.1, infer_focus=0.5, infer_monotonicity=0.9, infer_coverage=0.8,
-                  infer_stop_rate=1.0, train_loss=1.1, elapsed=10.0, alignment=alignment)
+                  free_running_diagonality=diagonality - 0.1, free_running_focus=0.5, free_running_monotonicity=0.9,
+                  free_running_coverage=0.8,
+                  free_running_stop_rate=1.0, train_loss=1.1, elapsed=10.0, alignment=alignment)
     values.update(changes)
     return make_eval_stats(step, **values)
 

@@ -96,7 +96,7 @@ def test_a_second_family_trains_through_the_same_trainer(next_frame_family, corp
     assert last["val_loss"] == pytest.approx(last["val_mse"]) and "val_energy" in last and "val_postnet" not in last
     assert last["energy_weight"] == 0.0
     assert last["diagonality"] != last["diagonality"]  # NaN: no attention to measure
-    assert last["infer_stop_rate"] == 0.0
+    assert last["free_running_stop_rate"] == 0.0
 
     # The preview writer rendered the mels (no alignment image without attention); the checkpoint stands alone.
     previews = sorted((tmp_path / "run" / "previews").iterdir())

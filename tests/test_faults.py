@@ -190,7 +190,8 @@ def test_trials_1_on_a_new_study_runs_exactly_the_reference_and_below_1_is_an_er
     (trial,) = optuna.load_study(study_name="tiny", storage=storage).get_trials()
     assert trial.state == TrialState.COMPLETE and trial.user_attrs["reference"] is True
     assert optuna.load_study(study_name="tiny", storage=storage).metric_names == [
-        "val_postnet + 1 * (1 - min(diagonality, infer_diagonality)) + 0.5 * (1 - infer_stop_rate)"]  # its name
+        # its name:
+        "val_postnet + 1 * (1 - min(diagonality, free_running_diagonality)) + 0.5 * (1 - free_running_stop_rate)"]
     for flag in ("--trials", "--study-trials"):
         bad = run(tmp_path, "optimize", "--objective", path, "--storage", storage, flag, 0, "--no-progress")
         assert bad.returncode == 2 and f"argument {flag}: 0 is below the minimum of 1" in bad.stderr

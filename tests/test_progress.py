@@ -37,8 +37,9 @@ def test_a_worker_publishes_its_progress_for_optimize_to_show():
                                finite=True, step_time=0.1))
     assert study.trials[0].user_attrs["progress"]["step"] == 120  # within the interval: not yet
     evaluation = EvalStats(step=125, val_loss=1.0, val_losses={}, diagonality=0.456, focus=0, monotonicity=0,
-                           coverage=0, infer_diagonality=0, infer_focus=0, infer_monotonicity=0, infer_coverage=0,
-                           infer_stop_rate=0, lr=1e-3, loss_weights={}, train_loss=1.0, elapsed=1.0)
+                           coverage=0, free_running_diagonality=0, free_running_focus=0, free_running_monotonicity=0,
+                           free_running_coverage=0,
+                           free_running_stop_rate=0, lr=1e-3, loss_weights={}, train_loss=1.0, elapsed=1.0)
     reporter.on_eval(evaluation)
     progress = study.trials[0].user_attrs["progress"]
     assert describe_progress(progress) == "trial 0: step 121/600, loss 1.000, diagonality 0.46"

@@ -429,17 +429,18 @@ def test_dataclasses_hold_what_the_file_says(tmp_path):
 
 @pytest.mark.parametrize("formula, metrics, expected", [
     (ObjectiveFormula(alignment="teacher_forced", stop_penalty=0.0),
-     {"diagonality": 0.9, "infer_diagonality": 0.1, "infer_stop_rate": 0.0}, 1.0 + 0.1),
-    (ObjectiveFormula(), {"diagonality": 0.9, "infer_diagonality": 0.1, "infer_stop_rate": 0.0},  # the default
+     {"diagonality": 0.9, "free_running_diagonality": 0.1, "free_running_stop_rate": 0.0}, 1.0 + 0.1),
+    (ObjectiveFormula(),  # the default
+     {"diagonality": 0.9, "free_running_diagonality": 0.1, "free_running_stop_rate": 0.0},
      1.0 + 0.9 + 0.5),
-    (ObjectiveFormula(alignment="free_running", stop_penalty=0.0), {"diagonality": 0.9, "infer_diagonality": 0.1,
-                                                                    "infer_stop_rate": 0.0}, 1.0 + 0.9),
+    (ObjectiveFormula(alignment="free_running", stop_penalty=0.0), {"diagonality": 0.9, "free_running_diagonality": 0.1,
+                                                                    "free_running_stop_rate": 0.0}, 1.0 + 0.9),
     (ObjectiveFormula(alignment="worse", stop_penalty=0.5),
-     {"diagonality": 0.9, "infer_diagonality": 0.1, "infer_stop_rate": 0.0}, 1.0 + 0.9 + 0.5),
+     {"diagonality": 0.9, "free_running_diagonality": 0.1, "free_running_stop_rate": 0.0}, 1.0 + 0.9 + 0.5),
     (ObjectiveFormula(alignment="worse", stop_penalty=0.5),
-     {"diagonality": 0.6, "infer_diagonality": 0.95, "infer_stop_rate": 1.0}, 1.0 + 0.4),
+     {"diagonality": 0.6, "free_running_diagonality": 0.95, "free_running_stop_rate": 1.0}, 1.0 + 0.4),
     (ObjectiveFormula(),  # no free-running measure (data.val_infer: 0): teacher-forced alone, no stop term
-     {"diagonality": 0.8, "infer_diagonality": float("nan"), "infer_stop_rate": float("nan")}, 1.0 + 0.2),
+     {"diagonality": 0.8, "free_running_diagonality": float("nan"), "free_running_stop_rate": float("nan")}, 1.0 + 0.2),
 ])
 def test_the_objective_formula(formula, metrics, expected):
     assert formula.value(1.0, metrics) == pytest.approx(expected)
@@ -449,4 +450,4 @@ def test_the_formula_names_the_study_metric():
     assert ObjectiveFormula(alignment="teacher_forced", stop_penalty=0.0).describe("postnet") == \
         "val_postnet + 1 * (1 - diagonality)"
     assert ObjectiveFormula(2.0, "worse", 0.5).describe("postnet") == \
-        "val_postnet + 2 * (1 - min(diagonality, infer_diagonality)) + 0.5 * (1 - infer_stop_rate)"
+        "val_postnet + 2 * (1 - min(diagonality, free_running_diagonality)) + 0.5 * (1 - free_running_stop_rate)"

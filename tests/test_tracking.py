@@ -64,8 +64,9 @@ def step_stats(step: int, loss: float = 1.0) -> StepStats:
 
 def eval_stats(step: int) -> EvalStats:
     return make_eval_stats(step, val_loss=1.0 / step, val_postnet=0.3, val_gate=0.2, val_ga=0.1,
-                     diagonality=0.6, focus=0.5, monotonicity=0.9, coverage=0.8, infer_diagonality=0.4,
-                     infer_focus=0.3, infer_monotonicity=0.7, infer_coverage=0.6, infer_stop_rate=float("nan"),
+                     diagonality=0.6, focus=0.5, monotonicity=0.9, coverage=0.8, free_running_diagonality=0.4,
+                     free_running_focus=0.3, free_running_monotonicity=0.7, free_running_coverage=0.6,
+                     free_running_stop_rate=float("nan"),
                      ga_weight=5.0, train_loss=1.2, elapsed=3.0, alignment=torch.rand(12, 7),
                      mels={"target": torch.randn(80, 30) - 4, "teacher_forced": torch.randn(80, 30) - 4,
                            "free_running": torch.randn(80, 24) - 4})
@@ -164,9 +165,10 @@ def test_reporter_logs_a_full_run(client, experiment, tmp_path, monkeypatch):
 
     assert [s for s, _ in history(client, reporter.run_id, "val_loss")] == [4, 8, 12, 16, 20]
     for key in ("val_mel", "val_postnet", "val_gate", "val_ga", "diagonality", "focus", "monotonicity",
-                "coverage", "infer_diagonality", "infer_focus", "infer_monotonicity", "infer_coverage"):
+                "coverage", "free_running_diagonality", "free_running_focus", "free_running_monotonicity",
+                "free_running_coverage"):
         assert len(history(client, reporter.run_id, key)) == 5, key
-    assert history(client, reporter.run_id, "infer_stop_rate") == []  # NaN every time
+    assert history(client, reporter.run_id, "free_running_stop_rate") == []  # NaN every time
     assert history(client, reporter.run_id, "objective")[0][1] == pytest.approx(0.3 + 2.0 * 0.4)
     assert history(client, reporter.run_id, "best_val_loss") == [(20, pytest.approx(0.05))]
 

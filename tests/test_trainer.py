@@ -60,7 +60,7 @@ def test_short_training_lowers_the_loss(corpus_en, tmp_path):
     assert window_mean("loss", recorder.steps[-10:]) < 0.8 * window_mean("loss", recorder.steps[:10])
     assert window_mean("gate", recorder.steps[-10:]) < 0.5 * window_mean("gate", recorder.steps[:10])
     assert metrics[-1]["val_gate"] < metrics[0]["val_gate"]
-    for key in ("diagonality", "focus", "monotonicity", "coverage", "infer_diagonality", "lr", "val_mel",
+    for key in ("diagonality", "focus", "monotonicity", "coverage", "free_running_diagonality", "lr", "val_mel",
                 "frames_per_second", "steps_per_second"):
         assert all(0 <= m[key] < math.inf for m in metrics), key
     # Throughput counts real (unpadded) frames: the first step's are those of the first batch's utterances.

@@ -25,11 +25,13 @@ def worse_diagonality(*values: Any) -> float:
 
 
 def diagonality_of(stats: EvalStats, metric: str) -> float:
-    """The diagonality an adapter reads: teacher-forced (``diagonality``), free-running (``infer_diagonality``), or
-    the ``worse`` of the two."""
-    if metric != "worse":
-        return getattr(stats, metric)
-    return worse_diagonality(stats.diagonality, stats.infer_diagonality)
+    """The diagonality an adapter reads (``metric``, one of ``config.DIAGONALITIES``): teacher-forced
+    (``stats.diagonality``), free-running (``stats.free_running_diagonality``), or the ``worse`` of the two."""
+    if metric == "teacher_forced":
+        return stats.diagonality
+    if metric == "free_running":
+        return stats.free_running_diagonality
+    return worse_diagonality(stats.diagonality, stats.free_running_diagonality)
 
 
 class Adapter(Hook):

@@ -184,12 +184,12 @@ class LearningRateAdapter(Adapter):
         feed itself, and a faster rate gets it there sooner (measured on 15-30-word utterances: free-running
         alignment at step 500 at the demo's rate 1e-3, at 250 at 3e-3)."""
         cfg = self.cfg
-        gap = stats.diagonality - stats.infer_diagonality
+        gap = stats.diagonality - stats.free_running_diagonality
         self.lagging_evals = self.lagging_evals + 1 if cfg.lag_gap > 0 and gap >= cfg.lag_gap else 0
         if self.lagging_evals < cfg.lag_patience or self.scale < 1.0:
             return []
         self.lagging_evals = 0
-        return self._raise(f"free-running diagonality {stats.infer_diagonality:.3f} lags teacher-forced "
+        return self._raise(f"free-running diagonality {stats.free_running_diagonality:.3f} lags teacher-forced "
                            f"{stats.diagonality:.3f} by >= lag_gap {cfg.lag_gap:g} for {cfg.lag_patience} evaluations",
                            gap)
 

@@ -2,7 +2,7 @@
 
 trial -> params (search space) -> config (base config < --set < params) -> run_training(...) -> value.
 At each evaluation one documented scalar is reported (:class:`~smart_tuner.study.space.ObjectiveFormula`:
-``val_<output loss> + ga_penalty * (1 - D) + stop_penalty * (1 - infer_stop_rate)``), the output loss being the
+``val_<output loss> + ga_penalty * (1 - D) + stop_penalty * (1 - free_running_stop_rate)``), the output loss being the
 model family's (Tacotron 2: ``val_postnet``): the mel loss alone does not show whether attention aligned, so an
 unaligned trial is penalized. Optuna's
 pruner decides on it after a warm-up; a pruned trial stops through a ``stop`` decision, so its run directory,

@@ -12,9 +12,9 @@ An objective file (``objectives/*.yaml``) describes one objective::
       adapters.lr.patience: {type: int, low: 2, high: 12}
       train.batch_size: {type: categorical, choices: [8, 16, 24]}
       model.prenet_dims: {type: categorical, choices: [[64, 64], [96, 96]]}
-    objective:         # reported value = val_postnet + ga_penalty * (1 - D) + stop_penalty * (1 - infer_stop_rate)
+    objective:    # reported value = val_postnet + ga_penalty * (1 - D) + stop_penalty * (1 - free_running_stop_rate)
       ga_penalty: 1.0
-      alignment: worse     # D: teacher_forced (diagonality) | free_running (infer_diagonality) | worse (the lower)
+      alignment: worse  # D: teacher_forced (diagonality) | free_running (free_running_diagonality) | worse (lower)
       stop_penalty: 0.5
     pruning:
       pruner: median       # median | hyperband | sha | none (the CLI --pruner overrides it)
@@ -75,15 +75,15 @@ DIMENSION_FIELDS = {
 SAMPLERS = ("tpe", "random", "gp", "cmaes")  # the names --sampler takes; see make_sampler
 PRUNERS = ("median", "hyperband", "sha", "none")  # the names pruning.pruner and --pruner take; see make_pruner
 OBJECTIVE_FIELDS = ("ga_penalty", "alignment", "stop_penalty")
-ALIGNMENTS = {"teacher_forced": ("diagonality",), "free_running": ("infer_diagonality",),
-              "worse": ("diagonality", "infer_diagonality")}
+ALIGNMENTS = {"teacher_forced": ("diagonality",), "free_running": ("free_running_diagonality",),
+              "worse": ("diagonality", "free_running_diagonality")}
 
 
 @dataclass(frozen=True)
 class ObjectiveFormula:
     """The value a trial reports at each evaluation (lower is better)::
 
-        val_<output loss> + ga_penalty * (1 - D) + stop_penalty * (1 - infer_stop_rate)
+        val_<output loss> + ga_penalty * (1 - D) + stop_penalty * (1 - free_running_stop_rate)
 
     where D is the validation diagonality that ``alignment`` names: teacher-forced, free-running (the first
     ``data.val_infer`` validation sentences decoded from their text alone, as synthesis does), or the worse of the
@@ -99,16 +99,16 @@ class ObjectiveFormula:
 
     def value(self, output_loss: float, metrics: dict[str, float]) -> float:
         value = output_loss + self.ga_penalty * (1.0 - self.diagonality(metrics))
-        if self.stop_penalty and is_finite_number(metrics.get("infer_stop_rate")):  # none with data.val_infer 0
-            value += self.stop_penalty * (1.0 - metrics["infer_stop_rate"])
+        if self.stop_penalty and is_finite_number(metrics.get("free_running_stop_rate")):  # none with data.val_infer 0
+            value += self.stop_penalty * (1.0 - metrics["free_running_stop_rate"])
         return value
 
     def describe(self, output_loss: str) -> str:
         """The formula as optuna-dashboard names the study's metric."""
-        d = {"teacher_forced": "diagonality", "free_running": "infer_diagonality",
-             "worse": "min(diagonality, infer_diagonality)"}[self.alignment]
+        d = {"teacher_forced": "diagonality", "free_running": "free_running_diagonality",
+             "worse": "min(diagonality, free_running_diagonality)"}[self.alignment]
         text = f"val_{output_loss} + {self.ga_penalty:g} * (1 - {d})"
-        return text + (f" + {self.stop_penalty:g} * (1 - infer_stop_rate)" if self.stop_penalty else "")
+        return text + (f" + {self.stop_penalty:g} * (1 - free_running_stop_rate)" if self.stop_penalty else "")
 PRUNING_FIELDS = ("pruner", "warmup_steps", "startup_trials")
 
 

@@ -243,7 +243,7 @@ class Trainer:
         mels = {k: self.stats.denormalize(v.float().cpu()) for k, v in {**example["mels"], **free_mel}.items()}
         return EvalStats(
             step=self.step, val_loss=sum(losses[k] for k in self.family.reconstruction_losses), val_losses=losses,
-            **teacher_forced, **{f"infer_{k}": v for k, v in free_running.items()}, lr=self.controls.lr,
+            **teacher_forced, **{f"free_running_{k}": v for k, v in free_running.items()}, lr=self.controls.lr,
             loss_weights=dict(self.controls.loss_weights), train_loss=train_loss, elapsed=self.elapsed,
             frames_per_second=frames_per_second, steps_per_second=steps_per_second,
             weight_change=self.weight_change.measure(self.step),

@@ -30,7 +30,7 @@ from typing import Any
 from ..config import DebugConfig, is_number, yaml_load
 from ..errors import UserError
 from ..files import atomic_dir, write_atomic
-from ..hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
+from ..hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult, current_metric_names
 from .text import fmt
 
 log = logging.getLogger(__name__)
@@ -285,6 +285,7 @@ def summarize_run(run_dir: Path | str) -> str:
     lines.insert(0, f"run: {run_dir}")
     train, loss = config.get("train") or {}, config.get("loss") or {}
     metrics, bad_metrics = _read_jsonl(run_dir / "metrics.jsonl")
+    metrics = [current_metric_names(m) for m in metrics]  # a run from before the rename, or resumed across it
     events, bad_events = _read_jsonl(run_dir / "events.jsonl")
     bundles = _bundles(run_dir)
     steps = [m.get("step") for m in metrics] + [e.get("step") for e in events]
@@ -294,15 +295,15 @@ def summarize_run(run_dir: Path | str) -> str:
     lines.append(f"steps: {last_step}{of} trained (last recorded), {len(metrics)} evaluations"
                  + (f", {bad_metrics} unreadable lines in metrics.jsonl" if bad_metrics else ""))
     aligned = _first_step(metrics, "diagonality")
-    aligned_infer = _first_step(metrics, "infer_diagonality")
-    lines += _evaluation_lines(metrics, aligned, aligned_infer)
+    aligned_free_running = _first_step(metrics, "free_running_diagonality")
+    lines += _evaluation_lines(metrics, aligned, aligned_free_running)
     lines.append(f"lr: {_trajectory(train.get('lr'), metrics, events, 'lr')}")
     lines.append(f"ga weight: {_trajectory(loss.get('ga_weight'), metrics, events, 'ga_weight')}")
     lines += _event_lines(events, bad_events)
     lines += _data_lines(run_dir)
     lines.append(f"debug bundles: {len(bundles)}" if bundles else "debug bundles: none")
     lines += [f"  debug/{name}: {reason}" for name, reason in bundles]
-    lines.append("verdict: " + _verdict(metrics, events, bundles, aligned, aligned_infer))
+    lines.append("verdict: " + _verdict(metrics, events, bundles, aligned, aligned_free_running))
     return "\n".join(lines)
 
 
@@ -323,7 +324,8 @@ def _read_config(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
                     f"max steps {train.get('max_steps', '-')}, eval every {train.get('eval_every', '-')}"]
 
 
-def _evaluation_lines(metrics: list[dict[str, Any]], aligned: int | None, aligned_infer: int | None) -> list[str]:
+def _evaluation_lines(metrics: list[dict[str, Any]], aligned: int | None,
+                      aligned_free_running: int | None) -> list[str]:
     """When the run aligned, its best and last validation loss, and the last evaluation's alignment."""
     if not metrics:
         return ["evaluations: none yet (metrics.jsonl missing or empty)"]
@@ -331,12 +333,12 @@ def _evaluation_lines(metrics: list[dict[str, Any]], aligned: int | None, aligne
     finite = [m for m in metrics if _num(m.get("val_loss")) is not None and math.isfinite(m["val_loss"])]
     best = min(finite, key=lambda m: m["val_loss"]) if finite else None
     best_text = f"{_fmt(best['val_loss'])} at step {best.get('step')}" if best else "- (none finite)"
-    return [f"aligned (diagonality >= {ALIGNED}): {_at(aligned)}; free-running: {_at(aligned_infer)}",
+    return [f"aligned (diagonality >= {ALIGNED}): {_at(aligned)}; free-running: {_at(aligned_free_running)}",
             f"validation loss: best {best_text}, last {_fmt(last.get('val_loss'))} at step {last.get('step')}",
             "last alignment: " + ", ".join(
                 f"{k} {_fmt(last.get(k), '.3f')}" for k in ("diagonality", "focus", "monotonicity", "coverage"))
-            + f"; free-running diagonality {_fmt(last.get('infer_diagonality'), '.3f')}, "
-              f"stop rate {_fmt(last.get('infer_stop_rate'), '.2f')}"]
+            + f"; free-running diagonality {_fmt(last.get('free_running_diagonality'), '.3f')}, "
+              f"stop rate {_fmt(last.get('free_running_stop_rate'), '.2f')}"]
 
 
 def _event_lines(events: list[dict[str, Any]], bad_events: int) -> list[str]:
@@ -378,7 +380,7 @@ def _data_lines(run_dir: Path) -> list[str]:
 
 
 def _verdict(metrics: list[dict], events: list[dict], bundles: list[tuple[str, str]],
-             aligned: int | None, aligned_infer: int | None) -> str:
+             aligned: int | None, aligned_free_running: int | None) -> str:
     failed = [reason for name, reason in bundles if name.endswith("-failed")]
     if failed:
         return f"failed: {failed[-1].partition(': ')[2] or failed[-1]}"
@@ -396,7 +398,8 @@ def _verdict(metrics: list[dict], events: list[dict], bundles: list[tuple[str, s
     if last is None or last < ALIGNED:
         return (f"alignment lost: reached {ALIGNED} at step {aligned}, now {_fmt(last, '.2f')} "
                 f"at step {metrics[-1].get('step')}")
-    free = f"free-running at step {aligned_infer}" if aligned_infer is not None else "not yet free-running"
+    free = (f"free-running at step {aligned_free_running}" if aligned_free_running is not None
+            else "not yet free-running")
     note = f", {len(alarms)} alarms" if alarms else ""
     return f"healthy: aligned at step {aligned} ({free}){note}"
 
@@ -408,7 +411,7 @@ def describe_result(result: TrainResult) -> str:
     last = result.last_eval
     if last:
         text += (f"\nvalidation loss {last.val_loss:.4f}, diagonality {last.diagonality:.3f} "
-                 f"(free-running {last.infer_diagonality:.3f}), focus {last.focus:.3f}")
+                 f"(free-running {last.free_running_diagonality:.3f}), focus {last.focus:.3f}")
     if result.status == "interrupted":
         text += (f"\ncheckpoint written at step {result.step}; resume with:\n  python -m smart_tuner train --config "
                  f"{result.run_dir / 'config.yaml'} --run-dir {result.run_dir} --resume")

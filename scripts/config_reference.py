@@ -168,7 +168,7 @@ def _item(key: str, f: dataclasses.Field, default: Any, presets: dict[str, dict[
     rule = bounds(f.metadata.get("rules", {}))
     if rule:
         facts.append(rule)
-    if f.metadata.get("fixed"):
+    if f.metadata.get("kept_on_resume"):
         facts.append("kept on resume")
     text = f"`{key}`: " + "; ".join(facts) + "." + (f" {words}" if words else "")
     return textwrap.fill(text, WIDTH, initial_indent="- ", subsequent_indent="  ", break_on_hyphens=False,

@@ -54,12 +54,12 @@ def yaml_load(text: str) -> Any:
 
 # ----------------------------------------------------------------------------------------------- bounds
 # Each field may declare, next to its default, what values it takes (checked by validate(), one pass over every
-# section) and whether a resumed run may change it (fixed: the checkpoint's model or features depend on it).
+# section) and whether a resumed run may change it (kept on resume: the checkpoint's model or features depend on it).
 def setting(default: Any = dataclasses.MISSING, *, factory: Any = None, ge: float | None = None,
             gt: float | None = None, le: float | None = None, lt: float | None = None,
             choices: tuple[str, ...] | None = None, pattern: str | None = None, length: int | None = None,
             min_length: int | None = None, items: dict[str, float] | None = None, pattern_help: str | None = None,
-            aliases: dict[str, str] | None = None, fixed: bool = False) -> Any:
+            aliases: dict[str, str] | None = None, kept_on_resume: bool = False) -> Any:
     """A config field with its bounds: ``ge``/``gt``/``le``/``lt`` for a number (``items`` for each number of a
     list), ``choices`` or a regular expression ``pattern`` for a string, ``length``/``min_length`` for a list.
     ``aliases`` maps old names of choices to their names now: a file (or a checkpoint's config) that says the old
@@ -68,15 +68,15 @@ def setting(default: Any = dataclasses.MISSING, *, factory: Any = None, ge: floa
                                    min_length=min_length, items=items, pattern_help=pattern_help,
                                    aliases=aliases).items()
              if v is not None}
-    metadata = {"rules": rules, "fixed": fixed}
+    metadata = {"rules": rules, "kept_on_resume": kept_on_resume}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
-def fixed(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
+def kept_on_resume(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
     """A setting that a resumed run cannot change (the model's shape, the features, the data split)."""
-    return setting(default, fixed=True, **rules)
+    return setting(default, kept_on_resume=True, **rules)
 
 
 # The validation diagonality an adapter reads (one word for each across config, code and docs): teacher-forced, free-
@@ -146,65 +146,67 @@ def fields_of(obj: Any, prefix: str = "") -> list[tuple[str, Any, dataclasses.Fi
 
 @dataclass
 class DataConfig:
-    corpus: str | None = fixed(None)  # LJSpeech-format dir; None builds and uses the demo corpus
-    demo_lang: str = fixed("en", choices=("en", "ru"))  # language of the demo corpus when no corpus is given: en | ru
-    demo_size: int = fixed(400, ge=1)  # sentences in the demo corpus
+    corpus: str | None = kept_on_resume(None)  # LJSpeech-format dir; None builds and uses the demo corpus
+    # language of the demo corpus when no corpus is given: en | ru
+    demo_lang: str = kept_on_resume("en", choices=("en", "ru"))
+    demo_size: int = kept_on_resume(400, ge=1)  # sentences in the demo corpus
     # Words per demo utterance [low, high]; above the default, utterances of several sentences (harder alignment)
-    demo_words: list[int] = fixed(factory=lambda: [3, 12], length=2, items={"ge": 1, "le": 200})
-    lowercase: bool = fixed(True)  # lowercase texts before building the symbol table
+    demo_words: list[int] = kept_on_resume(factory=lambda: [3, 12], length=2, items={"ge": 1, "le": 200})
+    lowercase: bool = kept_on_resume(True)  # lowercase texts before building the symbol table
     max_bad_share: float = setting(0.1, ge=0, le=1)  # refuse a corpus with more bad lines than this share
-    val_size: int = fixed(16, ge=1)  # utterances held out for validation
+    val_size: int = kept_on_resume(16, ge=1)  # utterances held out for validation
     val_infer: int = setting(4, ge=0)  # validation sentences also decoded free-running at each evaluation
-    split_seed: int = fixed(1234)  # which utterances are held out
+    split_seed: int = kept_on_resume(1234)  # which utterances are held out
     cache_dir: str | None = None  # feature cache; default <corpus>/.smart_tuner_cache
-    max_frames: int = fixed(1000, ge=1)  # utterances with more mel frames are skipped (and reported)
+    max_frames: int = kept_on_resume(1000, ge=1)  # utterances with more mel frames are skipped (and reported)
     # Static shapes: pad every batch's frames and text to one of at most this many lengths (quantiles of the
     # training set's lengths), so that compiled or captured code is reused; 0: pad to each batch's longest item.
     length_grid: int = setting(0, ge=0)
     # text normalizer: basic (any script) | english (NVIDIA's English cleaning)
-    cleaner: str = fixed("basic", choices=("basic", "english"))
+    cleaner: str = kept_on_resume("basic", choices=("basic", "english"))
     # Standardize each mel channel with the training set's mean and std; false: the model predicts log-mels as
     # computed (NVIDIA / HiFi-GAN / WaveGlow convention), as a converted NVIDIA checkpoint does.
-    mel_standardize: bool = fixed(True)
+    mel_standardize: bool = kept_on_resume(True)
 
 
 @dataclass
 class AudioConfig:
-    sample_rate: int = fixed(22050, ge=1000, le=192000)  # Hz; audio is resampled to it
-    n_fft: int = fixed(1024, ge=16)  # FFT size
-    hop_length: int = fixed(256, ge=1)  # samples between frames
-    win_length: int = fixed(1024, ge=1)  # Hann window length
-    n_mels: int = fixed(80, ge=1)  # mel channels (Slaney mel scale and area normalization)
-    fmin: float = fixed(0.0, ge=0)  # lowest mel frequency, Hz
-    fmax: float = fixed(8000.0, gt=0)  # highest mel frequency, Hz
-    trim_db: float = fixed(40.0, gt=0)  # leading/trailing audio quieter than peak - trim_db is cut
+    sample_rate: int = kept_on_resume(22050, ge=1000, le=192000)  # Hz; audio is resampled to it
+    n_fft: int = kept_on_resume(1024, ge=16)  # FFT size
+    hop_length: int = kept_on_resume(256, ge=1)  # samples between frames
+    win_length: int = kept_on_resume(1024, ge=1)  # Hann window length
+    n_mels: int = kept_on_resume(80, ge=1)  # mel channels (Slaney mel scale and area normalization)
+    fmin: float = kept_on_resume(0.0, ge=0)  # lowest mel frequency, Hz
+    fmax: float = kept_on_resume(8000.0, gt=0)  # highest mel frequency, Hz
+    trim_db: float = kept_on_resume(40.0, gt=0)  # leading/trailing audio quieter than peak - trim_db is cut
 
 
 @dataclass
 class ModelConfig:
-    family: str = fixed("tacotron2")  # the model family (smart_tuner.tts); the sizes below are its hyperparameters
-    embedding_dim: int = fixed(512, ge=1)  # character embedding size
-    encoder_conv_layers: int = fixed(3, ge=1)  # encoder convolutions
-    encoder_kernel: int = fixed(5, ge=1)  # their kernel size
-    encoder_channels: int = fixed(512, ge=1)  # their channels
-    encoder_lstm_dim: int = fixed(256, ge=1)  # per direction
-    encoder_dropout: float = fixed(0.5, ge=0, lt=1)  # after each encoder convolution
-    attention_rnn_dim: int = fixed(1024, ge=1)  # attention LSTM size
-    decoder_rnn_dim: int = fixed(1024, ge=1)  # decoder LSTM size
-    attention_dim: int = fixed(128, ge=1)  # attention projection size
-    location_filters: int = fixed(32, ge=1)  # location-sensitive attention filters
-    location_kernel: int = fixed(31, ge=1)  # their kernel size
-    attention_dropout: float = fixed(0.1, ge=0, lt=1)  # on the attention LSTM output
-    decoder_dropout: float = fixed(0.1, ge=0, lt=1)  # on the decoder LSTM output
-    prenet_dims: list[int] = fixed(factory=lambda: [256, 256], min_length=1, items={"ge": 1})
-    prenet_dropout: float = fixed(0.5, ge=0, lt=1)  # kept on at inference too (Tacotron 2)
-    postnet_channels: int = fixed(512, ge=1)  # postnet channels
-    postnet_kernel: int = fixed(5, ge=1)  # postnet kernel size
-    postnet_layers: int = fixed(5, ge=1)  # postnet convolutions
-    postnet_dropout: float = fixed(0.5, ge=0, lt=1)  # postnet dropout
-    r: int = fixed(1, ge=1)  # mel frames emitted per decoder step
-    max_decoder_steps: int = fixed(1000, ge=1)  # free-running bound
-    gate_threshold: float = fixed(0.5, gt=0, le=1)  # stop when the gate probability exceeds this
+    # the model family (smart_tuner.tts); the sizes below are its hyperparameters
+    family: str = kept_on_resume("tacotron2")
+    embedding_dim: int = kept_on_resume(512, ge=1)  # character embedding size
+    encoder_conv_layers: int = kept_on_resume(3, ge=1)  # encoder convolutions
+    encoder_kernel: int = kept_on_resume(5, ge=1)  # their kernel size
+    encoder_channels: int = kept_on_resume(512, ge=1)  # their channels
+    encoder_lstm_dim: int = kept_on_resume(256, ge=1)  # per direction
+    encoder_dropout: float = kept_on_resume(0.5, ge=0, lt=1)  # after each encoder convolution
+    attention_rnn_dim: int = kept_on_resume(1024, ge=1)  # attention LSTM size
+    decoder_rnn_dim: int = kept_on_resume(1024, ge=1)  # decoder LSTM size
+    attention_dim: int = kept_on_resume(128, ge=1)  # attention projection size
+    location_filters: int = kept_on_resume(32, ge=1)  # location-sensitive attention filters
+    location_kernel: int = kept_on_resume(31, ge=1)  # their kernel size
+    attention_dropout: float = kept_on_resume(0.1, ge=0, lt=1)  # on the attention LSTM output
+    decoder_dropout: float = kept_on_resume(0.1, ge=0, lt=1)  # on the decoder LSTM output
+    prenet_dims: list[int] = kept_on_resume(factory=lambda: [256, 256], min_length=1, items={"ge": 1})
+    prenet_dropout: float = kept_on_resume(0.5, ge=0, lt=1)  # kept on at inference too (Tacotron 2)
+    postnet_channels: int = kept_on_resume(512, ge=1)  # postnet channels
+    postnet_kernel: int = kept_on_resume(5, ge=1)  # postnet kernel size
+    postnet_layers: int = kept_on_resume(5, ge=1)  # postnet convolutions
+    postnet_dropout: float = kept_on_resume(0.5, ge=0, lt=1)  # postnet dropout
+    r: int = kept_on_resume(1, ge=1)  # mel frames emitted per decoder step
+    max_decoder_steps: int = kept_on_resume(1000, ge=1)  # free-running bound
+    gate_threshold: float = kept_on_resume(0.5, gt=0, le=1)  # stop when the gate probability exceeds this
 
 
 @dataclass
@@ -423,7 +425,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-SECTIONS = ("data", "audio", "model", "loss", "train", "adapters", "faults", "alerts", "debug", "tracking")
+CONFIG_SECTIONS = ("data", "audio", "model", "loss", "train", "adapters", "faults", "alerts", "debug", "tracking")
 
 
 def _describe(value: Any) -> str:
@@ -510,9 +512,9 @@ def build_config(overrides: dict[str, Any] | None = None) -> Config:
     config = Config(preset=preset)
     for layer in (PRESETS[preset], overrides):
         for section, values in layer.items():
-            if section not in SECTIONS:
+            if section not in CONFIG_SECTIONS:
                 raise ConfigError(
-                    f"unknown section {section!r}; known sections: preset, {', '.join(SECTIONS)}"
+                    f"unknown section {section!r}; known sections: preset, {', '.join(CONFIG_SECTIONS)}"
                 )
             _apply_section(getattr(config, section), section, values)
     validate(config)
@@ -556,7 +558,7 @@ def resume_changes(saved: dict[str, Any], config: Config) -> tuple[list[str], li
             continue
         if current_name(f, old[key]) == value:  # an old name of the same choice
             continue
-        (cannot if f.metadata.get("fixed") else applied).append(f"{key}: {old[key]!r} -> {value!r}")
+        (cannot if f.metadata.get("kept_on_resume") else applied).append(f"{key}: {old[key]!r} -> {value!r}")
     return cannot, applied
 
 

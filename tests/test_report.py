@@ -134,10 +134,10 @@ def test_cli_writes_a_self_contained_report_of_every_trial(real_study, cli_repor
     assert tables.row_ids == ["trial-0", "trial-1", "trial-2", "trial-3"]
     rows = {row[0]: row for row in tables.tables["trials"]}
     assert rows["2"][1] == "pruned" and "pruned by Optuna at step 10" in rows["2"][5]
-    assert rows["3"][1] == "fail" and rows["3"][5] == "RuntimeError: disk on fire"
+    assert rows["3"][1] == "failed" and rows["3"][5] == "RuntimeError: disk on fire"
     assert rows["0"][4] == "4" and rows["0"][5].startswith("completed")
     assert 'id="trial-2" class="pruned"' in text
-    assert "2 complete, 1 pruned, 1 failed" in text
+    assert "2 completed, 1 pruned, 1 failed" in text
     assert tables.tables["best"][0][0] == str(best_of(study).number)
     # Importances: each evaluator has a chart and a table of both searched parameters.
     assert "Hyperparameter importances" in text
@@ -214,13 +214,13 @@ def test_adapter_statistics_and_rescued_trials_match_the_trials(tmp_path):
     assert "No preview found for trial 1" in text  # crafted trials have no run dir
 
 
-def test_a_study_without_complete_trials_still_reports(tmp_path):
+def test_a_study_without_completed_trials_still_reports(tmp_path):
     study = optuna.create_study(study_name="hopeless", storage=f"sqlite:///{tmp_path}/h.db")
     study.add_trial(crafted((None, 1e-3), TrialState.PRUNED, {"lr.rollback": 1}, "stopped"))
     study.add_trial(crafted((None, 2e-3), TrialState.FAIL, failure="rollback budget spent"))
     text = build_report(study, tmp_path / "r.html").read_text()
-    assert 'id="no-best"' in text and "No complete trial yet" in text
-    assert text.count("needs at least 2 complete trials (the study has 0)") == 3
+    assert 'id="no-best"' in text and "No completed trial yet" in text
+    assert text.count("needs at least 2 completed trials (the study has 0)") == 3
     assert 'id="trial-0"' in text and 'id="trial-1"' in text
     assert '<span id="rescued-count">0</span>' in text and "data:audio/wav" not in text
     assert text.rstrip().endswith("</html>")

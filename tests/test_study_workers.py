@@ -51,10 +51,10 @@ def test_budgets_two_workers_trials_each_then_study_trials_however_many_workers(
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     trials = StudyTrials.of(study.get_trials())
-    assert len(trials.complete) == 4 and len(trials.results) == 4 and trials.counted == 4
-    assert sorted(t.number for t in trials.complete) == list(range(4))  # none lost, none duplicated
-    assert len({t.user_attrs["run_dir"] for t in trials.complete}) == 4
-    assert trials.complete[0].user_attrs.get("reference") is True
+    assert len(trials.completed) == 4 and len(trials.results) == 4 and trials.counted == 4
+    assert sorted(t.number for t in trials.completed) == list(range(4))  # none lost, none duplicated
+    assert len({t.user_attrs["run_dir"] for t in trials.completed}) == 4
+    assert trials.completed[0].user_attrs.get("reference") is True
     # --study-trials 7: three workers, one started late, stop once the study holds 7, with no trial beyond it.
     early = [worker(tmp_path, path, postgres_url, "two-workers", study_trials=7, seed=10 + i) for i in range(2)]
     wait_for(lambda: len(study.get_trials()) > 4, "the early workers' first trial")
@@ -62,7 +62,7 @@ def test_budgets_two_workers_trials_each_then_study_trials_however_many_workers(
     outputs = [p.communicate(timeout=240)[0] for p in [*early, late]]
     assert [p.returncode for p in [*early, late]] == [0, 0, 0], outputs
     trials = StudyTrials.of(study.get_trials())
-    assert len(trials.results) == 7 and len(trials.complete) == 7, [t.state for t in trials.results]
+    assert len(trials.results) == 7 and len(trials.completed) == 7, [t.state for t in trials.results]
 
 
 def test_a_killed_worker_trial_is_failed_by_heartbeat_retried_and_the_study_completes(

@@ -209,7 +209,7 @@ def test_mlflow_errors_never_stop_a_run(client, experiment, tmp_path, monkeypatc
         assert reporter.on_step(step_stats(step)) == []
     assert reporter.on_eval(eval_stats(6)) == []
     reporter.on_train_end(TrainResult("completed", 6, "done", tmp_path, None, None))
-    reporter.set_outcome("complete")
+    reporter.set_outcome("completed")
     # One failure ends tracking: no retry per step (the writer thread may have taken one more batch meanwhile).
     assert reporter.broken and 1 <= len(calls) <= (1 if synchronous else 3)
     assert reporter.writer is None  # the writer thread is stopped

@@ -52,14 +52,14 @@ def test_optimize_logs_a_parent_run_and_one_nested_run_per_trial(study):
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["study"] == "tracked" and parent.data.tags["objective"] == str(OBJECTIVE)
     assert parent.data.tags["storage"] == study["storage"]
-    assert parent.data.metrics["trials"] == 4 and parent.data.metrics["trials_complete"] == 4
+    assert parent.data.metrics["trials"] == 4 and parent.data.metrics["trials_completed"] == 4
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.data.tags["trial"] for r in trials) == ["0", "1", "2", "3"]
     by_number = {t.number: t for t in study["optuna"].trials}
     for run in trials:
         trial = by_number[int(run.data.tags["trial"])]
         assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
-        assert run.info.status == "FINISHED" and run.data.tags["trial_state"] == "complete"
+        assert run.info.status == "FINISHED" and run.data.tags["trial_state"] == "completed"
         params = run.data.params
         for key, value in trial.params.items():  # every sampled hyperparameter and adapter coefficient
             assert params[f"trial_params.{key}"] == str(value)

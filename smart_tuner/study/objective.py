@@ -104,11 +104,11 @@ class OptunaReporter(Hook):
 # ----------------------------------------------------------------------------------------------- outcome
 @dataclass(frozen=True)
 class TrialOutcome:
-    """How a trial ended: complete with a value, pruned, failed with a reason, or failed by an exception."""
+    """How a trial ended: completed with a value, pruned, failed with a reason or by an exception, or interrupted."""
 
-    state: str  # as the trial's MLflow run records it (trial_state): complete | pruned | fail | interrupted
+    state: str  # as the trial's MLflow run records it (trial_state): completed | pruned | failed | interrupted
     reason: str  # its trial_reason
-    value: float | None = None  # complete: the value Optuna gets
+    value: float | None = None  # completed: the value Optuna gets
     error: BaseException | None = None  # otherwise what ends the trial in Optuna
     user_attrs: dict[str, Any] = field(default_factory=dict)  # the failure, or the exception's traceback
 
@@ -121,16 +121,16 @@ class TrialOutcome:
             reason = f"pruned at step {reporter.pruned_at}"
             return cls("pruned", reason, error=optuna.TrialPruned(reason))
         if result.status == "failed":
-            return cls("fail", result.reason, error=TrialFailed(result.reason), user_attrs={"failure": result.reason})
+            return cls("failed", result.reason, error=TrialFailed(result.reason), user_attrs={"failure": result.reason})
         if reporter.value is None:
-            return cls("fail", "no finite evaluation",
+            return cls("failed", "no finite evaluation",
                        error=TrialFailed("no finite evaluation: the run never produced a value to report"))
-        return cls("complete", result.reason, value=reporter.value)
+        return cls("completed", result.reason, value=reporter.value)
 
     @classmethod
     def of_exception(cls, exc: Exception) -> TrialOutcome:
         """Called while ``exc`` is being handled, so that its traceback is the one recorded."""
-        return cls("fail", f"{type(exc).__name__}: {exc}", error=exc,
+        return cls("failed", f"{type(exc).__name__}: {exc}", error=exc,
                    user_attrs={"traceback": traceback.format_exc()[-4000:]})
 
     def record(self, trial: optuna.Trial, mlflow_run: Any) -> float | None:
@@ -254,14 +254,14 @@ class Objective:
             outcome = TrialOutcome.of_exception(exc)
         if outcome.state == "interrupted":
             requeue(trial)
-        if self.group.distributed and outcome.state == "fail":
+        if self.group.distributed and outcome.state == "failed":
             # A failure may have struck one rank only (a full disk, a storage error, out of memory): the ranks may
             # no longer call the same collectives, so this worker's group trains no other trial.
             self.group.mark_broken(f"trial {trial.number} failed")
         if self.group.broken:
             trial.set_user_attr("failure", outcome.reason)
             if mlflow_run is not None:
-                mlflow_run.set_outcome("fail", outcome.reason)
+                mlflow_run.set_outcome("failed", outcome.reason)
             trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)  # GroupLost passes by Optuna's handling
             raise GroupLost(f"trial {trial.number}: {outcome.reason}")
         return outcome.record(trial, mlflow_run)

@@ -65,7 +65,7 @@ from ..config import (
     set_dotted,
 )
 
-SECTIONS = ("config", "search_space", "objective", "pruning")
+OBJECTIVE_SECTIONS = ("config", "search_space", "objective", "pruning")
 KINDS = ("float", "int", "categorical")
 DIMENSION_FIELDS = {
     "float": ("type", "low", "high", "log", "step"),
@@ -357,15 +357,15 @@ def load_objective(path: str | Path) -> ObjectiveSpec:
     except ConfigError as exc:
         raise SearchSpaceError(str(exc)) from None
     if data is None:
-        raise reader.fail("", f"empty objective file; expected the sections {', '.join(SECTIONS)}")
+        raise reader.fail("", f"empty objective file; expected the sections {', '.join(OBJECTIVE_SECTIONS)}")
     if not isinstance(data, dict):
         raise reader.fail("", f"expected a mapping at the top level, got {type(data).__name__}")
     for section in data:
-        if section not in SECTIONS:
-            close = difflib.get_close_matches(str(section), SECTIONS, n=1)
+        if section not in OBJECTIVE_SECTIONS:
+            close = difflib.get_close_matches(str(section), OBJECTIVE_SECTIONS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise reader.fail("", f"unknown top-level section {section!r}{hint}; known sections: "
-                              f"{', '.join(SECTIONS)} (training keys go under config:)")
+                              f"{', '.join(OBJECTIVE_SECTIONS)} (training keys go under config:)")
     base = reader.base_config(data.get("config"))
     return ObjectiveSpec(
         path=str(path),

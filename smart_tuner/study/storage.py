@@ -1,11 +1,11 @@
 """A study in its storage, without torch: opening storages, and what the study's trials add up to.
 
 Nothing here trains, so ``best``, ``report``, ``dashboard`` and the workers' budget check share it without importing
-torch. :class:`StudyTrials` is the one place that sorts a study's trials by outcome: the complete, pruned, failed,
+torch. :class:`StudyTrials` is the one place that sorts a study's trials by outcome: the completed, pruned, failed,
 running and waiting trials; a failed trial that was re-queued (its worker died, or it was interrupted) stays a failed
 result, but its retry takes its place in the budget. :class:`BudgetedStudy` refuses to create a trial beyond
 ``--study-trials`` under a lock shared by every worker (:func:`study_lock`), so a study never holds a trial it did not
-run. The best trial is the complete one with the lowest finite
+run. The best trial is the completed one with the lowest finite
 value. Storages are RDB storages with heartbeats (SQLite by default; PostgreSQL or any SQLAlchemy URL for several
 machines), so that a killed worker's trial is failed and re-queued by ``RetryHeartbeatStaleTrialCallback``.
 """
@@ -247,13 +247,24 @@ def retried_number(trial: FrozenTrial) -> int | None:
         return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
+# How a trial ended, in the words of this project (run statuses, summaries, MLflow tags and the report say these):
+# Optuna's state names (COMPLETE, FAIL) read differently, and "interrupted" is a failed trial that was re-queued.
+OUTCOMES = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
+            TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
+
+
+def outcome_of(trial: FrozenTrial) -> str:
+    """The trial's state in :data:`OUTCOMES` words."""
+    return OUTCOMES[trial.state]
+
+
 @dataclass
 class StudyTrials:
-    """A study's trials by outcome. Every result is in exactly one of ``complete``, ``pruned``, ``failed``,
+    """A study's trials by outcome. Every result is in exactly one of ``completed``, ``pruned``, ``failed``,
     ``running`` and ``waiting``; lists are in trial-number order."""
 
     results: list[FrozenTrial]  # every trial of the study
-    complete: list[FrozenTrial] = field(init=False)
+    completed: list[FrozenTrial] = field(init=False)
     pruned: list[FrozenTrial] = field(init=False)
     failed: list[FrozenTrial] = field(init=False)
     running: list[FrozenTrial] = field(init=False)
@@ -264,7 +275,7 @@ class StudyTrials:
         def having(state: TrialState) -> list[FrozenTrial]:
             return [t for t in self.results if t.state == state]
 
-        self.complete = having(TrialState.COMPLETE)
+        self.completed = having(TrialState.COMPLETE)
         self.pruned = having(TrialState.PRUNED)
         self.failed = having(TrialState.FAIL)
         self.running = having(TrialState.RUNNING)
@@ -284,13 +295,13 @@ class StudyTrials:
 
     @property
     def best(self) -> FrozenTrial | None:
-        """The complete trial with the lowest finite value (the study minimizes)."""
-        scored = [t for t in self.complete if is_finite_number(t.value)]
+        """The completed trial with the lowest finite value (the study minimizes)."""
+        scored = [t for t in self.completed if is_finite_number(t.value)]
         return min(scored, key=lambda t: t.value) if scored else None
 
     def counts(self) -> dict[str, int]:
-        """Results per state, named as Optuna names the states (``fail``, not ``failed``)."""
-        return {"complete": len(self.complete), "pruned": len(self.pruned), "fail": len(self.failed),
+        """Results per outcome (:data:`OUTCOMES` words)."""
+        return {"completed": len(self.completed), "pruned": len(self.pruned), "failed": len(self.failed),
                 "running": len(self.running), "waiting": len(self.waiting)}
 
 
@@ -305,7 +316,7 @@ def summary(study: optuna.Study) -> str:
              + ", ".join(f"{n} {state}" for state, n in trials.counts().items() if n)]
     best = trials.best
     if best is None:
-        lines.append("no complete trial yet")
+        lines.append("no completed trial yet")
     else:
         lines.append(f"best trial {best.number}: value {best.value:.4f}, diagonality "
                      f"{best.user_attrs.get('diagonality', float('nan')):.3f}, "
@@ -322,7 +333,7 @@ def best_config(study: optuna.Study, objective: Path | None = None) -> tuple[Con
     """The full training config of the best trial: stored with the trial, or rebuilt from its params."""
     best = study_trials(study).best
     if best is None:
-        raise StudyError(f"study {study.study_name!r} has no complete trial yet")
+        raise StudyError(f"study {study.study_name!r} has no completed trial yet")
     if "config" in best.user_attrs:
         return build_config(best.user_attrs["config"]), best
     path = objective or Path(study.user_attrs.get("objective", ""))
@@ -360,7 +371,7 @@ def best_checkpoint(name: str, storage: str | None) -> Path:
     study = open_study_readonly(name, storage)
     best = study_trials(study).best
     if best is None:
-        raise StudyError(f"study {study.study_name!r} has no complete trial yet")
+        raise StudyError(f"study {study.study_name!r} has no completed trial yet")
     run_dir = best.user_attrs.get("run_dir")
     if not run_dir:
         raise StudyError(f"study {study.study_name!r}: trial {best.number} recorded no run directory")

@@ -253,7 +253,7 @@ def _finish_tracking(tracker: Any, study: optuna.Study) -> None:
         trials = study_trials(study)
         counts = trials.counts()
         summary = {"trials": len(trials.results),
-                   **{f"trials_{state}": counts[state] for state in ("complete", "pruned", "fail")}}
+                   **{f"trials_{state}": counts[state] for state in ("completed", "pruned", "failed")}}
         best = trials.best
         if best is not None:
             summary.update(best_value=best.value, best_trial=str(best.number),

@@ -86,7 +86,8 @@ class RunDir:
 
     def _check_resume(self, state: dict, config: Config) -> None:
         """A resumed run may change what training does next (batch size, rate, steps, adapters), never what the
-        checkpoint's model or features are (``model.*``, ``audio.*``, the corpus and its split: fixed settings)."""
+        checkpoint's model or features are (``model.*``, ``audio.*``, the corpus and its split: the settings kept on
+        resume)."""
         cannot, applied = resume_changes(state["config"], config)
         if cannot:
             raise TrainingError(f"--resume: {self.last} was trained with another model or features; these changes "

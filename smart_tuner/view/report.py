@@ -2,7 +2,7 @@
 
 The page shows, from top to bottom:
 
-1. the study: name, storage, objective file, counts of complete / pruned / failed trials;
+1. the study: name, storage, objective file, counts of completed / pruned / failed trials;
 2. the best trial (lowest value): its value, diagonality, parameters and full training config as YAML;
 3. hyperparameter importances by three of Optuna's evaluators (fANOVA, PED-ANOVA, mean decrease in impurity),
    each a bar chart and a table, or a note saying why it could not be computed;
@@ -42,7 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..config import ConfigError, build_config, is_finite_number, redact_url, to_yaml
 from ..files import write_atomic
-from ..study.storage import StudyTrials, open_study_readonly, storage_url, study_trials
+from ..study.storage import StudyTrials, open_study_readonly, outcome_of, storage_url, study_trials
 from ..watch.previews import latest_preview
 from ..watch.text import fmt
 
@@ -55,7 +55,7 @@ h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom:
 table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.pruned td { color: #b00; } tr.fail td { color: #777; } tr.best td { font-weight: bold; }
+tr.pruned td { color: #b00; } tr.failed td { color: #777; } tr.best td { font-weight: bold; }
 .note { background: #fff8e0; border-left: 4px solid #e0b000; padding: 0.4em 0.8em; }
 .meta { color: #555; } pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 .importance { display: inline-block; vertical-align: top; margin-right: 2em; }
@@ -74,7 +74,7 @@ def _param(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def trial_outcome(trial: FrozenTrial) -> str:
+def status_and_reason(trial: FrozenTrial) -> str:
     """One line on how a trial ended: its run status and the most specific reason recorded."""
     attrs = trial.user_attrs
     reason = attrs.get("failure") or attrs.get("reason")
@@ -140,16 +140,16 @@ class Importance:
 
 
 def importances(trials: StudyTrials) -> list[Importance]:
-    """Each evaluator's importances on the complete trials; never raises: a failure becomes a note."""
-    if len(trials.complete) < 2:
-        why = f"needs at least 2 complete trials (the study has {len(trials.complete)})"
+    """Each evaluator's importances on the completed trials; never raises: a failure becomes a note."""
+    if len(trials.completed) < 2:
+        why = f"needs at least 2 completed trials (the study has {len(trials.completed)})"
         return [Importance(name, None, why) for name in EVALUATORS]
-    if not any(t.params for t in trials.complete):
+    if not any(t.params for t in trials.completed):
         return [Importance(name, None, "the study has no searched parameters") for name in EVALUATORS]
-    # A private in-memory copy of the complete trials: the evaluators read a study, and this one holds only
-    # complete trials (no running ones), whatever storage the real study lives in.
+    # A private in-memory copy of the completed trials: the evaluators read a study, and this one holds only
+    # completed trials (no running ones), whatever storage the real study lives in.
     copy = optuna.create_study(direction="minimize", storage=optuna.storages.InMemoryStorage())
-    copy.add_trials(trials.complete)
+    copy.add_trials(trials.completed)
     results = []
     for name, make in EVALUATORS.items():
         with warnings.catch_warnings(record=True) as caught:
@@ -198,12 +198,12 @@ def _last_intermediate(trial: FrozenTrial) -> tuple[int, float] | None:
 def history_png(trials: StudyTrials) -> bytes:
     fig = _figure(8, 4)
     ax = fig.add_subplot()
-    complete = sorted(trials.complete, key=lambda t: t.number)
-    if complete:
-        ax.plot([t.number for t in complete], [t.value for t in complete], "o", color="#4878a8",
-                label="complete trial")
+    completed = sorted(trials.completed, key=lambda t: t.number)
+    if completed:
+        ax.plot([t.number for t in completed], [t.value for t in completed], "o", color="#4878a8",
+                label="completed trial")
         best, xs, ys = math.inf, [], []
-        for t in complete:
+        for t in completed:
             best = min(best, t.value)
             xs.append(t.number)
             ys.append(best)
@@ -214,7 +214,7 @@ def history_png(trials: StudyTrials) -> bytes:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers, not fractions
     ax.set_xlabel("trial")
     ax.set_ylabel("objective value")
-    if complete or stopped:
+    if completed or stopped:
         ax.legend(fontsize=8)
     return _png(fig)
 
@@ -239,7 +239,7 @@ def intermediate_png(trials: StudyTrials) -> bytes:
         else:
             ax.plot(steps, values, ".--", color="#888", linewidth=1)
     # Proxy artists: one legend entry per kind of line, not one per trial.
-    ax.plot([], [], color="#4878a8", label="complete trial")
+    ax.plot([], [], color="#4878a8", label="completed trial")
     ax.plot([], [], color="#2a9d2a", linewidth=2.5, label="best trial")
     ax.plot([], [], color="#c00", marker="x", label="pruned trial (x: where it was stopped)")
     ax.plot([], [], color="#888", linestyle="--", label="failed or running trial")
@@ -294,7 +294,7 @@ def config_yaml(config: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------------------------- sections
 def header_section(study: optuna.Study, trials: StudyTrials, storage: str | None) -> str:
-    counts = (f"{len(trials.complete)} complete, {len(trials.pruned)} pruned, {len(trials.failed)} failed")
+    counts = (f"{len(trials.completed)} completed, {len(trials.pruned)} pruned, {len(trials.failed)} failed")
     others = len(trials.running) + len(trials.waiting)
     if others:
         counts += f", {others} running or waiting"
@@ -312,7 +312,7 @@ def header_section(study: optuna.Study, trials: StudyTrials, storage: str | None
 def best_section(trials: StudyTrials) -> str:
     best = trials.best
     if best is None:
-        return "<h2>Best trial</h2>" + note("No complete trial yet: there is no best trial, no best config and "
+        return "<h2>Best trial</h2>" + note("No completed trial yet: there is no best trial, no best config and "
                                             "no preview to show.", "no-best")
     facts = table(["trial", "value", "diagonality", "final step", "run dir"],
                   [[best.number, _cell(best.value), _cell(best.user_attrs.get("diagonality"), 3),
@@ -330,7 +330,7 @@ def best_section(trials: StudyTrials) -> str:
 def importance_section(trials: StudyTrials) -> str:
     parts = ["<h2>Hyperparameter importances</h2>",
              '<p class="meta">How much of the variation of the objective each parameter explains, over the '
-             "complete trials (normalized to sum to 1). Few trials make these rough.</p>"]
+             "completed trials (normalized to sum to 1). Few trials make these rough.</p>"]
     for imp in importances(trials):
         block = [f"<h3>{esc(imp.name)}</h3>"]
         if imp.values is None:
@@ -346,7 +346,7 @@ def importance_section(trials: StudyTrials) -> str:
 
 
 def history_section(trials: StudyTrials) -> str:
-    if not trials.complete and not trials.pruned:
+    if not trials.completed and not trials.pruned:
         return "<h2>Optimization history</h2>" + note("No trial reported a value yet.")
     return ("<h2>Optimization history</h2>" + img(history_png(trials), "optimization history")
             + "<h2>Intermediate values</h2>"
@@ -378,10 +378,10 @@ def trials_section(trials: StudyTrials) -> str:
     names = sorted({k for t in trials.results for k in t.params})
     best = trials.best
     ordered = trials.results
-    rows = [[t.number, t.state.name.lower(), _cell(t.value) if t.state == TrialState.COMPLETE else "",
-             _cell(t.user_attrs.get("diagonality"), 3), _cell(t.user_attrs.get("step")), trial_outcome(t),
+    rows = [[t.number, outcome_of(t), _cell(t.value) if t.state == TrialState.COMPLETE else "",
+             _cell(t.user_attrs.get("diagonality"), 3), _cell(t.user_attrs.get("step")), status_and_reason(t),
              *(_param(t.params[n]) if n in t.params else "" for n in names)] for t in ordered]
-    attrs = [f'id="trial-{t.number}" class="{t.state.name.lower()}'
+    attrs = [f'id="trial-{t.number}" class="{outcome_of(t)}'
              f'{" best" if best is not None and t.number == best.number else ""}"' for t in ordered]
     return ("<h2>Trials</h2>" + table(["trial", "state", "value", "diagonality", "final step", "status / reason",
                                        *names], rows, id_="trials", row_attrs=attrs, numeric=(0, 2, 3, 4)))
@@ -391,7 +391,7 @@ def preview_section(trials: StudyTrials) -> str:
     best = trials.best
     head = "<h2>Best trial preview</h2>"
     if best is None:
-        return head + note("No complete trial, so no preview.")
+        return head + note("No completed trial, so no preview.")
     run_dir = best.user_attrs.get("run_dir")
     found = latest_preview(run_dir) if run_dir else None
     if found is None:

@@ -246,7 +246,7 @@ class MlflowReporter(Hook):
         return None
 
     def set_outcome(self, state: str, reason: str = "") -> None:
-        """The trial's state as the study saw it (complete, pruned, fail), with its reason."""
+        """How the trial ended (completed, pruned, failed, interrupted: study.objective.TrialOutcome), and why."""
         def tag() -> None:
             if self.run_id is None:
                 return

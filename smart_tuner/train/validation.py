@@ -33,7 +33,7 @@ class Validation:
                 out = self.family.training_forward(model, batch, loss_weights)
             n = len(batch)
             measured = {k: v.detach().float() * n for k, v in out.losses.items()}
-            measured.update({f"tf_{k}": v.sum() for k, v in self._alignment_metrics(
+            measured.update({f"teacher_forced_{k}": v.sum() for k, v in self._alignment_metrics(
                 out.alignments, batch.text_lengths, out.alignment_lengths, n).items()})
             for k, v in measured.items():
                 sums[k] = sums.get(k, 0) + v
@@ -46,7 +46,7 @@ class Validation:
                     example["alignment"] = out.alignments[0, :steps, :tokens].float().cpu()
         totals = self.group.sum_(torch.stack([*sums.values(), torch.tensor(float(count), device=self.device)]))
         means = dict(zip(sums, (totals[:-1] / totals[-1]).cpu().tolist()))  # one sync
-        teacher_forced = {k: means.pop(f"tf_{k}") for k in METRICS}
+        teacher_forced = {k: means.pop(f"teacher_forced_{k}") for k in METRICS}
         return means, teacher_forced, example
 
     def free_running(self, model: torch.nn.Module) -> tuple[dict[str, float], dict[str, torch.Tensor]]:

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
-from scipy.signal import resample_poly
 
 from ..errors import UserError
 from .corpus import MAX_ABS_SAMPLE, header_problem
@@ -89,6 +88,8 @@ def load_wav(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     wav = data.mean(axis=1)  # downmix first: resampling one channel is cheaper
     if file_rate != sample_rate:
         g = math.gcd(int(file_rate), int(sample_rate))
+        from scipy.signal import resample_poly  # here: importing scipy.signal takes 1.4 s, most files need none
+
         wav = resample_poly(wav, int(sample_rate) // g, int(file_rate) // g)
     wav = np.ascontiguousarray(wav, dtype=np.float32)
     if not np.isfinite(wav).all():

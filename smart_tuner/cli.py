@@ -85,17 +85,6 @@ def cmd_data_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data_check(args: argparse.Namespace) -> int:
-    from .data.corpus import read_corpus
-
-    corpus = read_corpus(args.corpus)
-    for bad in corpus.bad:
-        print(bad)
-    print(f"{corpus.root}: {corpus.total_lines} lines, {len(corpus.utterances)} usable, {len(corpus.bad)} bad")
-    corpus.check_bad_share(args.max_bad_share)
-    return 0
-
-
 # ------------------------------------------------------------------------------------------------- parser
 def port_number(text: str) -> int:
     port = int(text)
@@ -172,7 +161,9 @@ def _data_flags(data: Parser) -> None:
     check = sub.add_parser("check", help="validate an LJSpeech-format corpus and list bad lines")
     check.add_argument("corpus")
     check.add_argument("--max-bad-share", type=float, default=0.1)
-    check.set_defaults(func=cmd_data_check)
+    check.add_argument("--phonemes", metavar="VOICE", help="also list the lines eSpeak NG cannot read as this voice "
+                                                           "(data.text: phonemes), e.g. en-us or ru")
+    check.set_defaults(func=lambda a: work(".data.corpus:check_command", a.corpus, a.max_bad_share, a.phonemes))
 
 
 def _flags(command: str, *, out: str | None = None, port: int | None = None) -> Callable[[Parser], None]:

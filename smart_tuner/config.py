@@ -164,6 +164,13 @@ class DataConfig:
     length_grid: int = setting(0, ge=0)
     # text normalizer: basic (any script) | english (NVIDIA's English cleaning)
     cleaner: str = kept_on_resume("basic", choices=("basic", "english"))
+    # What the model reads: characters (of the cleaned text) | phonemes (eSpeak NG's, with stress marks, word
+    # boundaries and punctuation; docs/corpus.md)
+    text: str = kept_on_resume("characters", choices=("characters", "phonemes"))
+    # eSpeak NG voice of the corpus's language for phonemes (en-us, en-gb, ru, de, ...); empty: the demo corpus's
+    # (en -> en-us, ru -> ru), which a corpus of your own must set
+    phoneme_language: str = kept_on_resume("", pattern=r"[a-z]{2,3}(-[a-z0-9]+)*|",
+                                           pattern_help="an eSpeak NG voice name such as en-us or ru")
     # Standardize each mel channel with the training set's mean and std; false: the model predicts log-mels as
     # computed (NVIDIA / HiFi-GAN / WaveGlow convention), as a converted NVIDIA checkpoint does.
     mel_standardize: bool = kept_on_resume(True)
@@ -542,10 +549,23 @@ def validate(config: Config) -> None:
          "adapters.ga thresholds must satisfy critical <= low <= high"),
         (config.adapters.collapse.low < config.adapters.collapse.high,
          "adapters.collapse thresholds must satisfy low < high"),
+        (config.data.text != "phonemes" or config.data.phoneme_language or not config.data.corpus,
+         "data.text: phonemes needs data.phoneme_language, the eSpeak NG voice of the corpus's language "
+         "(e.g. en-us or ru)"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+DEMO_VOICES = {"en": "en-us", "ru": "ru"}  # the eSpeak NG voice of each demo corpus language
+
+
+def phoneme_voice(data: DataConfig) -> str | None:
+    """The eSpeak NG voice the model reads phonemes of, or None when it reads characters."""
+    if data.text != "phonemes":
+        return None
+    return data.phoneme_language or DEMO_VOICES[data.demo_lang]
 
 
 def resume_changes(saved: dict[str, Any], config: Config) -> tuple[list[str], list[str]]:

@@ -181,3 +181,27 @@ def write_report(path: Path, corpus: Corpus, extra: list[BadLine] | None = None)
     write_atomic(path.with_suffix(".json"), json.dumps(
         {"corpus": str(corpus.root), "lines": corpus.total_lines, "skipped": [asdict(b) for b in bad]},
         ensure_ascii=False, indent=1))
+
+
+def check_command(root: str | Path, max_bad_share: float, phonemes: str | None = None) -> int:
+    """``data check``: every bad line of the corpus, and with ``phonemes`` (an eSpeak NG voice) the usable lines
+    that voice cannot read (they stay usable: training reads what eSpeak NG makes of them); exit 0, or a
+    :class:`CorpusError` when the bad share is too high."""
+    corpus = read_corpus(root)
+    for bad in corpus.bad:
+        print(bad)
+    unreadable = 0
+    if phonemes:
+        from .phonemes import problems
+        from .text import normalize_text
+
+        meta = str(corpus.root / "metadata.csv")
+        for utt, problem in zip(corpus.utterances, problems([normalize_text(u.text) for u in corpus.utterances],
+                                                            phonemes)):
+            if problem:
+                unreadable += 1
+                print(BadLine(meta, utt.line, utt.id, problem))
+    print(f"{corpus.root}: {corpus.total_lines} lines, {len(corpus.utterances)} usable, {len(corpus.bad)} bad"
+          + (f", {unreadable} that eSpeak NG ({phonemes}) cannot read" if phonemes else ""))
+    corpus.check_bad_share(max_bad_share)
+    return 0

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config
+from ..config import Config, phoneme_voice
 from ..files import write_atomic
 from ..paths import demo_corpus_dir
 from ..seeds import derived_seed
 from .audio import LOG_MEL_FLOOR, AudioError, MelExtractor, load_wav, trim_silence
 from .corpus import BadLine, Corpus, CorpusError, read_corpus, write_report
-from .text import SymbolTable
+from .text import SPECIALS, SymbolTable, clean
 
 log = logging.getLogger(__name__)
 
@@ -270,8 +270,7 @@ def prepare_data(config: Config, run_dir: Path | None = None) -> PreparedData:
     if len(usable) < 2:
         raise CorpusError(f"{corpus_dir / 'metadata.csv'}: need at least 2 usable utterances, found {len(usable)}")
 
-    symbols = SymbolTable.from_texts([u.text for u in usable], lowercase=config.data.lowercase,
-                                     cleaner=config.data.cleaner)
+    symbols = _symbol_table(config, cache.dir.parent, [u.text for u in usable])
     n_val = min(config.data.val_size, max(1, len(usable) // 5))
     val_ids = set(random.Random(config.data.split_seed).sample(sorted(u.id for u in usable), n_val))
     split = {True: ([], []), False: ([], [])}
@@ -289,6 +288,19 @@ def prepare_data(config: Config, run_dir: Path | None = None) -> PreparedData:
 
     return PreparedData(corpus_dir, symbols, stats, dataset(train_utts, train_frames),
                         dataset(*split[True]), corpus.bad, report_path)
+
+
+def _symbol_table(config: Config, cache_dir: Path, texts: list[str]) -> SymbolTable:
+    """The table of the training texts' characters, or of their phonemes (phonemized once, cached with the
+    features)."""
+    voice = phoneme_voice(config.data)
+    table = SymbolTable(list(SPECIALS), config.data.lowercase, config.data.cleaner, phonemes=voice)
+    if voice is not None:
+        from .phonemes import PhonemeCache
+
+        PhonemeCache(cache_dir, voice).save([clean(t, table.cleaner, table.lowercase) for t in texts])
+    return SymbolTable.from_texts(texts, lowercase=config.data.lowercase, cleaner=config.data.cleaner,
+                                  phonemes=voice)
 
 
 def _open_cache(config: Config, corpus_dir: Path) -> FeatureCache:

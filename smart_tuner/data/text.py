@@ -3,7 +3,8 @@
 Two normalizers (``data.cleaner``): ``basic`` (Unicode NFC, optional lowercasing, whitespace collapsed; letters of
 every script kept) and ``english`` (the English cleaning NVIDIA's Tacotron 2 checkpoints were trained with:
 ASCII folding, lowercase, numbers spelled out, abbreviations expanded, whitespace collapsed). A table names its
-normalizer, so a checkpoint encodes new text the way its training text was encoded.
+normalizer, and for ``data.text: phonemes`` its eSpeak NG voice (data/phonemes.py: the cleaned text is phonemized and
+its phoneme characters are the symbols), so a checkpoint encodes new text the way its training text was encoded.
 """
 
 from __future__ import annotations
@@ -148,15 +149,19 @@ class SymbolTable:
     pad: str = PAD
     eos: str | None = EOS
     unk: str | None = UNK
+    phonemes: str | None = None  # the eSpeak NG voice of a phoneme table (data/phonemes.py); None: characters
     _ids: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._ids = {s: i for i, s in enumerate(self.symbols)}
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str], lowercase: bool = True, cleaner: str = "basic") -> SymbolTable:
-        chars = sorted({c for t in texts for c in clean(t, cleaner, lowercase)})
-        return cls(list(SPECIALS) + chars, lowercase, cleaner)
+    def from_texts(cls, texts: Iterable[str], lowercase: bool = True, cleaner: str = "basic",
+                   phonemes: str | None = None) -> SymbolTable:
+        """The table of the characters of ``texts`` once cleaned (and phonemized with the voice ``phonemes``)."""
+        table = cls(list(SPECIALS), lowercase, cleaner, phonemes=phonemes)
+        chars = sorted({c for t in table.clean_all(list(texts)) for c in t})
+        return cls(list(SPECIALS) + chars, lowercase, cleaner, phonemes=phonemes)
 
     def __len__(self) -> int:
         return len(self.symbols)
@@ -175,7 +180,17 @@ class SymbolTable:
         return self._ids.get(symbol) if symbol is not None else None
 
     def clean(self, text: str) -> str:
-        return clean(text, self.cleaner, self.lowercase)
+        """What the table encodes of ``text``: normalized by its cleaner, then phonemized for a phoneme table."""
+        return self.clean_all([text])[0]
+
+    def clean_all(self, texts: list[str]) -> list[str]:
+        """:meth:`clean` of each text, phonemized in one call."""
+        cleaned = [clean(t, self.cleaner, self.lowercase) for t in texts]
+        if self.phonemes is None:
+            return cleaned
+        from .phonemes import phonemize
+
+        return phonemize(cleaned, self.phonemes)
 
     def missing(self, text: str) -> list[str]:
         """Characters of the normalized ``text`` that the table lacks, sorted."""
@@ -196,10 +211,21 @@ class SymbolTable:
 
     def to_dict(self) -> dict[str, Any]:
         return {"symbols": list(self.symbols), "lowercase": self.lowercase, "cleaner": self.cleaner,
-                "pad": self.pad, "eos": self.eos, "unk": self.unk}
+                "pad": self.pad, "eos": self.eos, "unk": self.unk, "phonemes": self.phonemes,
+                "frontend": self.frontend}
+
+    @property
+    def frontend(self) -> str:
+        """What turns text into the table's symbols: ``characters`` or ``espeak-ng <version> <voice>``."""
+        if self.phonemes is None:
+            return "characters"
+        from .phonemes import FRONTEND, FRONTEND_VERSION
+
+        return f"{FRONTEND} v{FRONTEND_VERSION} {self.phonemes}"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SymbolTable:
-        """A saved table; one saved before tables named their cleaner and specials gets today's defaults."""
+        """A saved table; one saved before tables named their cleaner, specials or phonemes gets today's defaults
+        (a table saved before phonemes existed is a character table)."""
         return cls(list(data["symbols"]), bool(data["lowercase"]), data.get("cleaner", "basic"),
-                   data.get("pad", PAD), data.get("eos", EOS), data.get("unk", UNK))
+                   data.get("pad", PAD), data.get("eos", EOS), data.get("unk", UNK), data.get("phonemes"))

@@ -68,8 +68,10 @@ def encode_lines(loaded: LoadedModel, lines: list[str], drop_missing: bool = Fal
     if missing and not drop_missing:
         listed = " ".join(repr(c) for c in sorted(missing))
         first = min(missing.values())
-        raise SynthesisError(f"{origin}:{first}: characters not in the checkpoint's symbol table: {listed}; remove "
-                             f"them or pass --drop-missing")
+        what = (f"phonemes (eSpeak NG, {symbols.phonemes}) not in the checkpoint's symbol table: {listed}; reword "
+                "the line" if symbols.phonemes else f"characters not in the checkpoint's symbol table: {listed}; "
+                "remove them")
+        raise SynthesisError(f"{origin}:{first}: {what} or pass --drop-missing")
     sentences = []
     for i, line in enumerate(lines):
         ids = symbols.encode(line, drop_missing=True)

@@ -15,6 +15,7 @@ from smart_tuner.config import build_config
 from smart_tuner.data.text import SymbolTable
 from smart_tuner.tts import build_family
 from smart_tuner.tts.inference import load_for_inference
+from smart_tuner.tts.nvidia import symbol_table as nvidia_symbol_table
 from smart_tuner.tts.warm_start import read_source, warm_start
 
 N_SYMBOLS = 148  # pad, '-', 10 punctuation marks and space, 52 letters, 84 ARPAbet phonemes
@@ -173,3 +174,26 @@ def test_a_symbol_table_saved_before_cleaners_reads_as_before():
     old = {"symbols": ["<pad>", "<eos>", "<unk>", " ", "a", "b"], "lowercase": True}
     table = SymbolTable.from_dict(old)
     assert table.encode("Ab c") == [4, 5, 3, 2, 1] and table.cleaner == "basic" and table.pad_id == 0
+
+
+def test_arpabet_in_braces_reads_as_nvidia_reads_it(nvidia_files, tmp_path, capsys):
+    """``{HH AH0 L OW1}`` is read as the ARPAbet symbols of a converted table; the text around it is cleaned with
+    a space at its ends kept, as NVIDIA's text_to_sequence does; an unknown ARPAbet symbol is named."""
+    table = nvidia_symbol_table()
+    ids = table.encode("Say {HH AH0 L OW1} to Dr. Who!")
+    assert [table.symbols[i] for i in ids] == [*"say ", "@HH", "@AH0", "@L", "@OW1", *" to doctor who!"]
+    assert table.encode("{hh ah0 l ow1}, world") == table.encode("{HH AH0 L OW1}, world")
+    assert table.missing("{HH XX0} hi") == ["@XX0"]
+    characters = SymbolTable.from_texts(["say {hello}"])  # no ARPAbet symbols: braces are characters
+    assert characters.tokens("say {hello}") == list("say {hello}")
+
+    _state, files = nvidia_files
+    converted = tmp_path / "converted.pt"
+    assert cli.main(["convert", "nvidia", str(files["nvidia"]), "--out", str(converted)]) == 0
+    out = tmp_path / "speech"
+    assert cli.main(["synthesize", "--checkpoint", str(converted), "--text", "{HH AH0 L OW1} world", "--out",
+                     str(out), "--no-progress", "--seed", "1"]) == 0
+    assert (out / "001.wav").is_file()
+    assert cli.main(["synthesize", "--checkpoint", str(converted), "--text", "{HH QQ1} world", "--out",
+                     str(tmp_path / "bad"), "--no-progress"]) == 2
+    assert "'@QQ1'" in capsys.readouterr().err

@@ -19,6 +19,8 @@ PAD = "<pad>"
 EOS = "<eos>"
 UNK = "<unk>"
 SPECIALS = (PAD, EOS, UNK)
+ARPABET_PREFIX = "@"  # NVIDIA's ARPAbet symbols: "@HH", "@AH0", ...
+_BRACES = re.compile(r"\{([^}]*)\}")
 CLEANERS = ("basic", "english")
 
 
@@ -192,16 +194,38 @@ class SymbolTable:
 
         return phonemize(cleaned, self.phonemes)
 
+    @property
+    def arpabet(self) -> bool:
+        """Whether the table has ARPAbet symbols (``@HH``, NVIDIA's): then ``{HH AH0 L OW1}`` in a text is read as
+        them."""
+        return f"{ARPABET_PREFIX}AA" in self._ids
+
+    def tokens(self, text: str) -> list[str]:
+        """The symbols ``text`` reads as: its cleaned characters (or phonemes), and with an ARPAbet table each
+        brace group's ARPAbet symbols, as NVIDIA's ``text_to_sequence`` reads them (the text between the groups
+        cleaned, a space at either end of it kept)."""
+        if not self.arpabet or "{" not in text:
+            return list(self.clean(text))
+        found: list[str] = []
+        for i, part in enumerate(_BRACES.split(text)):
+            if i % 2:
+                found += [ARPABET_PREFIX + p.upper() for p in part.split()]
+            elif part:
+                cleaned = self.clean(part)
+                edges = (" " if part[:1].isspace() else "", " " if part[-1:].isspace() and cleaned else "")
+                found += list(edges[0] + cleaned + edges[1])
+        return found
+
     def missing(self, text: str) -> list[str]:
-        """Characters of the normalized ``text`` that the table lacks, sorted."""
+        """Symbols of ``text`` (:meth:`tokens`) that the table lacks, sorted."""
         specials = {self.pad, self.eos, self.unk}
-        return sorted({c for c in self.clean(text) if c not in self._ids or c in specials})
+        return sorted({c for c in self.tokens(text) if c not in self._ids or c in specials})
 
     def encode(self, text: str, drop_missing: bool = False) -> list[int]:
-        """Normalized characters, then EOS if the table has one; a character the table lacks maps to UNK, or is
+        """The ids of :meth:`tokens`, then EOS if the table has one; a symbol the table lacks maps to UNK, or is
         dropped when ``drop_missing`` is set or the table has no UNK."""
         unk = None if drop_missing or self.unk is None else self._ids[self.unk]
-        ids = [self._ids.get(c, unk) for c in self.clean(text)]
+        ids = [self._ids.get(c, unk) for c in self.tokens(text)]
         ids = [i for i in ids if i is not None]
         return ids + ([self._ids[self.eos]] if self.eos is not None else [])
 

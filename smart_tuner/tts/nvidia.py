@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..config import Config, build_config
-from ..data.text import SymbolTable
+from ..data.text import ARPABET_PREFIX, SymbolTable
 from ..errors import UserError
 
 _VOWELS = ["AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"]
@@ -37,7 +37,7 @@ _CONSONANTS = ["B", "CH", "D", "DH", "F", "G", "HH", "JH", "K", "L", "M", "N", "
                "V", "W", "Y", "Z", "ZH"]
 ARPABET = sorted(_VOWELS + [v + s for v in _VOWELS for s in "012"] + _CONSONANTS)
 SYMBOLS = (["_", "-"] + list("!'(),.:;? ") + list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-           + ["@" + p for p in ARPABET])
+           + [ARPABET_PREFIX + p for p in ARPABET])
 DDP_PREFIX = "module."
 
 

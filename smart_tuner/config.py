@@ -171,6 +171,9 @@ class DataConfig:
     # (en -> en-us, ru -> ru), which a corpus of your own must set
     phoneme_language: str = kept_on_resume("", pattern=r"[a-z]{2,3}(-[a-z0-9]+)*|",
                                            pattern_help="an eSpeak NG voice name such as en-us or ru")
+    # Share of the words of each training text read as their CMU dictionary ARPAbet ({HH AH0 L OW1}), drawn anew
+    # each epoch (NVIDIA's p_arpabet; English characters only); above 0 the symbol table holds the ARPAbet symbols
+    p_arpabet: float = kept_on_resume(0.0, ge=0, le=1)
     # Standardize each mel channel with the training set's mean and std; false: the model predicts log-mels as
     # computed (NVIDIA / HiFi-GAN / WaveGlow convention), as a converted NVIDIA checkpoint does.
     mel_standardize: bool = kept_on_resume(True)
@@ -549,6 +552,8 @@ def validate(config: Config) -> None:
          "adapters.ga thresholds must satisfy critical <= low <= high"),
         (config.adapters.collapse.low < config.adapters.collapse.high,
          "adapters.collapse thresholds must satisfy low < high"),
+        (config.data.p_arpabet == 0 or config.data.text == "characters",
+         "data.p_arpabet mixes ARPAbet into character text: set data.text: characters, or data.p_arpabet: 0"),
         (config.data.text != "phonemes" or config.data.phoneme_language or not config.data.corpus,
          "data.text: phonemes needs data.phoneme_language, the eSpeak NG voice of the corpus's language "
          "(e.g. en-us or ru)"),

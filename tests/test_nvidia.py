@@ -18,6 +18,8 @@ from smart_tuner.tts.inference import load_for_inference
 from smart_tuner.tts.nvidia import symbol_table as nvidia_symbol_table
 from smart_tuner.tts.warm_start import read_source, warm_start
 
+from .conftest import tiny_config
+
 N_SYMBOLS = 148  # pad, '-', 10 punctuation marks and space, 52 letters, 84 ARPAbet phonemes
 
 
@@ -197,3 +199,38 @@ def test_arpabet_in_braces_reads_as_nvidia_reads_it(nvidia_files, tmp_path, caps
     assert cli.main(["synthesize", "--checkpoint", str(converted), "--text", "{HH QQ1} world", "--out",
                      str(tmp_path / "bad"), "--no-progress"]) == 2
     assert "'@QQ1'" in capsys.readouterr().err
+
+
+def test_arpabet_mixing_replaces_a_share_of_dictionary_words():
+    import random
+
+    from smart_tuner.data.arpabet import dictionary, mix
+
+    assert dictionary()["hello"] == "HH AH0 L OW1"
+    text = "hello world, {K AE1 T} and zxqv!"
+    assert mix(text, 0.0, random.Random(0)) == text
+    assert mix(text, 1.0, random.Random(0)) == "{HH AH0 L OW1} {W ER1 L D}, {K AE1 T} {AH0 N D} zxqv!"
+    many = " ".join(["hello"] * 400)
+    braced = mix(many, 0.3, random.Random(1)).count("{")
+    assert 80 < braced < 160  # about 30% of 400
+
+
+def test_training_with_p_arpabet_reads_words_as_arpabet_seeded_by_epoch(corpus_en, tmp_path):
+    from smart_tuner.config import ConfigError
+    from smart_tuner.train.trainer import Trainer
+
+    with pytest.raises(ConfigError, match="data.p_arpabet mixes ARPAbet into character text"):
+        build_config({"data": {"text": "phonemes", "p_arpabet": 0.5}})
+    config = tiny_config(corpus_en, tmp_path, data={"p_arpabet": 0.5}, train={"max_steps": 4, "eval_every": 2})
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    train, table = trainer.data.train, trainer.symbols
+    assert table.arpabet and "@HH" in table.symbols
+    first = [train.item(i, 0)[0].tolist() for i in range(len(train))]
+    assert first == [train.item(i, 0)[0].tolist() for i in range(len(train))]  # the same draw for the same epoch
+    assert first != [train.item(i, 1)[0].tolist() for i in range(len(train))]  # another draw in another epoch
+    arpabet_ids = {table.symbols.index(f"@{a}") for a in ("HH", "AH0", "DH", "AH1", "IH0", "T", "N", "D", "S")}
+    assert any(set(ids) & arpabet_ids for ids in first)
+    trainer.fit()
+    loaded = load_for_inference(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert loaded.symbols.encode("{HH AH0 L OW1}")[:4] == [table.symbols.index(s) for s in ("@HH", "@AH0", "@L",
+                                                                                             "@OW1")]

@@ -26,6 +26,8 @@ from ..config import Config, phoneme_voice
 from ..files import write_atomic
 from ..paths import demo_corpus_dir
 from ..seeds import derived_seed
+from .arpabet import ARPABET, mix
+from .arpabet import PREFIX as ARPABET_PREFIX
 from .audio import LOG_MEL_FLOOR, AudioError, MelExtractor, load_wav, trim_silence
 from .corpus import BadLine, Corpus, CorpusError, read_corpus, write_report
 from .text import SPECIALS, SymbolTable, clean
@@ -121,10 +123,21 @@ class MelTextDataset(torch.utils.data.Dataset):
     """(text ids, normalized mel (n_mels, frames)) pairs; mels are read from the feature cache on demand."""
 
     def __init__(self, ids: list[str], texts: list[str], mel_paths: list[Path], frames: list[int],
-                 symbols: SymbolTable, stats: MelStats):
+                 symbols: SymbolTable, stats: MelStats, p_arpabet: float = 0.0, seed: int = 0):
         self.ids, self.texts, self.mel_paths, self.frames = ids, texts, mel_paths, frames
         self.symbols, self.stats = symbols, stats
         self.encoded = [torch.tensor(symbols.encode(t), dtype=torch.long) for t in texts]
+        self.p_arpabet, self.seed = p_arpabet, seed
+
+    def item(self, index: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item ``index`` as training reads it in ``epoch``: with ``data.p_arpabet``, some of its words as their
+        ARPAbet (data/arpabet.py), drawn from the seed, the epoch and the index alone (a resumed run draws the same)."""
+        if not self.p_arpabet:
+            return self[index]
+        rng = random.Random(derived_seed(self.seed, epoch, index))
+        text = mix(self.symbols.clean(self.texts[index]), self.p_arpabet, rng)
+        mel = torch.from_numpy(np.load(self.mel_paths[index]))
+        return torch.tensor(self.symbols.encode(text), dtype=torch.long), self.stats.normalize(mel)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -282,11 +295,11 @@ def prepare_data(config: Config, run_dir: Path | None = None) -> PreparedData:
     stats = mel_statistics([cache.path(u.id) for u in train_utts], config.audio.n_mels) \
         if config.data.mel_standardize else MelStats.identity(config.audio.n_mels)
 
-    def dataset(utts: list, n: list[int]) -> MelTextDataset:
+    def dataset(utts: list, n: list[int], p_arpabet: float = 0.0) -> MelTextDataset:
         return MelTextDataset([u.id for u in utts], [u.text for u in utts], [cache.path(u.id) for u in utts],
-                              n, symbols, stats)
+                              n, symbols, stats, p_arpabet, config.train.seed)
 
-    return PreparedData(corpus_dir, symbols, stats, dataset(train_utts, train_frames),
+    return PreparedData(corpus_dir, symbols, stats, dataset(train_utts, train_frames, config.data.p_arpabet),
                         dataset(*split[True]), corpus.bad, report_path)
 
 
@@ -299,8 +312,11 @@ def _symbol_table(config: Config, cache_dir: Path, texts: list[str]) -> SymbolTa
         from .phonemes import PhonemeCache
 
         PhonemeCache(cache_dir, voice).save([clean(t, table.cleaner, table.lowercase) for t in texts])
-    return SymbolTable.from_texts(texts, lowercase=config.data.lowercase, cleaner=config.data.cleaner,
-                                  phonemes=voice)
+    table = SymbolTable.from_texts(texts, lowercase=config.data.lowercase, cleaner=config.data.cleaner,
+                                   phonemes=voice)
+    if config.data.p_arpabet:  # the symbols that mixed-in pronunciations read as
+        table = SymbolTable(table.symbols + [ARPABET_PREFIX + a for a in ARPABET], table.lowercase, table.cleaner)
+    return table
 
 
 def _open_cache(config: Config, corpus_dir: Path) -> FeatureCache:

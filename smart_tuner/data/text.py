@@ -15,11 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .arpabet import PREFIX as ARPABET_PREFIX
+
 PAD = "<pad>"
 EOS = "<eos>"
 UNK = "<unk>"
 SPECIALS = (PAD, EOS, UNK)
-ARPABET_PREFIX = "@"  # NVIDIA's ARPAbet symbols: "@HH", "@AH0", ...
 _BRACES = re.compile(r"\{([^}]*)\}")
 CLEANERS = ("basic", "english")
 

@@ -336,7 +336,7 @@ class Trainer:
             if len(indices) >= self.group.world_size:
                 break
         mine = indices[self.group.rank::self.group.world_size]
-        return self.collate([self.data.train[i] for i in mine]).to(self.device)
+        return self.collate([self.data.train.item(i, self.epoch) for i in mine]).to(self.device)
 
     def _share_cores(self, announce: bool = True) -> None:
         """torch threads: ``train.num_threads``, or this run's share of the cores (see smart_tuner/cores.py)."""

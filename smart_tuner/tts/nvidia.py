@@ -29,13 +29,11 @@ from typing import Any
 import torch
 
 from ..config import Config, build_config
-from ..data.text import ARPABET_PREFIX, SymbolTable
+from ..data.arpabet import ARPABET
+from ..data.arpabet import PREFIX as ARPABET_PREFIX
+from ..data.text import SymbolTable
 from ..errors import UserError
 
-_VOWELS = ["AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"]
-_CONSONANTS = ["B", "CH", "D", "DH", "F", "G", "HH", "JH", "K", "L", "M", "N", "NG", "P", "R", "S", "SH", "T", "TH",
-               "V", "W", "Y", "Z", "ZH"]
-ARPABET = sorted(_VOWELS + [v + s for v in _VOWELS for s in "012"] + _CONSONANTS)
 SYMBOLS = (["_", "-"] + list("!'(),.:;? ") + list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
            + [ARPABET_PREFIX + p for p in ARPABET])
 DDP_PREFIX = "module."

@@ -12,7 +12,6 @@ import importlib
 import json
 import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,19 +69,8 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     checkpoint = work(".study.storage:best_checkpoint", args.study, args.storage) if best else Path(args.checkpoint)
     return work(".tts.speak:speak_to_files", checkpoint, lines, Path(args.out), origin=args.text_file or "--text",
                 device=args.device, batch_size=args.batch_size, seed=args.seed, drop_missing=args.drop_missing,
-                write_mel=args.mel, progress=not args.no_progress)
-
-
-def cmd_data_demo(args: argparse.Namespace) -> int:
-    from .data.demo import build_demo_corpus
-    from .paths import demo_corpus_dir
-
-    out = Path(args.out) if args.out else demo_corpus_dir(args.lang, args.size, args.words)
-    start = time.perf_counter()
-    path = build_demo_corpus(out, lang=args.lang, size=args.size, seed=args.seed, force=args.force, words=args.words)
-    print(f"demo corpus ({args.lang}, {args.size} utterances of {args.words[0]}-{args.words[1]} words) in {path} "
-          f"[{time.perf_counter() - start:.1f} s]")
-    return 0
+                write_mel=args.mel, progress=not args.no_progress, vocoder=args.vocoder,
+                vocoder_config=args.vocoder_config)
 
 
 # ------------------------------------------------------------------------------------------------- parser
@@ -136,6 +124,21 @@ def _synthesize_flags(speak: Parser) -> None:
     speak.add_argument("--drop-missing", action="store_true",
                        help="drop characters the checkpoint's symbol table lacks instead of stopping")
     speak.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _vocoder_flags(speak, required=False)
+
+
+def _vocoder_flags(parser: Parser, required: bool) -> None:
+    parser.add_argument("--vocoder", metavar="CKPT", required=required,
+                        help="a HiFi-GAN generator checkpoint (jik876/hifi-gan's layout); without it, Griffin-Lim")
+    parser.add_argument("--vocoder-config", metavar="JSON", help="its config (default: config.json beside it)")
+
+
+def _vocode_flags(vocode: Parser) -> None:
+    vocode.add_argument("mels", nargs="+", metavar="MEL.npy", help="log-mels as synthesize --mel writes them")
+    _vocoder_flags(vocode, required=True)
+    vocode.add_argument("--out", required=True, metavar="DIR", help="where <stem>.wav go")
+    vocode.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    vocode.add_argument("--batch-size", type=int, default=8, help="mels vocoded together")
 
 
 def _convert_flags(convert: Parser) -> None:
@@ -157,7 +160,8 @@ def _data_flags(data: Parser) -> None:
     demo.add_argument("--words", type=word_range, default=(3, 12), metavar="LOW-HIGH",
                       help="words per utterance (default 3-12, one sentence); more makes utterances of several "
                            "sentences, e.g. 15-30 (about 5 s each), for harder alignment")
-    demo.set_defaults(func=cmd_data_demo)
+    demo.set_defaults(func=lambda a: work(".data.demo:demo_command", a.out, a.lang, a.size, a.seed, a.force,
+                                          a.words))
     check = sub.add_parser("check", help="validate an LJSpeech-format corpus and list bad lines")
     check.add_argument("corpus")
     check.add_argument("--max-bad-share", type=float, default=0.1)
@@ -185,6 +189,9 @@ COMMANDS: dict[str, tuple[str | None, Callable[[Parser], Any], Callable[[argpars
     "train": ("train Tacotron 2 from a config (or objective) file", _train_flags, cmd_train),
     "synthesize": ("speech from text with a trained checkpoint (Griffin-Lim WAVs, alignment images, log-mels)",
                    _synthesize_flags, cmd_synthesize),
+    "vocode": ("log-mels (synthesize --mel) to speech through a HiFi-GAN generator", _vocode_flags,
+               lambda a: work(".tts.speak:vocode_command", [Path(m) for m in a.mels], Path(a.vocoder), Path(a.out),
+                              vocoder_config=a.vocoder_config, device=a.device, batch_size=a.batch_size)),
     "convert": ("import another project's checkpoint", _convert_flags, None),
     "optimize": ("run an Optuna study: each trial trains with the adapters on", _flags("optimize"),
                  lambda a: work(".study.workers:optimize_command", StudyOptions.from_args(a, "optimize"),

@@ -386,6 +386,15 @@ class TrackingConfig:
 
 
 @dataclass
+class VocoderConfig:
+    """The vocoder of the previews (MLflow, optuna-dashboard, the report): Griffin-Lim unless a HiFi-GAN generator
+    checkpoint is named (its sampling rate, hop and mel count must be audio's)."""
+
+    checkpoint: str | None = None  # a jik876/hifi-gan generator checkpoint (g_XXXXXXXX); None: Griffin-Lim
+    config: str | None = None  # its config.json; None: the one beside the checkpoint
+
+
+@dataclass
 class Config:
     preset: str = "demo"  # demo (small, CPU) or tacotron2 (the paper's sizes, GPU)
     data: DataConfig = field(default_factory=DataConfig)
@@ -398,6 +407,7 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    vocoder: VocoderConfig = field(default_factory=VocoderConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for config.yaml, checkpoints and trackers: secrets are left out."""
@@ -435,7 +445,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-CONFIG_SECTIONS = ("data", "audio", "model", "loss", "train", "adapters", "faults", "alerts", "debug", "tracking")
+CONFIG_SECTIONS = ("data", "audio", "model", "loss", "train", "adapters", "faults", "alerts", "debug", "tracking",
+                   "vocoder")
 
 
 def _describe(value: Any) -> str:

@@ -62,3 +62,22 @@ def test_a_failed_preview_is_logged_and_the_run_goes_on(tmp_path, caplog):
     assert not list((tmp_path / "previews").glob("*.tmp"))  # the failed one left nothing behind
     assert [(step, sorted(files)) for step, files in list_previews(tmp_path)] == [
         (10, ["audio.wav", "mel.png"])]
+
+
+def test_previews_speak_through_the_vocoder_a_config_names(tmp_path):
+    import json
+
+    import pytest
+
+    from smart_tuner.tts.hifigan import VocoderError
+
+    from .test_vocoder import AUDIO, CONFIGS, hifigan_files
+
+    path, _ = hifigan_files(tmp_path / "hifigan")
+    config = build_config({"vocoder": {"checkpoint": str(path)}})
+    run(PreviewWriter(config), tmp_path / "run", [stats(10)])
+    wav, rate = sf.read(latest_preview(tmp_path / "run")[1]["audio.wav"])
+    assert rate == 22050 and len(wav) == 40 * 256  # HiFi-GAN's length (frames x hop), not Griffin-Lim's
+    (tmp_path / "hifigan" / "config.json").write_text(json.dumps({**CONFIGS["1"], **AUDIO, "num_mels": 64}))
+    with pytest.raises(VocoderError, match="does not fit"):  # the run stops at its start, not at a preview
+        run(PreviewWriter(config), tmp_path / "other", [stats(10)])

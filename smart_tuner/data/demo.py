@@ -13,6 +13,7 @@ import os
 import random
 import secrets
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -384,3 +385,14 @@ def _reusable(out_dir: Path, matches: Callable[[dict | None], bool], force: bool
         return True
     raise CorpusError(f"{out_dir} holds a demo corpus built with other settings; rebuild it with --force "
                       "(force=True) or choose another directory (--out)")
+
+
+def demo_command(out: str | None, lang: str, size: int, seed: int, force: bool, words: tuple[int, int]) -> int:
+    """``data demo``: build the corpus (in ``out``, or where training looks for it) and say where; returns 0."""
+    start = time.perf_counter()
+    path = build_demo_corpus(Path(out) if out else demo_corpus_dir(lang, size, words), lang=lang, size=size,
+                             seed=seed, force=force, words=words)
+    print(f"demo corpus ({lang}, {size} utterances of {words[0]}-{words[1]} words) in {path} "
+          f"[{time.perf_counter() - start:.1f} s]")
+    return 0
+

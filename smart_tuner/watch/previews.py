@@ -5,7 +5,8 @@
 
     <run_dir>/previews/step_000125/alignment.png   attention of one validation sentence (teacher-forced)
     <run_dir>/previews/step_000125/mel.png         target / teacher-forced / free-running log-mels
-    <run_dir>/previews/step_000125/audio.wav       the free-running mel, vocoded with Griffin-Lim
+    <run_dir>/previews/step_000125/audio.wav       the free-running mel, vocoded with Griffin-Lim (or the
+                                                   HiFi-GAN generator of vocoder.checkpoint)
 
 Trackers (MLflow, Optuna's artifact store) and the study report read these files; they never render again.
 Each preview directory is written to a temporary name and renamed, so a reader never sees half of one.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..config import Config
 from ..files import atomic_dir
@@ -54,8 +56,9 @@ def latest_preview(run_dir: str | Path) -> tuple[int, dict[str, Path]] | None:
     return previews[-1] if previews else None
 
 
-def render_preview(stats: EvalStats, config: Config, out_dir: Path) -> dict[str, Path]:
-    """Write the preview files of one evaluation into ``out_dir`` (atomically); returns what was written."""
+def render_preview(stats: EvalStats, config: Config, out_dir: Path, vocoder: Any = None) -> dict[str, Path]:
+    """Write the preview files of one evaluation into ``out_dir`` (atomically); returns what was written. The
+    audio is Griffin-Lim's, or ``vocoder``'s (a :class:`~smart_tuner.tts.hifigan.Vocoder`) when given."""
     from ..data.audio import save_wav
     from ..tts.inference import min_vocodable_frames, vocode
     from ..tts.plots import alignment_png, mel_png
@@ -70,7 +73,8 @@ def render_preview(stats: EvalStats, config: Config, out_dir: Path) -> dict[str,
             voiced = next((mels[k] for k in ("free_running", "teacher_forced")
                            if k in mels and mels[k].shape[-1] >= min_vocodable_frames(config.audio)), None)
             if voiced is not None:
-                save_wav(tmp / "audio.wav", vocode(voiced, config.audio), config.audio.sample_rate)
+                wave = vocoder([voiced])[0] if vocoder is not None else vocode(voiced, config.audio)
+                save_wav(tmp / "audio.wav", wave, config.audio.sample_rate)
     return {name: out_dir / name for name in FILES if (out_dir / name).is_file()}
 
 
@@ -88,9 +92,15 @@ class PreviewWriter(Hook):
         self.evals = 0
         self.pending: EvalStats | None = None  # the latest evaluation not rendered yet
         self.rendered: list[int] = []
+        self.vocoder: Any = None  # vocoder.checkpoint's HiFi-GAN generator, on the CPU (previews are CPU tensors)
 
     def on_train_start(self, info: RunInfo) -> None:
         self.run_dir = Path(info.run_dir)
+        if self.config.vocoder.checkpoint and self.vocoder is None:  # a bad vocoder is an error now, not later
+            from ..tts.hifigan import load_vocoder
+
+            self.vocoder = load_vocoder(self.config.vocoder.checkpoint, self.config.vocoder.config)
+            self.vocoder.check_fits(self.config.audio, "this run's audio settings")
 
     def on_eval(self, stats: EvalStats) -> list:
         self.evals += 1
@@ -110,7 +120,7 @@ class PreviewWriter(Hook):
         if self.run_dir is None:
             return
         try:
-            render_preview(stats, self.config, preview_dir(self.run_dir, stats.step))
+            render_preview(stats, self.config, preview_dir(self.run_dir, stats.step), self.vocoder)
             self.rendered.append(stats.step)
         except Exception as exc:  # a preview is a convenience: log it, keep training
             log.warning("preview of step %d failed: %s: %s", stats.step, type(exc).__name__, exc)

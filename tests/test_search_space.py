@@ -193,7 +193,7 @@ def test_demo_objective_settings():
     spec = load_objective(OBJECTIVES / "demo.yaml")
     assert spec.config["preset"] == "demo"
     assert spec.formula.ga_penalty == 1.0
-    assert spec.pruning == PruningSpec(pruner="median", warmup_steps=150, startup_trials=2)
+    assert spec.pruning == PruningSpec(pruner="median", warmup_steps=100, startup_trials=2)
     keys = {dim.key for dim in spec.space}
     for key in ("train.lr", "train.batch_size", "loss.ga_weight", "model.r", "adapters.lr.patience",
                 "adapters.lr.grad_limit", "adapters.ga.low", "adapters.ga.critical_cap"):

@@ -24,14 +24,16 @@ def worse_diagonality(*values: Any) -> float:
     return min(found) if found else float("nan")
 
 
+# Each word of config.DIAGONALITIES (the adapters' metric, the objective's alignment) -> the EvalStats metrics whose
+# worse it is.
+DIAGONALITY_METRICS = {"teacher_forced": ("diagonality",), "free_running": ("free_running_diagonality",),
+                       "worse": ("diagonality", "free_running_diagonality")}
+
+
 def diagonality_of(stats: EvalStats, metric: str) -> float:
     """The diagonality an adapter reads (``metric``, one of ``config.DIAGONALITIES``): teacher-forced
     (``stats.diagonality``), free-running (``stats.free_running_diagonality``), or the ``worse`` of the two."""
-    if metric == "teacher_forced":
-        return stats.diagonality
-    if metric == "free_running":
-        return stats.free_running_diagonality
-    return worse_diagonality(stats.diagonality, stats.free_running_diagonality)
+    return worse_diagonality(*(getattr(stats, name) for name in DIAGONALITY_METRICS[metric]))
 
 
 class Adapter(Hook):

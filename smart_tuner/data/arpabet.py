@@ -22,7 +22,7 @@ ARPABET = sorted(_VOWELS + [v + s for v in _VOWELS for s in "012"] + _CONSONANTS
 PREFIX = "@"  # how a symbol table names them: "@HH"
 
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)*", re.IGNORECASE)
-_BRACED = re.compile(r"(\{[^}]*\})")
+BRACES = re.compile(r"\{([^}]*)\}")  # a brace group of ARPAbet; split() alternates text and groups
 _dictionary: dict[str, str] | None = None
 
 
@@ -49,4 +49,4 @@ def mix(text: str, share: float, rng: random.Random) -> str:
         pronunciation = words.get(word.lower())
         return f"{{{pronunciation}}}" if pronunciation is not None and rng.random() < share else word
 
-    return "".join(part if part.startswith("{") else _WORD.sub(replace, part) for part in _BRACED.split(text))
+    return "".join(f"{{{part}}}" if i % 2 else _WORD.sub(replace, part) for i, part in enumerate(BRACES.split(text)))

@@ -30,7 +30,7 @@ from .arpabet import ARPABET, mix
 from .arpabet import PREFIX as ARPABET_PREFIX
 from .audio import LOG_MEL_FLOOR, AudioError, MelExtractor, load_wav, trim_silence
 from .corpus import BadLine, Corpus, CorpusError, read_corpus, write_report
-from .text import SPECIALS, SymbolTable, clean
+from .text import SymbolTable, clean
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,7 @@ class MelTextDataset(torch.utils.data.Dataset):
             return self[index]
         rng = random.Random(derived_seed(self.seed, epoch, index))
         text = mix(self.symbols.clean(self.texts[index]), self.p_arpabet, rng)
-        mel = torch.from_numpy(np.load(self.mel_paths[index]))
-        return torch.tensor(self.symbols.encode(text), dtype=torch.long), self.stats.normalize(mel)
+        return torch.tensor(self.symbols.encode(text), dtype=torch.long), self[index][1]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -307,11 +306,10 @@ def _symbol_table(config: Config, cache_dir: Path, texts: list[str]) -> SymbolTa
     """The table of the training texts' characters, or of their phonemes (phonemized once, cached with the
     features)."""
     voice = phoneme_voice(config.data)
-    table = SymbolTable(list(SPECIALS), config.data.lowercase, config.data.cleaner, phonemes=voice)
     if voice is not None:
         from .phonemes import PhonemeCache
 
-        PhonemeCache(cache_dir, voice).save([clean(t, table.cleaner, table.lowercase) for t in texts])
+        PhonemeCache(cache_dir, voice).save([clean(t, config.data.cleaner, config.data.lowercase) for t in texts])
     table = SymbolTable.from_texts(texts, lowercase=config.data.lowercase, cleaner=config.data.cleaner,
                                    phonemes=voice)
     if config.data.p_arpabet:  # the symbols that mixed-in pronunciations read as

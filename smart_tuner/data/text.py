@@ -15,13 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .arpabet import BRACES
 from .arpabet import PREFIX as ARPABET_PREFIX
 
 PAD = "<pad>"
 EOS = "<eos>"
 UNK = "<unk>"
 SPECIALS = (PAD, EOS, UNK)
-_BRACES = re.compile(r"\{([^}]*)\}")
 CLEANERS = ("basic", "english")
 
 
@@ -208,7 +208,7 @@ class SymbolTable:
         if not self.arpabet or "{" not in text:
             return list(self.clean(text))
         found: list[str] = []
-        for i, part in enumerate(_BRACES.split(text)):
+        for i, part in enumerate(BRACES.split(text)):
             if i % 2:
                 found += [ARPABET_PREFIX + p.upper() for p in part.split()]
             elif part:

@@ -51,7 +51,7 @@ from typing import Any
 
 import optuna
 
-from ..adapters.base import worse_diagonality
+from ..adapters.base import DIAGONALITY_METRICS, worse_diagonality
 from ..config import (
     Config,
     ConfigError,
@@ -75,8 +75,7 @@ DIMENSION_FIELDS = {
 SAMPLERS = ("tpe", "random", "gp", "cmaes")  # the names --sampler takes; see make_sampler
 PRUNERS = ("median", "hyperband", "sha", "none")  # the names pruning.pruner and --pruner take; see make_pruner
 OBJECTIVE_FIELDS = ("ga_penalty", "alignment", "stop_penalty")
-ALIGNMENTS = {"teacher_forced": ("diagonality",), "free_running": ("free_running_diagonality",),
-              "worse": ("diagonality", "free_running_diagonality")}
+ALIGNMENTS = DIAGONALITY_METRICS  # objective.alignment: the adapters' words for the same diagonalities
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ so inference runs plain convolutions.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AudioConfig
+from ..data.dataset import LOG_FLOOR  # the padding of a batch: silence in the log-mel convention
 from ..errors import UserError
 
 LRELU_SLOPE = 0.1
-LOG_FLOOR = torch.log(torch.tensor(1e-5)).item()  # the padding of a batch: silence in the log-mel convention
 
 
 class VocoderError(UserError, ValueError):
@@ -89,9 +90,7 @@ class HifiGanConfig:
             raise VocoderError(f"{path}: upsample_rates and upsample_kernel_sizes must be lists of one length")
         if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes) or not self.resblock_kernel_sizes:
             raise VocoderError(f"{path}: resblock_kernel_sizes and resblock_dilation_sizes must be of one length")
-        product = 1
-        for rate in self.upsample_rates:
-            product *= rate
+        product = math.prod(self.upsample_rates)
         if product != self.hop_size:
             raise VocoderError(f"{path}: the upsample_rates multiply to {product}, not hop_size {self.hop_size}")
 

@@ -87,7 +87,7 @@ def test_the_check_sees_upward_imports(tmp_path):
 
 # The size limits the house keeps (docs/architecture.md): a file every feature lands in needs new rooms.
 FUNCTION_LINES = 60
-FILE_LINES = {"train/trainer.py": 350, "cli.py": 250}
+FILE_LINES = {"train/trainer.py": 350, "cli/main.py": 250, "cli/flags.py": 250}
 
 
 def long_functions(root: Path = PACKAGE, limit: int = FUNCTION_LINES) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config, phoneme_voice
+from ..config import AudioConfig, Config, DataConfig, phoneme_voice
 from ..files import write_atomic
 from ..paths import demo_corpus_dir
 from ..seeds import derived_seed
@@ -77,6 +77,18 @@ def _safe_name(uid: str) -> str:
     return uid if re.fullmatch(r"[\w.-]+", uid) else hashlib.sha1(uid.encode()).hexdigest()
 
 
+def features(wav_path: Path, audio: AudioConfig, extractor: MelExtractor) -> tuple[np.ndarray, np.ndarray]:
+    """The audio as the features see it (resampled to ``audio.sample_rate``, silence trimmed) and its log-mel
+    ``(n_mels, 1 + samples // hop)``, float32; silent or too short audio is an :class:`AudioError`."""
+    wav = trim_silence(load_wav(wav_path, audio.sample_rate), top_db=audio.trim_db, frame_length=audio.win_length,
+                       hop_length=audio.hop_length)
+    if wav.size == 0 or not np.any(wav):
+        raise AudioError(f"{wav_path}: the audio is silent")
+    if wav.size <= audio.n_fft // 2:
+        raise AudioError(f"{wav_path}: too short after trimming silence ({wav.size} samples)")
+    return wav, extractor(wav).numpy().astype(np.float32)
+
+
 class FeatureCache:
     """``<cache_dir>/<audio settings key>/<id>.npy``; a manifest of wav size and mtime detects changed audio."""
 
@@ -101,13 +113,7 @@ class FeatureCache:
         path = self.path(uid)
         if self.manifest.get(uid) == stamp and path.is_file():
             return np.load(path)
-        wav = trim_silence(load_wav(wav_path, self.audio.sample_rate), top_db=self.audio.trim_db,
-                           frame_length=self.audio.win_length, hop_length=self.audio.hop_length)
-        if wav.size == 0 or not np.any(wav):
-            raise AudioError(f"{wav_path}: the audio is silent")
-        if wav.size <= self.audio.n_fft // 2:
-            raise AudioError(f"{wav_path}: too short after trimming silence ({wav.size} samples)")
-        mel = self.extractor(wav).numpy().astype(np.float32)
+        _, mel = features(wav_path, self.audio, self.extractor)
         write_atomic(path, lambda handle: np.save(handle, mel))  # several processes may fill one cache at once
         self.manifest[uid] = stamp
         self.dirty = True
@@ -283,8 +289,7 @@ def prepare_data(config: Config, run_dir: Path | None = None) -> PreparedData:
         raise CorpusError(f"{corpus_dir / 'metadata.csv'}: need at least 2 usable utterances, found {len(usable)}")
 
     symbols = _symbol_table(config, cache.dir.parent, [u.text for u in usable])
-    n_val = min(config.data.val_size, max(1, len(usable) // 5))
-    val_ids = set(random.Random(config.data.split_seed).sample(sorted(u.id for u in usable), n_val))
+    val_ids = validation_ids([u.id for u in usable], config.data)
     split = {True: ([], []), False: ([], [])}
     for utt, n in zip(usable, frames):
         split[utt.id in val_ids][0].append(utt)
@@ -300,6 +305,13 @@ def prepare_data(config: Config, run_dir: Path | None = None) -> PreparedData:
 
     return PreparedData(corpus_dir, symbols, stats, dataset(train_utts, train_frames, config.data.p_arpabet),
                         dataset(*split[True]), corpus.bad, report_path)
+
+
+def validation_ids(ids: list[str], data: DataConfig) -> set[str]:
+    """The utterances held out for validation: ``data.val_size`` of them (at most a fifth), drawn with
+    ``data.split_seed`` from the sorted ids, so the same corpus always splits the same way."""
+    n_val = min(data.val_size, max(1, len(ids) // 5))
+    return set(random.Random(data.split_seed).sample(sorted(ids), n_val))
 
 
 def _symbol_table(config: Config, cache_dir: Path, texts: list[str]) -> SymbolTable:

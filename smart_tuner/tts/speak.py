@@ -102,7 +102,7 @@ def read_mel(path: Path, n_mels: int) -> torch.Tensor:
 
 
 def vocode_command(mels: list[Path], vocoder: Path, out: Path, *, vocoder_config: Path | None = None,
-                   device: str = "auto", batch_size: int = 8) -> int:
+                   device: str = "auto", batch_size: int = 8, progress: bool = True) -> int:
     """``vocode``: ``out/<stem>.wav`` (16-bit PCM at the vocoder's sampling rate) for each mel; returns 0."""
     neural = load_vocoder(vocoder, vocoder_config, pick_device(device))
     stems = [m.stem for m in mels]
@@ -112,10 +112,13 @@ def vocode_command(mels: list[Path], vocoder: Path, out: Path, *, vocoder_config
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     seconds = 0.0
+    bar = tqdm(total=len(loaded), desc="vocode", disable=not progress, dynamic_ncols=True)
     for first in range(0, len(loaded), batch_size):
         for stem, wave in zip(stems[first:first + batch_size], neural(loaded[first:first + batch_size])):
             write_atomic(out / f"{stem}.wav", wav_bytes(wave, neural.cfg.sampling_rate))
             seconds += len(wave) / neural.cfg.sampling_rate
+            bar.update(1)
+    bar.close()
     took = time.perf_counter() - start
     print(f"{len(mels)} WAVs ({seconds:.1f} s of audio) through {vocoder} in {out} [{took:.1f} s, real-time factor "
           f"{took / max(seconds, 1e-9):.3f}]")

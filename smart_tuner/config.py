@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .seeds import MAX_SEED
 
 
 class ConfigError(UserError, ValueError):
@@ -47,9 +48,64 @@ _Loader.add_implicit_resolver(
 )
 
 
+MAX_YAML_BYTES = 1 << 20  # a config or objective is a few KB; more is not one (or is /dev/zero)
+MAX_YAML_NODES = 100_000  # values a document may stand for once its aliases are expanded
+
+
+class YamlError(yaml.YAMLError):
+    """A YAML document refused before it is built: its aliases expand past :data:`MAX_YAML_NODES` values, or it
+    nests too deeply to read."""
+
+
 def yaml_load(text: str) -> Any:
-    """``yaml.safe_load`` with exponent floats; the only YAML reader of the project."""
-    return yaml.load(text, Loader=_Loader)
+    """``yaml.safe_load`` with exponent floats and a bound on aliases; the only YAML reader of the project.
+
+    Anchors and aliases stay usable, but a document whose aliases stand for more than :data:`MAX_YAML_NODES` values
+    (an alias bomb: 500 bytes of anchors nested 9 deep stand for 9^9 values) is refused before it is built:
+    everything that walks a config as a tree (validation, flattening, MLflow parameters) would expand it."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise YamlError(f"its aliases expand to more than {MAX_YAML_NODES:,} values (an alias bomb?)")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise YamlError("it nests too deeply to read") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for with every alias expanded; each node counted once (``sizes``), so the
+    count costs the size of the document, not of its expansion. A node that contains itself counts as unbounded."""
+    key = id(node)
+    if key in sizes:
+        if sizes[key] < 0:
+            return MAX_YAML_NODES + 1  # a recursive alias: endless once expanded
+        return sizes[key]
+    sizes[key] = -1
+    children: list = []
+    if isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes)
+        if total > MAX_YAML_NODES:
+            break
+    sizes[key] = total
+    return total
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: where (line and column) and what, without PyYAML's quoted excerpt."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{' '.join(str(problem).split())}"
 
 
 # ----------------------------------------------------------------------------------------------- bounds
@@ -94,7 +150,8 @@ def _check_number(key: str, value: Any, rules: dict[str, Any]) -> None:
         raise ConfigError(f"{key}: {value!r} is not a finite number")
     for name, (ok, sign) in _OPS.items():
         if name in rules and not ok(value, rules[name]):
-            raise ConfigError(f"{key}: {value!r} must be {sign} {rules[name]:g}")
+            bound = rules[name]
+            raise ConfigError(f"{key}: {value!r} must be {sign} {bound if isinstance(bound, int) else f'{bound:g}'}")
 
 
 def _check_field(key: str, value: Any, rules: dict[str, Any]) -> None:
@@ -233,7 +290,7 @@ class TrainConfig:
     max_steps: int = setting(1000, ge=0)  # optimizer steps
     eval_every: int = setting(50, ge=1)  # steps between evaluations
     checkpoint_every: int = setting(0, ge=0)  # 0: at every evaluation
-    seed: int = 0  # seeds torch, the batch order and dropout
+    seed: int = setting(0, ge=0, le=MAX_SEED)  # seeds torch, the batch order and dropout
     weight_decay: float = setting(1e-6, ge=0)  # AdamW weight decay
     grad_clip: float = setting(1.0, gt=0)  # gradient norm clip
     adam_betas: list[float] = setting(factory=lambda: [0.9, 0.999], length=2, items={"ge": 0, "lt": 1})  # AdamW betas
@@ -247,6 +304,8 @@ class TrainConfig:
     # Warm start: model weights only (fresh optimizer, step 0) from a smart_tuner or NVIDIA checkpoint.
     init_from: str | None = None
     init_ignore: list[str] = field(default_factory=list)  # regular expressions of parameter names not to load
+    # A warm start bringing learned values to less than this share of the parameters is an error (0: any share)
+    init_min_share: float = setting(0.5, ge=0, le=1)
     freeze_modules: list[str] = field(default_factory=list)  # parameter-name prefixes kept fixed at first
     freeze_steps: int = setting(0, ge=0)  # how many steps they stay fixed
     dist_timeout: float = setting(600.0, gt=0)  # several ranks: seconds a rank waits for the others before failing
@@ -609,7 +668,7 @@ def parse_set_overrides(items: list[str]) -> dict[str, Any]:
         try:
             value = yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({yaml_problem(exc)})") from None
         if key == "preset":
             nested["preset"] = value
             continue
@@ -656,17 +715,21 @@ def read_yaml(path: str | Path) -> Any:
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory; name a YAML config or objective file")
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:  # bounded: a device or a runaway file is not read to the end
+            data = handle.read(MAX_YAML_BYTES + 1)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
+    if len(data) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES >> 20} MiB; a config or objective file is a few KB")
     try:
         return yaml_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
 
 
 def config_overrides_from_file(path: str | Path) -> dict[str, Any]:
@@ -717,12 +780,52 @@ def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-_SECRET_QUERY = re.compile(r"([?&;](?:password|passwd|pwd|pass|secret|token|api_key|apikey|access_token)=)[^&;#]*",
-                           re.IGNORECASE)
+SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "pass", "secret", "token", "api_key", "apikey",
+                               "access_token"})
+_HIDDEN = "***"
+
+
+def _parsed_url(url: str) -> Any:
+    """The URL as SQLAlchemy parses it (its grammar is the one the storage connects with: a password may hold
+    ``/``, ``#`` or ``?``), or None for a plain path."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return None
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets a URL holds (its password, secret query values), as parsed and as written (percent-encoded)."""
+    from urllib.parse import quote, quote_plus
+
+    parsed = _parsed_url(url)
+    if parsed is None:
+        return []
+    found = [parsed.password] if parsed.password else []
+    for key, value in parsed.query.items():
+        if key.lower() in SECRET_QUERY_KEYS:
+            found += [value] if isinstance(value, str) else list(value)
+    found = [f for f in found if f]
+    return sorted({form for f in found for form in (f, quote(f, safe=""), quote_plus(f))}, key=len, reverse=True)
 
 
 def redact_url(url: str) -> str:
-    """A storage or tracking URL without its password, for logs, summaries and tags: the password of
-    ``user:password@`` (also with an empty user, ``://:password@``) and secret query parameters (``?password=``)."""
-    url = re.sub(r"://([^:/@?#]*):[^@/?#]*@", r"://\1:***@", url)
-    return _SECRET_QUERY.sub(r"\1***", url)
+    """A storage or tracking URL without its password, for logs, summaries, tags and errors: the URL parsed (so a
+    password with ``/``, ``#``, ``?`` or ``@`` is found whole), its password and secret query parameters
+    (``?password=``, ``?token=``, ...) shown as ``***``. A plain path is returned as it is."""
+    parsed = _parsed_url(url)
+    if parsed is None:
+        return url
+    marker = "SMARTTUNERHIDDEN"
+    query = {k: (marker if k.lower() in SECRET_QUERY_KEYS else v) for k, v in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True).replace(marker, _HIDDEN)
+
+
+def redact_text(text: str, url: str) -> str:
+    """``text`` (a driver's error message, say) with every secret of ``url`` replaced by ``***``."""
+    for secret in url_secrets(url):
+        text = text.replace(secret, _HIDDEN)
+    return text

@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +45,40 @@ class DiskFullError(UserError, OSError):
 
 class BrokenRecord(UserError, ValueError):
     """A line of a JSONL log, other than the last, is not a JSON record; the message names the file and line."""
+
+
+class OutputError(UserError, ValueError):
+    """An ``--out`` a command must not write: not a regular file (a device, a FIFO, a directory), its own input, or
+    an existing file the command replaces only with ``--force``."""
+
+
+def check_output_file(path: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = (),
+                      replace: bool = False, flag: str = "--out") -> Path:
+    """``path`` as a command's one output file, checked before any work: where it exists it must be a regular file
+    (renaming over a device or a FIFO would replace it), never one of ``inputs`` (even with ``--force``), and it is
+    replaced only when ``replace`` (the command's documented behaviour, or ``--force``)."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return path  # nothing there (or a dangling link, which the write replaces)
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
+        raise OutputError(f"{flag} {path}: is {kind}, not a regular file; name a file to write")
+    for source in inputs:
+        if os.path.exists(source) and os.path.samefile(path, source):
+            raise OutputError(f"{flag} {path}: is the input {source}; name another file for the output")
+    if not replace:
+        raise OutputError(f"{flag} {path}: exists; pass --force to replace it, or name another file")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a command's output folder: a directory, or nothing yet (it is made)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path}: exists and is not a directory; name a folder to write into")
+    return path
 
 
 class DirectoryLocked(RuntimeError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import reduce
 
+MAX_SEED = 2**32 - 1  # numpy's range; torch's is wider. Seeds a user gives (train.seed, --seed) are 0..MAX_SEED
 STRIDE = 1_000_003  # a prime far above any step, epoch, rank or trial count that follows it
 
 

@@ -199,7 +199,7 @@ def test_bad_arguments_found_by_a_hostile_user_are_one_error_line(tmp_path, corp
     cases = [
         (["train", "--config", tmp_path], "is a directory"),
         (["train", "--run-dir", a_file, "--corpus", corpus_en, "--max-steps", "1"], "is a file, not a directory"),
-        (["report", "--study", "s", "--storage", f"sqlite:///{tmp_path}/none.db", "--out", tmp_path],
+        (["report", "--study", "s", "--storage", f"sqlite:///{tmp_path}/none.db", "--out", tmp_path / "r.html"],
          "no study storage"),
         (["dashboard", "--study", "s", "--port", "99999"], "99999 is not a TCP port (1-65535)"),
         (["data", "demo", "--out", a_file, "--size", "4"], "exists and is not a directory; choose another"),

@@ -128,21 +128,21 @@ def _descends(pid: int, ancestor: int) -> bool:
     return False
 
 
-def test_sigkill_of_rank_1_restarts_the_group_which_resumes_and_completes(corpus_en, tmp_path):
-    # Rank 1 hangs at step 12 (after the checkpoint of step 10) and is killed there: the kill never races the end
-    # of the run. The hang is taken out of the config file first, so the restarted group (which reads the file
-    # again) runs through.
-    config = config_file(tmp_path, corpus_en, train={"max_steps": 60, "eval_every": 5},
+def kill_rank_1_at_step_12(tmp_path: Path, corpus: Path, max_restarts: int) -> tuple[subprocess.Popen, str, Path]:
+    """``train --nproc 2`` whose rank 1 hangs at step 12 (after the checkpoint of step 10) and is killed there:
+    the kill never races the end of the run. The hang is taken out of the config file first, so a restarted group
+    (which reads the file again) runs through."""
+    config = config_file(tmp_path, corpus, train={"max_steps": 60, "eval_every": 5},
                          faults={"hang_at": [12], "rank": 1})
     run_dir, log = tmp_path / "run", tmp_path / "stderr.txt"
     with log.open("w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "smart_tuner", "train", "--config", str(config), "--run-dir",
-                                 str(run_dir), "--no-progress", "--nproc", "2", "--max-restarts", "1"],
+                                 str(run_dir), "--no-progress", "--nproc", "2", "--max-restarts", str(max_restarts)],
                                 cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     try:
         wait_for(lambda: "rank 1 hangs at step 12" in log.read_text(), "rank 1 to hang at step 12", timeout=300,
                  proc=proc, details=log.read_text)
-        config_file(tmp_path, corpus_en, train={"max_steps": 60, "eval_every": 5})
+        config_file(tmp_path, corpus, train={"max_steps": 60, "eval_every": 5})
         victims = rank_pids(proc.pid, 1)
         assert len(victims) == 1, victims
         os.kill(victims[0], signal.SIGKILL)
@@ -150,12 +150,33 @@ def test_sigkill_of_rank_1_restarts_the_group_which_resumes_and_completes(corpus
     finally:
         if proc.poll() is None:
             proc.kill()
-    err = log.read_text()
+    return proc, log.read_text(), run_dir
+
+
+def test_sigkill_of_rank_1_restarts_the_group_which_resumes_and_completes(corpus_en, tmp_path):
+    proc, err, run_dir = kill_rank_1_at_step_12(tmp_path, corpus_en, max_restarts=1)
     assert proc.returncode == 0, err
-    assert "restart 1 of the group: resuming from" in err
+    # From the checkpoint both ranks wrote (step 10), not from a state rank 0 alone saved when rank 1 was gone
+    # (issue 22, row 15): the run continues exactly, with each rank's own RNG stream.
+    assert "restart 1 of the group: resuming from" in err and "resumed " in err and "at step 10" in err, err
+    assert "does not continue exactly" not in err, err
     steps = [m["step"] for m in records(run_dir, "metrics.jsonl")]
     assert steps == list(range(5, 65, 5)), steps  # every evaluation once, none twice
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 60
+
+
+def test_a_group_that_is_not_restarted_ends_with_one_line_naming_the_dead_rank(corpus_en, tmp_path):
+    """Issue 22, row 14: no torchrun traceback; the dead rank, and the command that resumes."""
+    proc, err, run_dir = kill_rank_1_at_step_12(tmp_path, corpus_en, max_restarts=0)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and "ChildFailedError" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert errors[0].startswith("error: rank 1 was killed by SIGKILL"), errors
+    assert "--max-restarts 0" in errors[0] and "step 10" in errors[0], errors
+    assert f"--run-dir {run_dir} --resume --nproc 2" in errors[0], errors
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 10 and len(state["rng_ranks"]) == 2  # what both ranks wrote, untouched
 
 
 def test_a_rank_that_hangs_fails_the_others_after_the_timeout_with_a_clear_error(corpus_en, tmp_path):

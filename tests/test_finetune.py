@@ -72,7 +72,7 @@ def test_ignore_patterns_and_shape_mismatches_are_skipped_and_reported(pretraine
     assert torch.equal(state["postnet.net.0.weight"], fresh["postnet.net.0.weight"])
     assert "skipped" in report.table() and report.count("loaded") > 20
 
-    with pytest.raises(WarmStartError, match="no tensor of the checkpoint fits"):
+    with pytest.raises(WarmStartError, match="no learned value of the checkpoint fits this model"):
         warm_start(model, family, data.symbols, read_source(pretrained, family), ignore=[".*"])
     with pytest.raises(ConfigError, match="train.init_ignore: '\\(' is not a regular expression"):
         warm_start(model, family, data.symbols, read_source(pretrained, family), ignore=["("])

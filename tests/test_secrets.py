@@ -20,7 +20,13 @@ DEMO = Path(__file__).resolve().parents[1] / "objectives" / "demo.yaml"
     (f"postgresql://:{SECRET}@db/studies", "postgresql://:***@db/studies"),
     (f"postgresql://tuner@db/studies?password={SECRET}", "postgresql://tuner@db/studies?password=***"),
     (f"postgresql://db/studies?sslmode=require&PASSWORD={SECRET}&x=1",
-     "postgresql://db/studies?sslmode=require&PASSWORD=***&x=1"),
+     "postgresql://db/studies?PASSWORD=***&sslmode=require&x=1"),
+    # SQLAlchemy connects with a password holding "/", "#", "?" or "@" written as it is: all of it is hidden
+    (f"postgresql+psycopg2://tuner:{SECRET}/x#y?z@db/studies", "postgresql+psycopg2://tuner:***@db/studies"),
+    (f"postgresql://tuner:{SECRET}?a=b@db:5432/studies?sslmode=require",
+     "postgresql://tuner:***@db:5432/studies?sslmode=require"),
+    (f"http://user:{SECRET}@mlflow.example:5000", "http://user:***@mlflow.example:5000"),
+    ("mlflow/mlruns", "mlflow/mlruns"),
     (f"https://mlflow.example/api?token={SECRET}", "https://mlflow.example/api?token=***"),
     ("sqlite:///studies/s.db", "sqlite:///studies/s.db"),
 ])
@@ -29,12 +35,15 @@ def test_every_place_a_password_can_sit_in_a_url_is_redacted(url, shown):
 
 
 @pytest.mark.parametrize("url", [f"postgresql://tuner@127.0.0.1:1/studies?password={SECRET}",
-                                 f"postgresql://:{SECRET}@127.0.0.1:1/studies"])
-@pytest.mark.parametrize("command", [["optimize", "--trials", "1", "--objective", str(DEMO)],
-                                     ["report", "--out", "r.html"], ["best"]])
+                                 f"postgresql://:{SECRET}@127.0.0.1:1/studies",
+                                 f"postgresql+psycopg2://tuner:{SECRET}/x#y?z@127.0.0.1:1/studies"])
+@pytest.mark.parametrize("command", [["optimize", "--trials", "1", "--objective", str(DEMO), "--study", "s"],
+                                     ["report", "--out", "r.html", "--study", "s"], ["best", "--study", "s"],
+                                     ["dashboard", "--study", "s", "--port", "1"], ["train", "--from-study", "s"],
+                                     ["synthesize", "--from-study", "s", "--text", "hi", "--out", "o"]])
 def test_a_storage_that_cannot_be_reached_is_one_error_line_without_its_password(tmp_path, url, command):
     """A real connection attempt (nothing listens on port 1): the driver's own message quotes the URL's parts."""
-    result = subprocess.run([sys.executable, "-m", "smart_tuner", *command, "--study", "s", "--storage", url],
+    result = subprocess.run([sys.executable, "-m", "smart_tuner", *command, "--storage", url],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert SECRET not in result.stdout + result.stderr

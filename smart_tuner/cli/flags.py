@@ -9,10 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..seeds import MAX_SEED
 from ..study.options import add_arguments, at_least
 
 DEFAULT_CONFIG = Path("objectives/demo.yaml")
 Parser = argparse.ArgumentParser
+SEED = at_least(0, int, MAX_SEED)
 
 
 def work(target: str, *arguments: Any, **keywords: Any) -> Any:
@@ -65,7 +67,7 @@ def synthesize_flags(speak: Parser) -> None:
     said.add_argument("--text-file", metavar="FILE", help="UTF-8 text, one sentence per line")
     speak.add_argument("--out", required=True, metavar="DIR", help="where NNN.wav, NNN.png (and NNN.npy) go")
     speak.add_argument("--mel", action="store_true", help="also write each log-mel as NNN.npy (n_mels x frames)")
-    speak.add_argument("--seed", type=int, default=0, help="prenet dropout stays on at inference: the seed fixes it")
+    speak.add_argument("--seed", type=SEED, default=0, help="prenet dropout stays on at inference: the seed fixes it")
     _device_flags(speak, "sentences decoded")
     speak.add_argument("--drop-missing", action="store_true",
                        help="drop characters the checkpoint's symbol table lacks instead of stopping")
@@ -97,7 +99,7 @@ def export_flags(export: Parser) -> None:
     export.add_argument("--out", required=True, metavar="DIR", help="where wavs/, mels/ and the file lists go")
     export.add_argument("--ground-truth", action="store_true", help="the features themselves, not teacher-forced mels")
     export.add_argument("--cache-dir", help="feature cache (default: the corpus's .smart_tuner_cache, as training)")
-    export.add_argument("--seed", type=int, default=0, help="prenet dropout stays on: the seed fixes the mels")
+    export.add_argument("--seed", type=SEED, default=0, help="prenet dropout stays on: the seed fixes the mels")
     _device_flags(export, "utterances teacher-forced")
 
 
@@ -106,7 +108,8 @@ def convert_flags(convert: Parser) -> None:
         "nvidia", help="an NVIDIA/tacotron2 or DeepLearningExamples Tacotron 2 checkpoint")
     nvidia.add_argument("checkpoint", metavar="IN.pt")
     nvidia.add_argument("--out", required=True, metavar="OUT.pt")
-    nvidia.set_defaults(func=lambda a: work(".tts.nvidia:convert_command", a.checkpoint, a.out))
+    nvidia.add_argument("--force", action="store_true", help="replace OUT.pt if it exists (never IN.pt)")
+    nvidia.set_defaults(func=lambda a: work(".tts.nvidia:convert_command", a.checkpoint, a.out, a.force))
 
 
 def data_flags(data: Parser) -> None:
@@ -115,7 +118,7 @@ def data_flags(data: Parser) -> None:
     demo.add_argument("--out", help="output directory (default data/demo-<lang>-<size>)")
     demo.add_argument("--lang", default="en", choices=["en", "ru"])
     demo.add_argument("--size", type=at_least(1, int), default=400, help="number of sentences")
-    demo.add_argument("--seed", type=int, default=1234)
+    demo.add_argument("--seed", type=SEED, default=1234)
     demo.add_argument("--force", action="store_true", help="rebuild even if it exists")
     demo.add_argument("--words", type=word_range, default=(3, 12), metavar="LOW-HIGH",
                       help="words per utterance (default 3-12, one sentence); more makes utterances of several "

@@ -139,5 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if not isinstance(exc, UserError):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
+
+
+def one_line(message: str) -> str:
+    """An error message as the one line the command line promises (a library's text may hold several)."""
+    return "; ".join(" ".join(line.split()) for line in message.splitlines() if line.strip())

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import study_artifact_dir
+from ..seeds import MAX_SEED
 from .space import PRUNERS, SAMPLERS
 from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, StudyError, storage_url
 
@@ -42,6 +43,7 @@ class Flag:
     metavar: str | None = None
     required: bool = False
     minimum: int | None = None  # the smallest value allowed
+    maximum: int | None = None  # the largest value allowed
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # per command: what differs there
 
     def on(self, command: str, field_name: str) -> Flag:
@@ -82,7 +84,7 @@ class StudyOptions:
     startup_trials: int = option(
         5, *RUN, help="random trials before TPE/GP/CMA-ES take over (Optuna's default of 10 is long here)")
     pruner: str | None = option(None, *RUN, choices=PRUNERS, help="default: the objective file's pruning.pruner")
-    seed: int | None = option(None, *RUN, help="sampler seed")
+    seed: int | None = option(None, *RUN, minimum=0, maximum=MAX_SEED, help="sampler seed")
     corpus: str | None = option(None, *RUN, help="LJSpeech-format corpus directory (default: the demo corpus)")
     sets: list[str] = option(None, *RUN, factory=list, name="--set", metavar="KEY=VALUE",
                              help="override the base config of every trial, e.g. train.max_steps=100")
@@ -205,12 +207,14 @@ def _flags(command: str | None) -> Iterator[tuple[dataclasses.Field, Flag]]:
             yield f, flag.on(command or flag.commands[0], f.name)
 
 
-def at_least(minimum: int, kind: Any) -> Callable[[str], Any]:
-    """An argparse type: ``kind`` of the text, refused below ``minimum``."""
+def at_least(minimum: int, kind: Any, maximum: int | None = None) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` of the text, refused below ``minimum`` (or above ``maximum``)."""
     def parse(text: str) -> Any:
         value = kind(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is below the minimum of {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is above the maximum of {maximum}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its message
@@ -235,6 +239,6 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         elif kind is list:  # repeated; None until given, so from_args keeps the field's default
             parser.add_argument(flag.name, dest=f.name, action="append", metavar=flag.metavar, help=flag.help)
         else:
-            kind = kind if flag.minimum is None else at_least(flag.minimum, kind)
+            kind = kind if flag.minimum is None else at_least(flag.minimum, kind, flag.maximum)
             parser.add_argument(flag.name, dest=f.name, type=kind, default=f.default, choices=flag.choices,
                                 metavar=flag.metavar, required=flag.required, help=flag.help)

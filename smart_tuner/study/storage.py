@@ -29,9 +29,18 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import Config, build_config, is_finite_number, merge, parse_set_overrides, redact_url, to_yaml
+from ..config import (
+    Config,
+    build_config,
+    is_finite_number,
+    merge,
+    parse_set_overrides,
+    redact_text,
+    redact_url,
+    to_yaml,
+)
 from ..errors import UserError
-from ..files import write_atomic
+from ..files import check_output_file, write_atomic
 from ..paths import STUDIES_DIR, make_sqlite_dir, sqlite_file
 from .space import load_objective, params_to_overrides
 
@@ -109,7 +118,7 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL,
                 time.sleep(0.5 + random.random())
                 continue
             raise StudyError(f"storage {redact_url(url)}: cannot open it ({type(exc).__name__}: "
-                             f"{redact_url(text.splitlines()[0] if text else '')[:200]})") from None
+                             f"{redact_text(text.splitlines()[0] if text else '', url)[:200]})") from None
     raise AssertionError("unreachable")
 
 
@@ -117,7 +126,7 @@ def unreadable(url: str, exc: BaseException) -> StudyError:
     """The one-line error for a storage whose studies cannot be read (the driver's first line, passwords out)."""
     first = str(exc).splitlines()[0] if str(exc) else ""
     return StudyError(f"storage {redact_url(url)}: cannot read studies from it ({type(exc).__name__}: "
-                      f"{redact_url(first)[:200]})")
+                      f"{redact_text(first, url)[:200]})")
 
 
 def existing_sqlite_file(url: str, study: str | None = None) -> Path | None:
@@ -128,7 +137,7 @@ def existing_sqlite_file(url: str, study: str | None = None) -> Path | None:
     try:
         database = sqlite_file(url)
     except Exception as exc:
-        raise StudyError(f"storage {redact_url(url)}: not a valid URL ({exc})") from None
+        raise StudyError(f"storage {redact_url(url)}: not a valid URL ({redact_text(str(exc), url)})") from None
     if database is None:
         raise StudyError(f"storage {redact_url(url)}: an in-memory database holds no study; name a database file, "
                          "e.g. sqlite:///studies/NAME.db")
@@ -344,6 +353,7 @@ def best_config(study: optuna.Study, objective: Path | None = None) -> tuple[Con
 def write_best_config(name: str, storage: str | None, out: str | Path) -> int:
     """``best``: the full training config of the study's best trial, written to ``out`` with a header that says how
     to train it."""
+    check_output_file(out, replace=True)  # regenerated: an earlier best.yaml is replaced, a device never
     study = open_study_readonly(name, storage)
     config, trial = best_config(study)
     config.tracking.source_study, config.tracking.source_trial = study.study_name, trial.number

@@ -25,7 +25,7 @@ import sqlalchemy
 from tqdm import tqdm
 
 from .. import interrupts
-from ..config import Config, build_config, flatten, is_finite_number, parse_set_overrides, redact_url
+from ..config import Config, build_config, flatten, is_finite_number, parse_set_overrides, redact_text, redact_url
 from ..seeds import derived_seed
 from ..train.distributed import Group, GroupLost, torchrun_command, torchrun_env
 from ..train.runner import run_training
@@ -85,7 +85,8 @@ def open_study(options: StudyOptions, spec: ObjectiveSpec) -> BudgetedStudy:
         while root.__cause__ or root.__context__:  # the database's own words, under Optuna's and SQLAlchemy's
             root = root.__cause__ or root.__context__
         first = (str(root).splitlines() or [type(root).__name__])[0]
-        raise StudyError(f"storage {redact_url(options.storage_url)}: cannot write to it ({redact_url(first)[:200]});"
+        url = options.storage_url
+        raise StudyError(f"storage {redact_url(url)}: cannot write to it ({redact_text(first, url)[:200]});"
                          " a study needs a writable storage (check the file's permissions or the database user's "
                          "rights)") from None
     return BudgetedStudy(study, storage, options.study_trials)

@@ -3,17 +3,21 @@ ranks under torchrun when asked, add MLflow tracking, train, and say how the run
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 from .. import interrupts
 from ..config import Config
 from ..errors import UserError
-from .distributed import Group, torchrun_command, torchrun_env
+from ..tts import checkpoint as ckpt
+from .distributed import Group, torchrun_args, torchrun_env
 from .runner import run_training
 
 log = logging.getLogger("smart_tuner")
@@ -67,7 +71,8 @@ def resolve_run_dir(run_dir: str | None, resume: bool, config_stem: str) -> Path
 
 
 def launch_ranks(argv: list[str], nproc: int, max_restarts: int, run_dir: Path) -> int:
-    """``train --nproc N``: this command again under torchrun, N ranks on this machine, one run directory."""
+    """``train --nproc N``: this command again under torchrun (through launcher.py), N ranks on this machine, one
+    run directory. A group torchrun will not restart again ends with one line naming the rank that died."""
     kept, skip = [], False
     for item in argv:
         if skip:
@@ -77,10 +82,34 @@ def launch_ranks(argv: list[str], nproc: int, max_restarts: int, run_dir: Path) 
             skip = "=" not in item  # "--nproc 2" drops its value too, "--nproc=2" is one item
             continue
         kept.append(item)
-    command = [*torchrun_command(nproc, max_restarts), "-m", "smart_tuner", *kept, "--run-dir", str(run_dir)]
-    log.info("starting %d ranks with torchrun, run dir %s", nproc, run_dir)
-    process = subprocess.Popen(command, env=torchrun_env(dict(os.environ)))
+    with tempfile.TemporaryDirectory(prefix="smart_tuner-launch-") as folder:
+        report = Path(folder) / "failures.json"
+        command = [sys.executable, "-m", "smart_tuner.train.launcher", str(report),
+                   *torchrun_args(nproc, max_restarts), "-m", "smart_tuner", *kept, "--run-dir", str(run_dir)]
+        log.info("starting %d ranks with torchrun, run dir %s", nproc, run_dir)
+        process = subprocess.Popen(command, env=torchrun_env(dict(os.environ)))
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached torchrun too; let it stop its ranks
+            code = process.wait()
+        if report.is_file():
+            failures = json.loads(report.read_text())["failures"]
+            print(f"error: {group_failed(failures, nproc, max_restarts, run_dir)}", file=sys.stderr, flush=True)
+    return code
+
+
+def group_failed(failures: list[dict], nproc: int, max_restarts: int, run_dir: Path) -> str:
+    """The line a group that failed for good ends with: which rank died and how, and how to go on."""
+    first = failures[0]
+    how = f"was killed by {first['signal']}" if "signal" in first else f"exited with code {first['exitcode']}"
+    others = [f["rank"] for f in failures[1:]]
+    text = (f"rank {first['rank']} {how}" + (f" (and rank(s) {', '.join(map(str, others))} with it)" if others else "")
+            + f"; torchrun did not restart the group (--max-restarts {max_restarts}"
+            + (", used up)" if max_restarts else ")"))
+    last = run_dir / "checkpoints" / "last.pt"
     try:
-        return process.wait()
-    except KeyboardInterrupt:  # Ctrl-C reached torchrun too; let it stop its ranks
-        return process.wait()
+        step = ckpt.load_any(last)["step"]
+    except (ckpt.CheckpointError, KeyError, TypeError):
+        return f"{text}; no checkpoint was written in {run_dir}: run the command again to start over"
+    return (f"{text}; the last checkpoint every rank wrote is step {step}: resume with python -m smart_tuner train "
+            f"--config {run_dir / 'config.yaml'} --run-dir {run_dir} --resume --nproc {nproc}")

@@ -34,10 +34,15 @@ ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 SHUTDOWN_TIMEOUT = 300
 
 
+def torchrun_args(nproc: int, max_restarts: int = 0) -> list[str]:
+    """torchrun's options for ``nproc`` ranks of this machine."""
+    return ["--standalone", f"--nproc-per-node={nproc}", f"--max-restarts={max_restarts}",
+            f"--shutdown-timeout={SHUTDOWN_TIMEOUT}"]
+
+
 def torchrun_command(nproc: int, max_restarts: int = 0) -> list[str]:
     """The start of a command line that runs ``-m ...`` as ``nproc`` ranks of this machine under torchrun."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            f"--max-restarts={max_restarts}", f"--shutdown-timeout={SHUTDOWN_TIMEOUT}"]
+    return [sys.executable, "-m", "torch.distributed.run", *torchrun_args(nproc, max_restarts)]
 
 
 def torchrun_env(env: dict[str, str]) -> dict[str, str]:

@@ -49,6 +49,9 @@ class Freezer:
                 raise TrainingError(f"train.freeze_modules: no module named {prefix!r}; modules with parameters: "
                                     f"{', '.join(modules)}")
             self.parameters += found
+        if prefixes and len({id(p) for p in self.parameters}) == len(named):
+            raise TrainingError(f"train.freeze_modules {prefixes} freezes every parameter of the model: nothing would "
+                                "train for train.freeze_steps steps; leave at least one module out of the list")
 
     def before(self, step: int) -> None:
         """Before training from ``step`` (0-based: the updates done so far)."""

@@ -110,9 +110,9 @@ class LockStep:
                         "order and the rate stay; each rank's share of a batch and the dropout streams change, so "
                         "the run does not continue exactly as it would have", len(ranks), self.group.world_size)
 
-    def rng_states(self, collective: bool) -> list[dict] | None:
+    def rng_states(self) -> list[dict] | None:
         """Every rank's RNG state (a collective: every rank builds its checkpoint at the same step)."""
-        return self.group.gather(ckpt.rng_state()) if self.group.distributed and collective else None
+        return self.group.gather(ckpt.rng_state()) if self.group.distributed else None
 
     def fingerprints(self, model: torch.nn.Module, step: int) -> list[str]:
         """Every rank's hash of its weights. Ranks in lock-step hold the same weights bit for bit; if they do not,

@@ -190,9 +190,13 @@ class Trainer:
         """``last.pt`` where the run ended (a completed run wrote it at its last evaluation), the hooks told, the
         directory and the cores left."""
         try:
-            if status != "completed" and not reason.startswith("no space left"):
+            if not whole:
+                # A rank is gone: this rank's state lacks the others' (their RNG streams), so last.pt stays the last
+                # checkpoint every rank wrote, and a restarted or resumed group continues exactly from there.
+                reason = f"{reason}; {self.run.intact()}, the last one every rank wrote"
+            elif status != "completed" and not reason.startswith("no space left"):
                 try:
-                    self.save_checkpoint("last.pt", collective=whole)
+                    self.save_checkpoint("last.pt")
                 except DiskFullError as exc:
                     status, reason = "failed", f"{reason}; then {exc.strerror}; {self.run.intact()}"
             result = TrainResult(status, self.step, reason, self.run_dir, self.last_eval, self.best_val_loss)
@@ -250,22 +254,22 @@ class Trainer:
             alignment=example["alignment"], mels=mels)
 
     # ----------------------------------------------------------------------------------------- checkpoints
-    def state_dict(self, collective: bool = True) -> dict:
-        """What ``last.pt`` and ``best.pt`` hold (``collective``: the group of ranks is still whole)."""
+    def state_dict(self) -> dict:
+        """What ``last.pt`` and ``best.pt`` hold (with several ranks a collective: every rank's RNG state)."""
         return {
             "format": ckpt.FORMAT, "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "controls": self.controls.values(), "best_val_loss": self.best_val_loss, "elapsed": self.elapsed,
             "rollbacks": self.controls.rollbacks, "config": self.config.to_dict(), "symbols": self.symbols.to_dict(),
             "mel_stats": self.stats.to_dict(), "hooks": {h.name: h.state_dict() for h in self.hooks},
-            "rng": ckpt.rng_state(), "rng_ranks": self.lockstep.rng_states(collective),
+            "rng": ckpt.rng_state(), "rng_ranks": self.lockstep.rng_states(),
             "fingerprints": (self.lockstep.fingerprints(self.model, self.step)
-                             if self.group.distributed and collective else None),
+                             if self.group.distributed else None),
         }
 
-    def save_checkpoint(self, name: str = "last.pt", collective: bool = True) -> Path:
+    def save_checkpoint(self, name: str = "last.pt") -> Path:
         """Rank 0 writes; every rank calls it at the same step."""
-        return self.run.save_checkpoint(name, self.state_dict(collective))
+        return self.run.save_checkpoint(name, self.state_dict())
 
     def _load(self, state: dict) -> None:
         if SymbolTable.from_dict(state["symbols"]) != self.symbols:

@@ -8,6 +8,7 @@ plain data only (config, symbol table, mel statistics, RNG states, hook states),
 from __future__ import annotations
 
 import io
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,34 @@ def load_any(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "global" not in str(exc):  # no object refused: not a pickle torch reads (random bytes, a cut file)
+            raise CheckpointError(f"{path}: not a readable checkpoint (not a torch file, or a truncated one)") from None
+        # torch's own text spans several lines and ends by suggesting weights_only=False: advice not to take.
+        raise CheckpointError(f"{path}: holds Python objects besides tensors and plain data; smart_tuner loads "
+                              "checkpoints safely (weights only) and does not run the code such objects bring: load "
+                              "it where you trust it and save its state_dict") from None
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first[:200]})") from None
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, Any], path: str | Path) -> None:
+    """``model.load_state_dict(weights)`` (strict), a mismatch told in one line: how many tensors are missing,
+    unexpected or of another shape, the first of each."""
+    mine = model.state_dict()
+    missing = [k for k in mine if k not in weights]
+    unexpected = [k for k in weights if k not in mine]
+    reshaped = [f"{k} {tuple(weights[k].shape)} vs {tuple(mine[k].shape)}" for k in mine
+                if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(mine[k].shape)]
+    parts = [f"{len(found)} {what} (first: {found[0]})" for what, found in
+             (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)) if found]
+    if parts:
+        raise CheckpointError(f"{path}: its weights do not fit the model its config describes: {'; '.join(parts)}")
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"{path}: its weights do not load ({(str(exc).splitlines() or [''])[0][:200]})") from None
 
 
 def is_ours(data: Any) -> bool:

@@ -66,7 +66,7 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
     family = build_family(config)
     symbols = SymbolTable.from_dict(state["symbols"])
     model = family.build(len(symbols)).to(device)
-    model.load_state_dict(state["model"])
+    ckpt.load_weights(model, state["model"], path)
     model.eval()
     return LoadedModel(model, family, symbols, MelStats.from_dict(state["mel_stats"]), config)
 

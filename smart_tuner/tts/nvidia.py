@@ -183,10 +183,18 @@ def convert(source: str | Path, out: str | Path) -> dict[str, Any]:
         check_symbols(state)
         weights = to_ours(state)
         config = config_for(state)
-        model = build_family(config).build(len(SYMBOLS))
-        model.load_state_dict(weights, strict=True)
-    except (ConversionError, KeyError, RuntimeError) as exc:
+    except ConversionError as exc:
         raise ckpt.CheckpointError(f"{source}: cannot convert: {exc}") from None
+    except KeyError as exc:
+        raise ckpt.CheckpointError(f"{source}: cannot convert: it has no tensor {exc.args[0]!r} (an incomplete "
+                                   "checkpoint, or not a Tacotron 2)") from None
+    model = build_family(config).build(len(SYMBOLS))
+    ckpt.load_weights(model, weights, source)  # strict: every tensor placed
+    broken = [name for name, tensor in weights.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if broken:
+        raise ckpt.CheckpointError(f"{source}: {len(broken)} of its {len(weights)} tensors hold NaN or inf (first: "
+                                   f"{broken[0]}): not a usable model; convert a checkpoint from before training "
+                                   "diverged")
     iteration = data.get("iteration", data.get("epoch")) if isinstance(data, dict) else None
     ckpt.save_atomic({
         "format": ckpt.FORMAT, "step": 0, "model": model.state_dict(), "config": config.to_dict(),
@@ -197,8 +205,12 @@ def convert(source: str | Path, out: str | Path) -> dict[str, Any]:
     return {"tensors": len(state), "parameters": sum(t.numel() for t in model.parameters()), "out": str(out)}
 
 
-def convert_command(source: str | Path, out: str | Path) -> int:
-    """``convert nvidia``: :func:`convert`, and one line saying what the new checkpoint holds."""
+def convert_command(source: str | Path, out: str | Path, force: bool = False) -> int:
+    """``convert nvidia``: :func:`convert`, and one line saying what the new checkpoint holds. ``out`` is never the
+    source, and an existing file is replaced only with ``force``."""
+    from ..files import check_output_file
+
+    check_output_file(out, inputs=(source,), replace=force)
     done = convert(source, out)
     print(f"converted {done['tensors']} tensors ({done['parameters']:,} parameters) into {done['out']}: NVIDIA's "
           f"symbols, English cleaning and unstandardized log-mels")

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from ..config import AudioConfig
 from ..data.audio import wav_bytes
 from ..data.dataset import LOG_FLOOR
-from ..files import write_atomic
+from ..files import check_output_dir, write_atomic
 from .hifigan import VocoderError, load_vocoder
 from .inference import load_for_inference, min_vocodable_frames, pick_device, vocode
 from .plots import alignment_png
@@ -26,6 +26,7 @@ def speak_to_files(checkpoint: Path, lines: list[str], out: Path, *, origin: str
                    batch_size: int = 8, seed: int = 0, drop_missing: bool = False, write_mel: bool = False,
                    progress: bool = True, vocoder: Path | None = None, vocoder_config: Path | None = None) -> int:
     """Write the files of every line under ``out``, one progress line per sentence, then a summary; returns 0."""
+    check_output_dir(out)
     torch_device = pick_device(device)
     loaded = load_for_inference(checkpoint, torch_device)
     neural = load_vocoder(vocoder, vocoder_config, torch_device) if vocoder else None
@@ -104,6 +105,7 @@ def read_mel(path: Path, n_mels: int) -> torch.Tensor:
 def vocode_command(mels: list[Path], vocoder: Path, out: Path, *, vocoder_config: Path | None = None,
                    device: str = "auto", batch_size: int = 8, progress: bool = True) -> int:
     """``vocode``: ``out/<stem>.wav`` (16-bit PCM at the vocoder's sampling rate) for each mel; returns 0."""
+    check_output_dir(out)
     neural = load_vocoder(vocoder, vocoder_config, pick_device(device))
     stems = [m.stem for m in mels]
     if len(set(stems)) != len(stems):

@@ -44,7 +44,9 @@ def read_lines(text: str | None, text_file: str | Path | None) -> list[str]:
         return [text]
     path = Path(text_file)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # Lines end at "\n" only: splitlines() would also cut at form feeds, "\x85" and "\u2028", and the file's
+        # line numbers (which name the output files) would no longer be the lines a user sees in an editor.
+        lines = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8").split("\n")]
     except FileNotFoundError:
         raise SynthesisError(f"{path}: no such text file") from None
     except UnicodeDecodeError:
@@ -75,8 +77,9 @@ def encode_lines(loaded: LoadedModel, lines: list[str], drop_missing: bool = Fal
     sentences = []
     for i, line in enumerate(lines):
         ids = symbols.encode(line, drop_missing=True)
-        if not [t for t in ids if symbols.symbols[t] != symbols.eos]:
-            raise SynthesisError(f"{origin}:{i + 1}: nothing left to say after dropping unknown characters")
+        if not any(c.isalnum() for t in ids if symbols.symbols[t] != symbols.eos for c in symbols.symbols[t]):
+            why = "after dropping unknown characters" if drop_missing else "(no letter or digit)"
+            raise SynthesisError(f"{origin}:{i + 1}: nothing left to say {why}")
         sentences.append(Sentence(i + 1, line, ids))
     return sentences
 

@@ -10,8 +10,10 @@ Rules, in order, for each tensor of the new model:
   new symbols keep their fresh rows;
 - a tensor of the same shape is **loaded**; any other shape is **skipped** ("shape mismatch"), never fatal.
 
-If nothing loads at all the warm start is an error. The report (:class:`InitReport`) lists every tensor and
-goes to the log and to ``<run dir>/init_report.json``.
+A warm start that would bring no learned value, or less than ``train.init_min_share`` of the model's parameters
+with learned values (counters and all-zero tensors do not count), is an error naming what matched and what did not.
+The report (:class:`InitReport`) lists every tensor and how many parameters came across; it goes to the log and to
+``<run dir>/init_report.json``.
 """
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ class InitReport:
     tensors: list[TensorRecord] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)  # source tensors the model has no place for
     warnings: list[str] = field(default_factory=list)
+    parameters: int = 0  # the model's learnable values
+    transferred: int = 0  # of them, the ones that came across with a learned (not all-zero) value
+
+    @property
+    def share(self) -> float:
+        return self.transferred / max(self.parameters, 1)
 
     def count(self, status: str) -> int:
         return sum(1 for t in self.tensors if t.status == status)
@@ -69,6 +77,7 @@ class InitReport:
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "kind": self.kind,
                 "counts": {s: self.count(s) for s in (LOADED, REMAPPED, SKIPPED)},
+                "parameters": {"transferred": self.transferred, "total": self.parameters},
                 "tensors": [asdict(t) for t in self.tensors], "unused": self.unused, "warnings": self.warnings}
 
     def table(self) -> str:
@@ -81,6 +90,7 @@ class InitReport:
                          f"{t.detail}")
         lines.append(f"{self.count(LOADED)} loaded, {self.count(REMAPPED)} remapped, {self.count(SKIPPED)} skipped"
                      + (f"; {len(self.unused)} source tensors unused: {', '.join(self.unused)}" if self.unused else ""))
+        lines.append(f"{self.transferred:,} of {self.parameters:,} parameters came across ({self.share:.1%})")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -130,11 +140,13 @@ def remap_rows(source: torch.Tensor, source_symbols: SymbolTable, target: torch.
 
 
 def warm_start(model: nn.Module, family: ModelFamily, symbols: SymbolTable, source: WeightSource,
-               ignore: list[str] = ()) -> InitReport:
+               ignore: list[str] = (), min_share: float = 0.0) -> InitReport:
     """Load ``source`` into ``model`` (whose symbol table is ``symbols``) by the rules above; returns the report."""
     patterns = _compile(list(ignore))
     report = InitReport(str(source.path), source.kind)
     state = model.state_dict()
+    learnable = {n: p.numel() for n, p in model.named_parameters()}
+    report.parameters = sum(learnable.values())
     new_state = {}
     for name, tensor in state.items():
         record = TensorRecord(name, SKIPPED, list(tensor.shape))
@@ -150,17 +162,37 @@ def warm_start(model: nn.Module, family: ModelFamily, symbols: SymbolTable, sour
             record.status = REMAPPED if shared else SKIPPED
             record.detail = (f"{shared} of {len(symbols)} symbol rows copied by symbol, "
                              f"{len(symbols) - shared} fresh")
+            if name in learnable and bool(theirs.any()):
+                report.transferred += shared * tensor[0].numel()
         elif theirs.shape == tensor.shape:
             new_state[name] = theirs.to(tensor)
             record.status = LOADED
+            if name in learnable and bool(theirs.any()):  # counters are buffers; an all-zero tensor teaches nothing
+                report.transferred += tensor.numel()
         else:
             record.detail = f"shape mismatch: source {'x'.join(map(str, theirs.shape))}"
     report.unused = sorted(set(source.state_dict) - set(state))
-    if not any(t.status in (LOADED, REMAPPED) for t in report.tensors):
-        raise WarmStartError(f"{source.path}: no tensor of the checkpoint fits this model (sizes or names all "
-                             f"differ, or train.init_ignore excludes everything)")
+    if report.transferred == 0 or report.share < min_share:
+        raise WarmStartError(_too_little(report, source, min_share))
     model.load_state_dict({**state, **new_state})
     return report
+
+
+def _too_little(report: InitReport, source: WeightSource, min_share: float) -> str:
+    """Why a warm start that would bring too few learned values is refused, in one line."""
+    came = [t.name for t in report.tensors if t.status in (LOADED, REMAPPED)]
+    mismatched = sum(1 for t in report.tensors if t.detail.startswith("shape mismatch"))
+    absent = sum(1 for t in report.tensors if t.detail.startswith("not in the source"))
+    ignored = sum(1 for t in report.tensors if t.detail.startswith("ignored"))
+    shown = ", ".join(came[:4]) + (f" and {len(came) - 4} more" if len(came) > 4 else "") if came else "nothing"
+    amount = (f"no learned value of the checkpoint fits this model (0 of {report.parameters:,} parameters)"
+              if not report.transferred else
+              f"only {report.transferred:,} of {report.parameters:,} parameters ({report.share:.1%}) would come "
+              f"across, below train.init_min_share={min_share:g}")
+    return (f"{source.path}: {amount} (matched: {shown}; not: {mismatched} shape mismatches, {absent} not in the "
+            f"source, {ignored} ignored); check train.init_ignore, or the model sizes differ from the source's (an "
+            "NVIDIA checkpoint has the tacotron2 preset's: --set preset=tacotron2)"
+            + ("; or set train.init_min_share=0 to start from what matches" if report.transferred else ""))
 
 
 def convention_warnings(source: WeightSource, config: Config) -> list[str]:
@@ -184,6 +216,6 @@ def convention_warnings(source: WeightSource, config: Config) -> list[str]:
 def init_from(model: nn.Module, family: ModelFamily, symbols: SymbolTable, config: Config) -> InitReport:
     """The warm start ``train.init_from`` asks for, with its convention warnings."""
     source = read_source(config.train.init_from, family)
-    report = warm_start(model, family, symbols, source, config.train.init_ignore)
+    report = warm_start(model, family, symbols, source, config.train.init_ignore, config.train.init_min_share)
     report.warnings = convention_warnings(source, config)
     return report

@@ -41,7 +41,7 @@ from matplotlib.ticker import MaxNLocator
 from optuna.trial import FrozenTrial, TrialState
 
 from ..config import ConfigError, build_config, is_finite_number, redact_url, to_yaml
-from ..files import write_atomic
+from ..files import check_output_file, write_atomic
 from ..study.storage import StudyTrials, open_study_readonly, outcome_of, storage_url, study_trials
 from ..watch.previews import latest_preview
 from ..watch.text import fmt
@@ -429,7 +429,8 @@ def build_report(study: optuna.Study, out: Path, storage: str | None = None) -> 
 
 
 def write_report(study: str, storage: str | None, out: str | Path) -> int:
-    """``report``: the report of an existing study written to ``out``."""
+    """``report``: the report of an existing study written to ``out`` (an earlier report there is replaced)."""
+    check_output_file(out, replace=True)
     path = build_report(open_study_readonly(study, storage), Path(out), storage=storage_url(study, storage))
     print(f"wrote {path}", file=sys.stdout)
     return 0

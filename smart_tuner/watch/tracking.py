@@ -29,7 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from ..config import flatten, is_finite_number, redact_url
+from ..config import flatten, is_finite_number, redact_text, redact_url
 from ..errors import UserError
 from ..files import write_atomic
 from ..hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
@@ -360,7 +360,7 @@ def open_tracking(tracking_uri: str | None) -> MlflowClient:
         client.search_experiments(max_results=1)
     except Exception as exc:
         raise TrackingError(f"MLflow tracking store {redact_url(uri)}: cannot use it ({type(exc).__name__}: "
-                            f"{redact_url(str(exc).splitlines()[0] if str(exc) else '')[:200]}); pass a working "
+                            f"{redact_text(str(exc).splitlines()[0] if str(exc) else '', uri)[:200]}); pass a working "
                             "--tracking-uri, or set tracking.enabled=false") from None
     return client
 

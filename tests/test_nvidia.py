@@ -16,7 +16,7 @@ from smart_tuner.data.text import SymbolTable
 from smart_tuner.tts import build_family
 from smart_tuner.tts.inference import load_for_inference
 from smart_tuner.tts.nvidia import symbol_table as nvidia_symbol_table
-from smart_tuner.tts.warm_start import read_source, warm_start
+from smart_tuner.tts.warm_start import WarmStartError, read_source, warm_start
 
 from .conftest import tiny_config
 
@@ -157,6 +157,47 @@ def test_other_files_are_refused_with_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error:") and "not an NVIDIA Tacotron 2 checkpoint" in err[0]
     assert cli.main(["convert", "nvidia", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "o.pt")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_init_from_an_nvidia_file_into_the_demo_preset_is_refused_naming_what_matched(nvidia_files):
+    """Issue 22, row 8: into the demo preset only counters, the zero v bias and a few small tensors would fit;
+    that is no warm start, and the error says what matched and what did not (unless the user lowers the share)."""
+    _, files = nvidia_files
+    config = build_config({"preset": "demo", "data": {"mel_standardize": False, "cleaner": "english"}})
+    family = build_family(config)
+    symbols = SymbolTable.from_texts(["hello, world!"])
+    model = family.build(len(symbols))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(WarmStartError) as caught:
+        warm_start(model, family, symbols, read_source(files["nvidia"], family), min_share=0.5)
+    message = str(caught.value)
+    assert "\n" not in message and "parameters (0.0%) would come across, below train.init_min_share=0.5" in message
+    assert "71 shape mismatches" in message and "--set preset=tacotron2" in message, message
+    assert "num_batches_tracked" not in message, message  # counters are no learned value
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing loaded
+    # The report counts parameters, not tensors: what the full preset takes from the same file.
+    big = build_family(build_config({"preset": "tacotron2", "data": {"mel_standardize": False}}))
+    report = warm_start(big.build(N_SYMBOLS), big, nvidia_symbol_table(), read_source(files["nvidia"], big),
+                        min_share=0.5)
+    assert report.parameters == 28_193_154 and report.transferred == 28_193_153  # all but the zero v bias
+    assert report.to_dict()["parameters"] == {"transferred": 28_193_153, "total": 28_193_154}
+
+
+def test_convert_refuses_a_checkpoint_with_nan_weights_or_a_missing_tensor(nvidia_files, tmp_path, capsys):
+    """Issue 22, rows 16 and 17: one line naming the tensor, nothing written."""
+    state, _ = nvidia_files
+    broken, out = tmp_path / "nan.pt", tmp_path / "out.pt"
+    torch.save({"state_dict": {**state, "decoder.decoder_rnn.weight_hh": torch.full((4096, 1024), float("nan"))}},
+               broken)
+    assert cli.main(["convert", "nvidia", str(broken), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hold NaN or inf (first: decoder.decoder_rnn.weight_hh)" in err[0], err
+    assert not out.exists()
+    torch.save({"state_dict": {k: v for k, v in state.items() if k != "encoder.lstm.weight_hh_l0"}}, broken)
+    assert cli.main(["convert", "nvidia", str(broken), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no tensor 'encoder.lstm.weight_hh_l0'" in err[0], err
+    assert not out.exists()
 
 
 def test_english_cleaning_reads_numbers_and_abbreviations():

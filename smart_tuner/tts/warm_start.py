@@ -147,6 +147,7 @@ def warm_start(model: nn.Module, family: ModelFamily, symbols: SymbolTable, sour
     state = model.state_dict()
     learnable = {n: p.numel() for n, p in model.named_parameters()}
     report.parameters = sum(learnable.values())
+    learned = []  # the parameters that bring learned values
     new_state = {}
     for name, tensor in state.items():
         record = TensorRecord(name, SKIPPED, list(tensor.shape))
@@ -164,23 +165,25 @@ def warm_start(model: nn.Module, family: ModelFamily, symbols: SymbolTable, sour
                              f"{len(symbols) - shared} fresh")
             if name in learnable and bool(theirs.any()):
                 report.transferred += shared * tensor[0].numel()
+                learned.append(name)
         elif theirs.shape == tensor.shape:
             new_state[name] = theirs.to(tensor)
             record.status = LOADED
             if name in learnable and bool(theirs.any()):  # counters are buffers; an all-zero tensor teaches nothing
                 report.transferred += tensor.numel()
+                learned.append(name)
         else:
             record.detail = f"shape mismatch: source {'x'.join(map(str, theirs.shape))}"
     report.unused = sorted(set(source.state_dict) - set(state))
     if report.transferred == 0 or report.share < min_share:
-        raise WarmStartError(_too_little(report, source, min_share))
+        raise WarmStartError(_too_little(report, source, min_share, learned))
     model.load_state_dict({**state, **new_state})
     return report
 
 
-def _too_little(report: InitReport, source: WeightSource, min_share: float) -> str:
-    """Why a warm start that would bring too few learned values is refused, in one line."""
-    came = [t.name for t in report.tensors if t.status in (LOADED, REMAPPED)]
+def _too_little(report: InitReport, source: WeightSource, min_share: float, came: list[str]) -> str:
+    """Why a warm start that would bring too few learned values (``came``: the parameters that would) is refused,
+    in one line."""
     mismatched = sum(1 for t in report.tensors if t.detail.startswith("shape mismatch"))
     absent = sum(1 for t in report.tensors if t.detail.startswith("not in the source"))
     ignored = sum(1 for t in report.tensors if t.detail.startswith("ignored"))

@@ -65,7 +65,8 @@ def test_the_generator_sees_a_changed_default_bound_or_comment(tmp_path, monkeyp
     package = tmp_path / "config_copy"
     package.mkdir()
     (package / "__init__.py").write_text("", encoding="utf-8")
-    shutil.copy(ROOT / "smart_tuner" / "errors.py", package / "errors.py")
+    for module in ("errors.py", "seeds.py"):  # what config.py imports
+        shutil.copy(ROOT / "smart_tuner" / module, package / module)
     source = (ROOT / "smart_tuner" / "config.py").read_text(encoding="utf-8")
     changes = [
         ("lr: float = setting(1e-3, gt=0)", "lr: float = setting(2e-3, gt=0)"),

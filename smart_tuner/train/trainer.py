@@ -190,9 +190,7 @@ class Trainer:
         """``last.pt`` where the run ended (a completed run wrote it at its last evaluation), the hooks told, the
         directory and the cores left."""
         try:
-            if not whole:
-                # A rank is gone: this rank's state lacks the others' (their RNG streams), so last.pt stays the last
-                # checkpoint every rank wrote, and a restarted or resumed group continues exactly from there.
+            if not whole:  # a rank is gone: last.pt stays the last checkpoint with every rank's state (RNG)
                 reason = f"{reason}; {self.run.intact()}, the last one every rank wrote"
             elif status != "completed" and not reason.startswith("no space left"):
                 try:

@@ -25,10 +25,11 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import worker_pool
 
 from smart_tuner.adapters import build_adapters
 from smart_tuner.config import load_config_file
@@ -107,7 +108,7 @@ def main() -> None:
         target = [f"data.demo_lang={args.target_lang}", f"data.demo_size={args.target_size}",
                   f"train.max_steps={args.steps}", *args.set]
         runs: dict[str, list[Evaluations]] = {"scratch": [], "warm": []}
-        with ProcessPoolExecutor(args.jobs) as pool:
+        with worker_pool(args.jobs) as pool:
             futures = []
             for seed in range(args.seeds):
                 for arm in ("scratch", "warm"):  # alternating, so both arms see the same machine load

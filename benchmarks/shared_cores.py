@@ -29,6 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness import die_with_parent
+
 from smart_tuner.config import build_config, merge, parse_set_overrides
 from smart_tuner.cores import machine_cores
 
@@ -53,7 +55,7 @@ def run_together(args: argparse.Namespace, threads: int, count: int, workdir: Pa
                 "--workdir", str(workdir), "--preset", args.preset, "--steps", str(args.steps),
                 "--warmup", str(args.warmup)] + [x for item in args.set for x in ("--set", item)]
         env = {**os.environ, "SMART_TUNER_CORE_SHARE": str(env_share)}
-        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env))
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env, preexec_fn=die_with_parent))
     results = []
     for p in procs:
         out, _ = p.communicate()

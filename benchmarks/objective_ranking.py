@@ -1,38 +1,48 @@
-"""Does a study's value rank trials as they synthesize? The old objective against the new one, on a finished study.
+"""Does a study's value rank trials as they synthesize? The old objective against the new one, on finished studies.
 
-Usage: python benchmarks/objective_ranking.py --study NAME [--storage URL] [--sentences 16] [--threads 2]
+Usage: python benchmarks/objective_ranking.py --study NAME [--study NAME ...] [--storage URL] [--sentences 16]
+                                              [--held-out-seed 4321] [--seed 0] [--threads 2] [--out FILE.json]
 
-For every trial that left a checkpoint (last.pt, the state of its last evaluation; else best.pt), the first
---sentences validation sentences of its corpus are decoded free-running from their text alone (as `synthesize`
-does). Two errors are measured without any attention metric: the DTW error, each predicted mel compared with the
-recording's by dynamic time warping (the mean Euclidean distance per frame pair along the cheapest monotonic path,
-in normalized log-mel units, divided by the two lengths' sum), and the length error, the mean |log(predicted frames
-/ recorded frames)|. DTW warps any output onto the recording, so a babble that never finds the text can still score
-well on it; the length error sees what DTW forgives (a decoder that never stops). The trial's last evaluation gives
-its value under two formulas (smart_tuner.study.space.ObjectiveFormula): the old one (teacher-forced diagonality, no
-stop term) and the new one (the worse of teacher-forced and free-running diagonality, plus 0.5 x (1 - free-running
-stop rate)). Prints the table and Spearman's rank correlation of each value with each error: 1 means the value
-orders the trials exactly as they synthesize.
+For every trial that left a checkpoint (last.pt, the state of its last evaluation; else best.pt), --sentences
+held-out sentences are decoded free-running from their text alone (as `synthesize` does), seeded (``--seed``:
+the prenet's dropout stays on). Held out means disjoint from everything training saw or evaluated: they come
+from a demo corpus of the trial's language and words per utterance built with another seed
+(``--held-out-seed``), less any text the training corpus also holds; their mels are normalized with the
+checkpoint's own statistics. Two errors are measured without any attention metric: the DTW error, each predicted
+mel compared with the recording's by dynamic time warping (the mean Euclidean distance per frame pair along the
+cheapest monotonic path, in normalized log-mel units, divided by the two lengths' sum), and the length error, the
+mean |log(predicted frames / recorded frames)|. DTW warps any output onto the recording, so a babble that never
+finds the text can still score well on it; the length error sees what DTW forgives (a decoder that never stops).
+The trial's last evaluation gives its value under two formulas (smart_tuner.study.space.ObjectiveFormula): the old
+one (teacher-forced diagonality, no stop term) and the new one (the worse of teacher-forced and free-running
+diagonality, plus 0.5 x (1 - free-running stop rate)). Per study: the table, and Spearman's rank correlation of
+each value with each error with a 95% bootstrap interval over the trials (1 means the value orders the trials
+exactly as they synthesize).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
+from harness import provenance, write_results
 from scipy.stats import spearmanr
 
-from smart_tuner.data.dataset import Collate, prepare_data
+from smart_tuner.config import build_config, merge
+from smart_tuner.data.dataset import Collate, MelTextDataset, prepare_data
+from smart_tuner.data.demo import build_demo_corpus
 from smart_tuner.hooks import current_metric_names
 from smart_tuner.study.space import ObjectiveFormula
 from smart_tuner.study.storage import open_study_readonly
-from smart_tuner.tts.inference import load_for_inference
+from smart_tuner.tts.inference import LoadedModel, load_for_inference
 
 OLD = ObjectiveFormula(alignment="teacher_forced", stop_penalty=0.0)  # the default until 2026-11-29
 NEW = ObjectiveFormula(alignment="worse", stop_penalty=0.5)  # the default since 2026-11-29
@@ -51,15 +61,38 @@ def dtw_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(acc[n, m] / (n + m))
 
 
+def held_out(loaded: LoadedModel, count: int, seed: int, folder: Path) -> MelTextDataset:
+    """``count`` utterances training never saw: a demo corpus of the checkpoint's language and word range built
+    with ``seed``, less the texts of the training corpus and any the symbol table cannot read."""
+    data = loaded.config.data
+    if data.corpus:
+        raise SystemExit(f"held-out sentences come from the demo corpus; this study trained on {data.corpus}")
+    out = folder / f"held-out-{data.demo_lang}-{data.demo_words[0]}-{data.demo_words[1]}-{seed}"
+    corpus = build_demo_corpus(out, lang=data.demo_lang, size=4 * count, seed=seed, words=tuple(data.demo_words))
+    training = prepare_data(loaded.config)
+    trained = set(training.train.texts) | set(training.val.texts)
+    config = build_config(merge(loaded.config.to_dict(), {"data": {"corpus": str(corpus), "val_size": 2,
+                                                                   "cache_dir": str(out / "cache")}}))
+    prepared = prepare_data(config)
+    rows = [(d, i) for d in (prepared.train, prepared.val) for i in range(len(d))
+            if d.texts[i] not in trained and not loaded.symbols.missing(d.texts[i])][:count]
+    if len(rows) < count:
+        raise SystemExit(f"only {len(rows)} held-out sentences; raise the held-out corpus size")
+    return MelTextDataset([d.ids[i] for d, i in rows], [d.texts[i] for d, i in rows],
+                          [d.mel_paths[i] for d, i in rows], [d.frames[i] for d, i in rows], loaded.symbols,
+                          loaded.stats)
+
+
 @torch.no_grad()
-def synthesis_error(checkpoint: Path, sentences: int) -> tuple[float, float]:
-    """(DTW error, length error): the mean DTW distance, and the mean |log(predicted frames / recorded frames)| (a
-    decoder that never stops runs to twice the batch's longest recording). DTW warps any output onto the recording,
-    so a babble that never finds the text can still score well on it; the length error sees what DTW forgives."""
+def synthesis_error(checkpoint: Path, sentences: int, held_out_seed: int, seed: int,
+                    folder: Path) -> tuple[float, float]:
+    """(DTW error, length error) on held-out sentences: the mean DTW distance, and the mean |log(predicted frames
+    / recorded frames)| (a decoder that never stops runs to twice the batch's longest recording)."""
     loaded = load_for_inference(checkpoint)
-    data = prepare_data(loaded.config)
+    data = held_out(loaded, sentences, held_out_seed, folder)
     collate = Collate(loaded.symbols.pad_id, loaded.stats.pad_value, loaded.family.frames_multiple)
-    batch = collate([data.val[i] for i in range(min(sentences, len(data.val)))])
+    batch = collate([data[i] for i in range(len(data))])
+    torch.manual_seed(seed)
     out = loaded.family.synthesize(loaded.model, batch.text, batch.text_lengths, max_frames=2 * batch.mel.shape[-1])
     errors, lengths = [], []
     for i in range(len(batch)):
@@ -70,15 +103,26 @@ def synthesis_error(checkpoint: Path, sentences: int) -> tuple[float, float]:
     return float(np.mean(errors)), float(np.mean(lengths))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--study", required=True)
-    parser.add_argument("--storage", help="default studies/<study>.db")
-    parser.add_argument("--sentences", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    study = open_study_readonly(args.study, args.storage)
+def spearman_interval(values: list[float], truth: list[float], rounds: int = 2000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """Spearman's correlation and a 95% percentile-bootstrap interval over the trials (resamples in which either
+    side is constant have no correlation and are left out)."""
+    rng = random.Random(seed)
+    point = float(spearmanr(values, truth).statistic)
+    draws = []
+    for _ in range(rounds):
+        picked = [rng.randrange(len(values)) for _ in values]
+        a, b = [values[i] for i in picked], [truth[i] for i in picked]
+        if len(set(a)) > 1 and len(set(b)) > 1:
+            draws.append(float(spearmanr(a, b).statistic))
+    draws.sort()
+    if not draws:
+        return point, float("nan"), float("nan")
+    return point, draws[int(0.025 * len(draws))], draws[max(int(0.975 * len(draws)) - 1, 0)]
+
+
+def rank_study(name: str, args: argparse.Namespace, folder: Path) -> dict:
+    study = open_study_readonly(name, args.storage)
     rows = []
     for trial in study.get_trials(deepcopy=False):
         run_dir = Path(trial.user_attrs.get("run_dir", ""))
@@ -87,23 +131,48 @@ def main() -> None:
         if checkpoint is None or not (run_dir / "metrics.jsonl").is_file():
             continue
         last = current_metric_names(json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1]))
+        error, length = synthesis_error(checkpoint, args.sentences, args.held_out_seed, args.seed, folder)
         rows.append({"trial": trial.number, "state": trial.state.name, "step": last["step"],
                      "old": OLD.value(last["val_postnet"], last), "new": NEW.value(last["val_postnet"], last),
                      "tf": last["diagonality"], "fr": last["free_running_diagonality"],
-                     "stop": last["free_running_stop_rate"],
-                     **dict(zip(("error", "length"), synthesis_error(checkpoint, args.sentences)))})
+                     "stop": last["free_running_stop_rate"], "error": error, "length": length})
         r = rows[-1]
-        print(f"trial {r['trial']:3d} {r['state']:8s} step {r['step']:5d}: old {r['old']:.3f}  new {r['new']:.3f}  "
-              f"diagonality {r['tf']:.3f} / free-running {r['fr']:.3f}, stop rate {r['stop']:.2f}  "
+        print(f"{name} trial {r['trial']:3d} {r['state']:8s} step {r['step']:5d}: old {r['old']:.3f}  new "
+              f"{r['new']:.3f}  diagonality {r['tf']:.3f} / free-running {r['fr']:.3f}, stop rate {r['stop']:.2f}  "
               f"DTW error {r['error']:.3f}, length error {r['length']:.3f}", flush=True)
     if len(rows) < 3:
-        raise SystemExit(f"{len(rows)} trial(s) with a checkpoint: too few to rank")
-    print(f"\n{len(rows)} trials of study {args.study}; Spearman rank correlation of each value with")
-    for measure in ("error", "length"):
+        raise SystemExit(f"study {name}: {len(rows)} trial(s) with a checkpoint, too few to rank")
+    result: dict = {"study": name, "trials": rows, "spearman": {}}
+    print(f"\n{len(rows)} trials of study {name}; Spearman rank correlation of each value with")
+    for measure, label in (("error", "DTW"), ("length", "length")):
         truth = [r[measure] for r in rows]
-        old = spearmanr([r["old"] for r in rows], truth).statistic
-        new = spearmanr([r["new"] for r in rows], truth).statistic
-        print(f"  the {'DTW' if measure == 'error' else 'length'} error: old value {old:.3f}, new value {new:.3f}")
+        result["spearman"][label] = {}
+        parts = []
+        for formula in ("old", "new"):
+            point, low, high = spearman_interval([r[formula] for r in rows], truth)
+            result["spearman"][label][formula] = {"rho": point, "low": low, "high": high}
+            parts.append(f"{formula} value {point:.3f} [{low:.3f}, {high:.3f}]")
+        print(f"  the {label} error: {', '.join(parts)}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", action="append", required=True, help="a finished study (repeat for several)")
+    parser.add_argument("--storage", help="default studies/<study>.db")
+    parser.add_argument("--sentences", type=int, default=16)
+    parser.add_argument("--held-out-seed", type=int, default=4321, help="the held-out demo corpus's seed")
+    parser.add_argument("--seed", type=int, default=0, help="torch's seed before each trial's synthesis")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="the results (JSON, with the commit and the command)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = {"provenance": provenance(), "sentences": args.sentences, "held_out_seed": args.held_out_seed,
+               "seed": args.seed, "studies": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.study:
+            results["studies"].append(rank_study(name, args, Path(tmp)))
+            write_results(args.out, results)
 
 
 if __name__ == "__main__":

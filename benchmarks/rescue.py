@@ -204,7 +204,7 @@ def rate(rows: list[dict]) -> str:
     return f"{k}/{n} ({k / max(n, 1):.0%}, 95% interval {low:.0%}-{high:.0%})"
 
 
-def print_table(results: list[dict], starts: list[str], seeds: int) -> None:
+def print_table(results: list[dict], starts: list[str]) -> None:
     print(f"\n{'start':<22}{'budget':>7}{'off: tf / free':>18}{'on: tf / free':>17}  on: steps to free-running")
     for name in starts:
         off = [r for r in results if r["start"] == name and not r["adapters"]]
@@ -267,7 +267,7 @@ def main() -> None:
                 write_results(args.out, results)
     print(f"\n{args.config} (demo preset), seeds 0-{args.seeds - 1}, target free-running diagonality {TARGET}, "
           f"{args.jobs} jobs x {args.threads} threads, {time.perf_counter() - began:.0f} s")
-    print_table(runs, args.starts, args.seeds)
+    print_table(runs, args.starts)
     for name in args.starts:
         print(f"  {name}: {STARTS[name].why} [{STARTS[name].source}]")
     for r in runs:

@@ -20,7 +20,6 @@ Usage: python benchmarks/study_efficiency.py [--seeds 8] [--max-trials 24] [--to
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -41,8 +40,8 @@ from smart_tuner.study.space import load_objective
 from smart_tuner.study.workers import optimize
 from smart_tuner.train.runner import run_training
 
-NO_ADAPTERS = [f"adapters.{f.name}.enabled=false" for f in dataclasses.fields(AdaptersConfig)
-               if hasattr(getattr(AdaptersConfig(), f.name), "enabled")]
+NO_ADAPTERS = [f"adapters.{name}.enabled=false" for name, section in vars(AdaptersConfig()).items()
+               if hasattr(section, "enabled")]
 # Counting steps needs no MLflow runs (and parallel studies would share the repository's store).
 NO_TRACKING = ["tracking.enabled=false"]
 ARMS = {

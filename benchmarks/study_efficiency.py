@@ -1,17 +1,25 @@
 """How many training steps does a study spend before one of its trials is good? Three arms, honest about adapters.
 
-"Good": at some evaluation, validation diagonality >= 0.8 and validation loss <= (1 + tolerance) x the final
-validation loss of the reference: the objective file's base config trained once first **without adapters** (the
-threshold a study without adapters can be held to). The adapter-aided reference's loss is reported beside it.
+"Good" (the threshold): validation loss <= (1 + tolerance) x the final validation loss of the reference, the
+objective file's base config trained once first **without adapters** (the threshold a study without adapters can
+be held to; the adapter-aided reference's loss is reported beside it), at an evaluation where
+- **speaks** (the headline, since 2026-12-07): teacher-forced *and* free-running diagonality are >= 0.8, i.e. the
+  trial can synthesize on its own, as the default objective (``alignment: worse``) scores it;
+- **teacher_forced** (the definition until 2026-12-07, reported beside it from the same runs): teacher-forced
+  diagonality >= 0.8 alone. Why it was replaced: in the first run of 2026-12-07 the trials it counted as good had
+  free-running diagonality 0.13-0.18 (they could not speak), and with it half of the random trials were good, so
+  every arm found one in two trials (275 steps in all four studies of that run before it was stopped).
 Arms, each over ``--seeds`` seeds (8 by default; the sampler's seed and the trials' seeds differ per seed):
   (a) TPE + pruning + adapters   (b) TPE + pruning, no adapters at all   (c) random search, no pruning, no adapters
 "No adapters" turns every adapter off (learning rate, guided attention, collapse, gradient health: the list is
 read from the config's adapters section, so a new adapter cannot stay on by mistake). Steps are counted over
-trials in the order they finished, up to the evaluation at which the first good trial became good; a study with
-no good trial in ``--max-trials`` counts all its steps (censored: at least that much; the count is reported). The
-reference trial is not enqueued (it would be good by definition).
-Per arm: the median cost with a 95% bootstrap interval; the ratios of medians a/c and b/c with bootstrap
-intervals, recorded in the results JSON under ``a_over_c`` and ``b_over_c``. Goal: a/c <= 1/3.
+trials in the order they finished, up to the evaluation at which the first good trial became good; a study runs
+until a trial speaks or ``--max-trials``, and one with no good trial counts all its steps (censored: at least
+that much; the count is reported, and a censored arm's median is a lower bound). The reference trial is not
+enqueued (without adapters its loss is the threshold itself).
+Per arm and definition: the median cost with a 95% bootstrap interval; the ratios of medians a/c and b/c with
+bootstrap intervals, recorded in the results JSON under ``a_over_c`` and ``b_over_c`` (speaks) and
+``a_over_c_teacher_forced`` and ``b_over_c_teacher_forced``. Goal: a/c <= 1/3.
 
 Usage: python benchmarks/study_efficiency.py [--seeds 8] [--max-trials 24] [--tolerance 0]
        [--set train.max_steps=150] [--arms abc] [--jobs 2 --threads 1] [--out FILE.json]
@@ -51,18 +59,25 @@ ARMS = {
 }
 
 
-def steps_until_good(study, threshold: float, target: float) -> tuple[int | None, int]:
-    """(steps spent until the first good evaluation, or None; steps spent in all)."""
+DEFINITIONS = {  # which diagonalities must reach the target for an evaluation to be good (see the docstring)
+    "speaks": ("diagonality", "free_running_diagonality"),
+    "teacher_forced": ("diagonality",),
+}
+
+
+def steps_until_good(study, threshold: float, target: float) -> tuple[dict[str, int | None], int]:
+    """({definition: steps spent until its first good evaluation, or None}, steps spent in all)."""
     trials = sorted((t for t in study.get_trials(deepcopy=False) if t.state.is_finished()),
                     key=lambda t: t.datetime_complete)
     spent = 0
-    found = None
+    found: dict[str, int | None] = dict.fromkeys(DEFINITIONS)
     for trial in trials:
         metrics_path = Path(trial.user_attrs.get("run_dir", "")) / "metrics.jsonl"
         evals = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.is_file() else []
-        good = [m["step"] for m in evals if m["diagonality"] >= target and m["val_loss"] <= threshold]
-        if found is None and good:
-            found = spent + good[0]
+        for name, keys in DEFINITIONS.items():
+            good = [m["step"] for m in evals if m["val_loss"] <= threshold and all(m[k] >= target for k in keys)]
+            if found[name] is None and good:
+                found[name] = spent + good[0]
         spent += evals[-1]["step"] if evals else 0
     return found, spent
 
@@ -76,15 +91,18 @@ def one_study(job: tuple) -> dict:
                            storage=f"sqlite:///{tmp}/eff-{arm[0]}-{seed}.db", sampler=sampler, pruner=pruner,
                            seed=seed, trials=1, sets=sets + extra + NO_TRACKING, runs_dir=Path(tmp) / "runs",
                            enqueue_reference=False, threads=threads)
-    found, spent = None, 0
     for _ in range(max_trials):
         study = optimize(options, progress=False)
         found, spent = steps_until_good(study, threshold, target)
-        if found is not None:
+        if found["speaks"] is not None:
             break
     pruned = len(study.get_trials(states=(TrialState.PRUNED,)))
-    return {"arm": arm, "seed": seed, "cost": found if found is not None else spent, "found": found is not None,
-            "trials": len(study.trials), "pruned": pruned}
+    row = {"arm": arm, "seed": seed, "trials": len(study.trials), "pruned": pruned, "spent": spent}
+    for name, steps in found.items():
+        suffix = "" if name == "speaks" else f"_{name}"
+        row[f"cost{suffix}"] = steps if steps is not None else spent
+        row[f"found{suffix}"] = steps is not None
+    return row
 
 
 def median_interval(values: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -103,10 +121,12 @@ def ratio_interval(top: list[float], bottom: list[float], rounds: int = 2000, se
             "low": ratios[int(0.025 * rounds)], "high": ratios[int(0.975 * rounds) - 1]}
 
 
-def reference_loss(spec, sets: list[str], threads: int, folder: Path) -> tuple[float, float, int]:
+def reference_run(spec, sets: list[str], threads: int, folder: Path) -> dict:
     config = build_config(merge(spec.config, parse_set_overrides(sets + [f"train.num_threads={threads}"])))
     result = run_training(config, folder, progress=False)
-    return result.last_eval.val_loss, result.last_eval.diagonality, result.step
+    last = result.last_eval
+    return {"val_loss": last.val_loss, "diagonality": last.diagonality,
+            "free_running_diagonality": last.free_running_diagonality, "steps": result.step}
 
 
 def main() -> None:
@@ -129,15 +149,17 @@ def main() -> None:
     results: dict = {"provenance": provenance(), "target": args.target, "tolerance": args.tolerance,
                      "max_trials": args.max_trials, "studies": []}
     with tempfile.TemporaryDirectory() as tmp:
-        plain, plain_diag, steps = reference_loss(spec, args.set + NO_ADAPTERS, threads, Path(tmp) / "reference")
-        aided, aided_diag, _ = reference_loss(spec, args.set, threads, Path(tmp) / "reference-adapters")
-        threshold = plain * (1.0 + args.tolerance)
-        results["reference"] = {"no_adapters": {"val_loss": plain, "diagonality": plain_diag},
-                                "adapters": {"val_loss": aided, "diagonality": aided_diag}, "steps": steps,
-                                "threshold": threshold}
-        print(f"reference without adapters: final validation loss {plain:.4f}, diagonality {plain_diag:.3f} after "
-              f"{steps} steps (with adapters: {aided:.4f}, {aided_diag:.3f}); good: diagonality >= {args.target} "
-              f"and validation loss <= {threshold:.4f}", flush=True)
+        plain = reference_run(spec, args.set + NO_ADAPTERS, threads, Path(tmp) / "reference")
+        aided = reference_run(spec, args.set, threads, Path(tmp) / "reference-adapters")
+        threshold = plain["val_loss"] * (1.0 + args.tolerance)
+        results["reference"] = {"no_adapters": plain, "adapters": aided, "threshold": threshold,
+                                "threshold_adapters": aided["val_loss"] * (1.0 + args.tolerance)}
+        for label, ref in (("without adapters", plain), ("with adapters", aided)):
+            print(f"reference {label}: after {ref['steps']} steps validation loss {ref['val_loss']:.4f}, "
+                  f"diagonality {ref['diagonality']:.3f} / free-running {ref['free_running_diagonality']:.3f}")
+        print(f"good: validation loss <= {threshold:.4f} (the adapter-aided threshold would be "
+              f"{results['reference']['threshold_adapters']:.4f}) and diagonality >= {args.target}: teacher-forced "
+              "and free-running (speaks), or teacher-forced alone (teacher_forced)", flush=True)
         # Arms interleaved by seed, so that each sees the same machine load.
         jobs = [(arm, seed, args.objective, args.set, threads, args.max_trials, threshold, args.target, tmp)
                 for seed in range(args.seeds) for arm in ARMS if arm[0] in args.arms]
@@ -145,26 +167,37 @@ def main() -> None:
             for study in pool.map(one_study, jobs):
                 results["studies"].append(study)
                 write_results(args.out, results)
-                print(f"{study['arm']:<26} seed {study['seed']}: "
-                      f"{'good after' if study['found'] else 'no good trial in'} {study['cost']} steps "
-                      f"({study['trials']} trials, {study['pruned']} pruned)", flush=True)
-    costs = {arm: [s["cost"] for s in results["studies"] if s["arm"] == arm] for arm in ARMS if arm[0] in args.arms}
-    results["arms"] = {}
-    for arm, values in costs.items():
-        median, low, high = median_interval(values)
-        censored = sum(not s["found"] for s in results["studies"] if s["arm"] == arm)
-        results["arms"][arm] = {"median": median, "low": low, "high": high, "censored": censored, "costs": values}
-        print(f"{arm:<26} median steps until a good trial: {median:.0f} (95% interval {low:.0f}-{high:.0f}; "
-              f"{censored} of {len(values)} studies found none)")
-    c = costs.get("c: random")
-    for arm, key in (("a: tpe+pruning+adapters", "a_over_c"), ("b: tpe+pruning", "b_over_c")):
-        if c and arm in costs:
-            results[key] = ratio_interval(costs[arm], c)
-            print(f"{key}: {results[key]['ratio']:.3f} (95% interval {results[key]['low']:.3f}-"
-                  f"{results[key]['high']:.3f})")
-    print("goal: a/c <= 0.33; a study with no good trial counts all its steps, so its arm's median is a lower bound")
+                print(f"{study['arm']:<26} seed {study['seed']}: speaks "
+                      f"{'after' if study['found'] else 'in none of'} {study['cost']} steps, teacher-forced "
+                      f"{'after' if study['found_teacher_forced'] else 'in none of'} "
+                      f"{study['cost_teacher_forced']} ({study['trials']} trials, {study['pruned']} pruned)",
+                      flush=True)
+    summarize(results, [arm for arm in ARMS if arm[0] in args.arms])
     write_results(args.out, results)
 
+
+def summarize(results: dict, arms: list[str]) -> None:
+    """Per definition: each arm's median cost with its interval, and the ratios a/c and b/c, into ``results``."""
+    results["arms"] = {}
+    for definition in DEFINITIONS:
+        suffix = "" if definition == "speaks" else f"_{definition}"
+        print(f"\n{definition}:")
+        costs = {}
+        for arm in arms:
+            studies = [s for s in results["studies"] if s["arm"] == arm]
+            costs[arm] = [s[f"cost{suffix}"] for s in studies]
+            median, low, high = median_interval(costs[arm])
+            censored = sum(not s[f"found{suffix}"] for s in studies)
+            results["arms"].setdefault(arm, {})[definition] = {"median": median, "low": low, "high": high,
+                                                               "censored": censored, "costs": costs[arm]}
+            print(f"  {arm:<26} median steps until a good trial: {median:.0f} (95% interval {low:.0f}-{high:.0f}; "
+                  f"{censored} of {len(studies)} studies found none)")
+        c = costs.get("c: random")
+        for arm, key in (("a: tpe+pruning+adapters", "a_over_c"), ("b: tpe+pruning", "b_over_c")):
+            if c and arm in costs:
+                results[key + suffix] = ratio = ratio_interval(costs[arm], c)
+                print(f"  {key}: {ratio['ratio']:.3f} (95% interval {ratio['low']:.3f}-{ratio['high']:.3f})")
+    print("goal: a/c <= 0.33; a study with no good trial counts all its steps, so its arm's median is a lower bound")
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,13 @@ The trial's last evaluation gives its value under two formulas (smart_tuner.stud
 one (teacher-forced diagonality, no stop term) and the new one (the worse of teacher-forced and free-running
 diagonality, plus 0.5 x (1 - free-running stop rate)). Per study: the table, and Spearman's rank correlation of
 each value with each error with a 95% bootstrap interval over the trials (1 means the value orders the trials
-exactly as they synthesize).
+exactly as they synthesize), and the difference new - old with a paired-bootstrap interval.
+
+The rule for the default objective (issue 21, item 4; written 2026-12-07 before the run on the three studies, after
+a check run on the first of them): the default (``alignment: worse``, ``stop_penalty: 0.5``) changes to the old
+formula only if, in at least two of the studies, the difference new - old is negative with its interval below 0 for
+at least one error and above 0 for neither; otherwise it stays (the data then do not show the old formula ranking
+trials better as they synthesize, and synthesis needs free-running alignment and a stop).
 """
 
 from __future__ import annotations
@@ -121,6 +127,24 @@ def spearman_interval(values: list[float], truth: list[float], rounds: int = 200
     return point, draws[int(0.025 * len(draws))], draws[max(int(0.975 * len(draws)) - 1, 0)]
 
 
+def difference_interval(first: list[float], second: list[float], truth: list[float], rounds: int = 2000,
+                        seed: int = 0) -> tuple[float, float, float]:
+    """Spearman(second, truth) - Spearman(first, truth) and a 95% paired-bootstrap interval: both values are
+    correlated on the same resampled trials, so the interval is that of the difference, not of either alone."""
+    rng = random.Random(seed)
+    point = float(spearmanr(second, truth).statistic - spearmanr(first, truth).statistic)
+    draws = []
+    for _ in range(rounds):
+        picked = [rng.randrange(len(truth)) for _ in truth]
+        a, b, t = [first[i] for i in picked], [second[i] for i in picked], [truth[i] for i in picked]
+        if len(set(a)) > 1 and len(set(b)) > 1 and len(set(t)) > 1:
+            draws.append(float(spearmanr(b, t).statistic - spearmanr(a, t).statistic))
+    draws.sort()
+    if not draws:
+        return point, float("nan"), float("nan")
+    return point, draws[int(0.025 * len(draws))], draws[max(int(0.975 * len(draws)) - 1, 0)]
+
+
 def rank_study(name: str, args: argparse.Namespace, folder: Path) -> dict:
     study = open_study_readonly(name, args.storage)
     rows = []
@@ -152,7 +176,9 @@ def rank_study(name: str, args: argparse.Namespace, folder: Path) -> dict:
             point, low, high = spearman_interval([r[formula] for r in rows], truth)
             result["spearman"][label][formula] = {"rho": point, "low": low, "high": high}
             parts.append(f"{formula} value {point:.3f} [{low:.3f}, {high:.3f}]")
-        print(f"  the {label} error: {', '.join(parts)}")
+        point, low, high = difference_interval([r["old"] for r in rows], [r["new"] for r in rows], truth)
+        result["spearman"][label]["new_minus_old"] = {"difference": point, "low": low, "high": high}
+        print(f"  the {label} error: {', '.join(parts)}; new - old {point:+.3f} [{low:+.3f}, {high:+.3f}]")
     return result
 
 

@@ -112,8 +112,8 @@ class ReuseError(SystemExit):
     """``--reuse`` of a file the benchmark must not take runs from; exits with its message."""
 
 
-def reused_runs(path: Path | None, other_commit: bool = False) -> list[dict]:
-    """The runs of an earlier results file (``{"provenance": ..., "runs": [...]}``), made by this commit, or by any
+def reused_runs(path: Path | None, other_commit: bool = False, key: str = "runs") -> list[dict]:
+    """The runs of an earlier results file (``{"provenance": ..., key: [...]}``), made by this commit, or by any
     with ``other_commit``. A file without provenance (written before it was recorded) counts as another commit."""
     if path is None:
         return []
@@ -122,7 +122,7 @@ def reused_runs(path: Path | None, other_commit: bool = False) -> list[dict]:
     except (OSError, ValueError) as exc:
         raise ReuseError(f"--reuse {path}: cannot read it as a results file ({exc})") from None
     made_by = data.get("provenance", {}).get("commit") if isinstance(data, dict) else None
-    runs = data.get("runs", []) if isinstance(data, dict) else data
+    runs = data.get(key, []) if isinstance(data, dict) else data
     here = current_commit()
     if made_by != here and not other_commit:
         raise ReuseError(f"--reuse {path}: its runs were made by commit {made_by or 'unrecorded'}, this is {here}; "

@@ -28,6 +28,7 @@ bootstrap intervals, recorded in the results JSON under ``a_over_c`` and ``b_ove
 
 Usage: python benchmarks/study_efficiency.py [--seeds 8] [--max-trials 24] [--tolerance 0]
        [--set train.max_steps=150] [--arms abcde] [--jobs 2 --threads 1] [--out FILE.json]
+       [--reuse EARLIER.json [--reuse-other-commit]]
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import provenance, worker_pool, write_results
+from harness import provenance, reused_runs, worker_pool, write_results
 from optuna.trial import TrialState
 
 from smart_tuner.config import AdaptersConfig, build_config, merge, parse_set_overrides
@@ -150,12 +151,15 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="overrides for every run, e.g. a budget")
     parser.add_argument("--arms", default="abcde", help="which arms to run")
     parser.add_argument("--out", type=Path, help="the results (JSON, with the commit and the command)")
+    parser.add_argument("--reuse", type=Path, help="studies of an earlier --out file of this commit, not run again")
+    parser.add_argument("--reuse-other-commit", action="store_true", help="--reuse studies of another commit too")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     spec = load_objective(args.objective)
     results: dict = {"provenance": provenance(), "target": args.target, "tolerance": args.tolerance,
                      "max_trials": args.max_trials, "studies": []}
+    reused = reused_runs(args.reuse, args.reuse_other_commit, key="studies")  # refused before any training
     with tempfile.TemporaryDirectory() as tmp:
         plain = reference_run(spec, args.set + NO_ADAPTERS, threads, Path(tmp) / "reference")
         aided = reference_run(spec, args.set, threads, Path(tmp) / "reference-adapters")
@@ -168,9 +172,15 @@ def main() -> None:
         print(f"good: validation loss <= {threshold:.4f} (the adapter-aided threshold would be "
               f"{results['reference']['threshold_adapters']:.4f}) and diagonality >= {args.target}: teacher-forced "
               "and free-running (speaks), or teacher-forced alone (teacher_forced)", flush=True)
+        check_comparable(args, threshold)
+        if args.reuse:
+            results["reused_from"] = str(args.reuse)
+        results["studies"] = [s for s in reused if s["seed"] < args.seeds and s["arm"][0] in args.arms]
+        done = {(s["arm"], s["seed"]) for s in results["studies"]}
         # Arms interleaved by seed, so that each sees the same machine load.
         jobs = [(arm, seed, args.objective, args.set, threads, args.max_trials, threshold, args.target, tmp)
-                for seed in range(args.seeds) for arm in ARMS if arm[0] in args.arms]
+                for seed in range(args.seeds) for arm in ARMS if arm[0] in args.arms and (arm, seed) not in done]
+        print(f"{len(results['studies'])} studies reused from {args.reuse}, {len(jobs)} to run", flush=True)
         with worker_pool(args.jobs) as pool:
             for study in pool.map(one_study, jobs):
                 results["studies"].append(study)
@@ -182,6 +192,18 @@ def main() -> None:
                       flush=True)
     summarize(results, [arm for arm in ARMS if arm[0] in args.arms])
     write_results(args.out, results)
+
+
+def check_comparable(args: argparse.Namespace, threshold: float) -> None:
+    """Refuse the studies of ``--reuse`` unless they were counted against the same threshold, target and cap."""
+    if args.reuse:
+        earlier = json.loads(args.reuse.read_text())
+        same = {"threshold": abs(earlier.get("reference", {}).get("threshold", -1.0) - threshold) < 1e-9,
+                "max_trials": earlier.get("max_trials") == args.max_trials, "target": earlier.get("target") ==
+                args.target}
+        if not all(same.values()):
+            raise SystemExit(f"--reuse {args.reuse}: its {', '.join(k for k, v in same.items() if not v)} differ "
+                             "from this run's; its studies are not comparable")
 
 
 def summarize(results: dict, arms: list[str]) -> None:

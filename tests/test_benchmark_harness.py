@@ -86,6 +86,9 @@ def test_reuse_takes_runs_of_this_commit_only(tmp_path):
     assert harness.reused_runs(old, other_commit=True) == [{"seed": 2}]
     assert harness.reused_runs(None) == []
     assert harness.provenance()["commit"] == here
+    studies = tmp_path / "studies.json"  # study_efficiency keeps its units under "studies"
+    studies.write_text(json.dumps({"provenance": {"commit": here}, "studies": [{"seed": 3}]}))
+    assert harness.reused_runs(studies, key="studies") == [{"seed": 3}]
 
 
 def test_results_are_written_whole(tmp_path):

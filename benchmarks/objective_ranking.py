@@ -1,6 +1,6 @@
 """Does a study's value rank trials as they synthesize? The old objective against the new one, on finished studies.
 
-Usage: python benchmarks/objective_ranking.py --study NAME [--study NAME ...] [--storage URL] [--sentences 16]
+Usage: python benchmarks/objective_ranking.py --study NAME [--study NAME ...] [--storage URL ...] [--sentences 16]
                                               [--held-out-seed 4321] [--seed 0] [--threads 2] [--out FILE.json]
 
 For every trial that left a checkpoint (last.pt, the state of its last evaluation; else best.pt), --sentences
@@ -145,8 +145,8 @@ def difference_interval(first: list[float], second: list[float], truth: list[flo
     return point, draws[int(0.025 * len(draws))], draws[max(int(0.975 * len(draws)) - 1, 0)]
 
 
-def rank_study(name: str, args: argparse.Namespace, folder: Path) -> dict:
-    study = open_study_readonly(name, args.storage)
+def rank_study(name: str, storage: str | None, args: argparse.Namespace, folder: Path) -> dict:
+    study = open_study_readonly(name, storage)
     rows = []
     for trial in study.get_trials(deepcopy=False):
         run_dir = Path(trial.user_attrs.get("run_dir", ""))
@@ -185,19 +185,25 @@ def rank_study(name: str, args: argparse.Namespace, folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", action="append", required=True, help="a finished study (repeat for several)")
-    parser.add_argument("--storage", help="default studies/<study>.db")
+    parser.add_argument("--storage", action="append", default=[],
+                        help="the studies' storage: once for all, or once per --study in their order "
+                             "(default studies/<study>.db)")
     parser.add_argument("--sentences", type=int, default=16)
     parser.add_argument("--held-out-seed", type=int, default=4321, help="the held-out demo corpus's seed")
     parser.add_argument("--seed", type=int, default=0, help="torch's seed before each trial's synthesis")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="the results (JSON, with the commit and the command)")
     args = parser.parse_args()
+    if len(args.storage) > 1 and len(args.storage) != len(args.study):
+        parser.error(f"{len(args.storage)} --storage for {len(args.study)} --study: give one storage for all "
+                     "studies, or one per study in the same order")
+    storages = args.storage if len(args.storage) > 1 else (args.storage or [None]) * len(args.study)
     torch.set_num_threads(args.threads)
     results = {"provenance": provenance(), "sentences": args.sentences, "held_out_seed": args.held_out_seed,
                "seed": args.seed, "studies": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.study:
-            results["studies"].append(rank_study(name, args, Path(tmp)))
+        for name, storage in zip(args.study, storages):
+            results["studies"].append(rank_study(name, storage, args, Path(tmp)))
             write_results(args.out, results)
 
 

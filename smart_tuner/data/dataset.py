@@ -329,6 +329,16 @@ def _symbol_table(config: Config, cache_dir: Path, texts: list[str]) -> SymbolTa
     return table
 
 
+class CacheNotWritable(CorpusError):
+    """The feature cache's folder cannot be written. The message names the config key; a command with its own
+    option for it (``export-mels --cache-dir``) words its hint from ``cache_dir`` and ``why``."""
+
+    def __init__(self, cache_dir: Path, why: str):
+        self.cache_dir, self.why = cache_dir, why
+        super().__init__(f"cannot write the feature cache in {cache_dir}: {why}; set data.cache_dir to a writable "
+                         "directory, e.g. --set data.cache_dir=/tmp/tts-cache")
+
+
 def _open_cache(config: Config, corpus_dir: Path) -> FeatureCache:
     cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else corpus_dir / ".smart_tuner_cache"
     try:
@@ -337,8 +347,7 @@ def _open_cache(config: Config, corpus_dir: Path) -> FeatureCache:
         if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise
         where = "the corpus directory is read-only" if not config.data.cache_dir else "it is not writable"
-        raise CorpusError(f"cannot write the feature cache in {cache_dir}: {where} ({exc.strerror}); set "
-                          "data.cache_dir to a writable directory, e.g. --set data.cache_dir=/tmp/tts-cache") from None
+        raise CacheNotWritable(cache_dir, f"{where} ({exc.strerror})") from None
 
 
 def _measure(corpus: Corpus, cache: FeatureCache, max_frames: int) -> tuple[list, list[int], list[BadLine]]:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from ..data.audio import MelExtractor, wav_bytes
 from ..data.corpus import Utterance, read_corpus
-from ..data.dataset import Collate, features, prepare_data
+from ..data.dataset import CacheNotWritable, Collate, features, prepare_data
 from ..errors import UserError
 from ..files import remove_stale_temporaries, write_atomic
 from .inference import LoadedModel, load_for_inference, pick_device
@@ -98,7 +98,11 @@ def _items(loaded: LoadedModel, corpus: Path, cache_dir: str | None, check_text:
     if not (corpus / "metadata.csv").is_file():
         raise ExportError(f"{corpus}: no metadata.csv; --corpus names an LJSpeech-format corpus directory")
     config = replace(loaded.config, data=replace(loaded.config.data, corpus=str(corpus), cache_dir=cache_dir))
-    prepared = prepare_data(config)
+    try:
+        prepared = prepare_data(config)
+    except CacheNotWritable as exc:
+        raise ExportError(f"cannot write the feature cache in {exc.cache_dir}: {exc.why}; give --cache-dir a "
+                          "writable directory, e.g. --cache-dir /tmp/tts-cache") from None
     by_id = {u.id: u for u in read_corpus(corpus).utterances}
     items = [Exported(by_id[uid], split, frames) for split, dataset in (("train", prepared.train),
                                                                          ("val", prepared.val))

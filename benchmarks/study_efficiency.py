@@ -26,6 +26,11 @@ Per arm and definition: the median cost with a 95% bootstrap interval; the ratio
 bootstrap intervals, recorded in the results JSON under ``a_over_c`` and ``b_over_c`` (speaks) and
 ``a_over_c_teacher_forced`` and ``b_over_c_teacher_forced`` (and ``d_over_c``). Goal: a/c <= 1/3.
 
+Addendum, 2026-12-07, written before these runs: the 8-seed run (commit fabc5d0, results/study_efficiency-2026-12-07-M8)
+left every ratio's interval reaching 1 (d/c 0.40 [0.13, 1.00]). Seeds 8-15 of every arm are added, the first 8 reused
+(``--seeds 16 --reuse`` of that file; nothing a study runs changed between the commits), to see whether d/c's
+interval then excludes 1; no other change, and the 16-seed figures are reported whatever they show.
+
 Usage: python benchmarks/study_efficiency.py [--seeds 8] [--max-trials 24] [--tolerance 0]
        [--set train.max_steps=150] [--arms abcde] [--jobs 2 --threads 1] [--out FILE.json]
        [--reuse EARLIER.json [--reuse-other-commit]]

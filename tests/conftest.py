@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +30,20 @@ def require(condition: bool, what: str) -> None:
     if in_ci():
         pytest.fail(f"needed under CI (CI={os.environ.get('CI')!r}): {what}", pytrace=False)
     pytest.skip(what)
+
+
+@contextmanager
+def read_only_view(source: Path, target: Path):
+    """``source`` bind-mounted read-only at ``target`` (made here) for the block: writes there fail with EROFS,
+    even as root. Needs root: skipped elsewhere, a failure under CI."""
+    target.mkdir()
+    mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(source), str(target)], capture_output=True)
+    require(mounted.returncode == 0, f"cannot bind-mount read-only here (needs root): "
+            f"{mounted.stderr.decode().strip()}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=False)
 
 
 TINY_MODEL = {

@@ -331,12 +331,12 @@ def _symbol_table(config: Config, cache_dir: Path, texts: list[str]) -> SymbolTa
 
 class CacheNotWritable(CorpusError):
     """The feature cache's folder cannot be written. The message names the config key; a command with its own
-    option for it (``export-mels --cache-dir``) words its hint from ``cache_dir`` and ``why``."""
+    option for it (``export-mels --cache-dir``) puts its own hint after ``problem``."""
 
     def __init__(self, cache_dir: Path, why: str):
-        self.cache_dir, self.why = cache_dir, why
-        super().__init__(f"cannot write the feature cache in {cache_dir}: {why}; set data.cache_dir to a writable "
-                         "directory, e.g. --set data.cache_dir=/tmp/tts-cache")
+        self.problem = f"cannot write the feature cache in {cache_dir}: {why}"
+        super().__init__(f"{self.problem}; set data.cache_dir to a writable directory, e.g. "
+                         "--set data.cache_dir=/tmp/tts-cache")
 
 
 def _open_cache(config: Config, corpus_dir: Path) -> FeatureCache:

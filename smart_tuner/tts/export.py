@@ -101,8 +101,8 @@ def _items(loaded: LoadedModel, corpus: Path, cache_dir: str | None, check_text:
     try:
         prepared = prepare_data(config)
     except CacheNotWritable as exc:
-        raise ExportError(f"cannot write the feature cache in {exc.cache_dir}: {exc.why}; give --cache-dir a "
-                          "writable directory, e.g. --cache-dir /tmp/tts-cache") from None
+        raise ExportError(f"{exc.problem}; give --cache-dir a writable directory, e.g. --cache-dir /tmp/tts-cache"
+                          ) from None
     by_id = {u.id: u for u in read_corpus(corpus).utterances}
     items = [Exported(by_id[uid], split, frames) for split, dataset in (("train", prepared.train),
                                                                          ("val", prepared.val))

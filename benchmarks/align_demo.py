@@ -17,27 +17,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness import EvalLog, first_reaching
+
 from smart_tuner.config import load_config_file, parse_set_overrides
-from smart_tuner.hooks import Hook
 from smart_tuner.train.trainer import Trainer
 
 
-class EvalLog(Hook):
-    name = "bench"
-
-    def __init__(self):
-        self.evals = []
-
-    def on_eval(self, stats):
-        self.evals.append((stats, time.perf_counter()))
-        return []
-
-
-def first_reaching(evals, key, target, start):
-    for stats, now in evals:
-        if getattr(stats, key) >= target:
-            return f"step {stats.step:4d} ({stats.elapsed:5.1f} s train, {now - start:5.1f} s wall)"
-    return "never"
+def reached(evals: list[dict], key: str, target: float) -> str:
+    found = first_reaching(evals, key, target)
+    if found is None:
+        return "never"
+    return f"step {found['step']:4d} ({found['elapsed']:5.1f} s train, {found['wall']:5.1f} s wall)"
 
 
 def run(label: str, sets: list[str], args, workdir: Path) -> None:
@@ -49,8 +39,9 @@ def run(label: str, sets: list[str], args, workdir: Path) -> None:
     start = time.perf_counter()
     result = Trainer(config, workdir / label, hooks=[log], progress=False).fit()
     final = result.last_eval
-    teacher_forced = first_reaching(log.evals, "diagonality", args.target, start)
-    free_running = first_reaching(log.evals, "free_running_diagonality", args.target, start)
+    evals = [{**record, "wall": now - start} for record, now in zip(log.evals, log.times)]
+    teacher_forced = reached(evals, "diagonality", args.target)
+    free_running = reached(evals, "free_running_diagonality", args.target)
     print(f"{label:>16}: diagonality >= {args.target}: teacher-forced {teacher_forced}; free-running {free_running}")
     print(f"{'':>16}  after {result.step} steps ({final.elapsed:.1f} s train, {time.perf_counter() - start:.1f} s "
           f"wall): val loss {final.val_loss:.4f}, val mel {final.val_losses['mel']:.4f}, diagonality "

@@ -16,7 +16,6 @@ what the collectives and the split batches cost, not what more hardware buys.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smart_tuner.config import build_config, merge, parse_set_overrides
 from smart_tuner.cores import machine_cores
+from smart_tuner.run_logs import read_metrics
 
 
 def run(args: argparse.Namespace, ranks: int, workdir: Path, label: str) -> dict:
@@ -43,8 +43,7 @@ def run(args: argparse.Namespace, ranks: int, workdir: Path, label: str) -> dict
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{label}: training failed:\n{result.stderr[-3000:]}")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    timed = records[-1]
+    timed = read_metrics(run_dir)[-1]
     return {"steps_per_s": timed["steps_per_second"], "frames_per_s": timed["frames_per_second"]}
 
 

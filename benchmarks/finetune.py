@@ -19,7 +19,6 @@ Usage: python benchmarks/finetune.py [--pretrain-steps 400] [--steps 400] [--see
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -29,14 +28,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import worker_pool
+from harness import first_step, worker_pool
 
 from smart_tuner.adapters import build_adapters
 from smart_tuner.config import load_config_file
 from smart_tuner.hooks import Decision, Hook
+from smart_tuner.run_logs import read_metrics
 from smart_tuner.train.trainer import Trainer
 
 Evaluations = list[dict]  # the run's metrics.jsonl, one mapping per evaluation
+COUNTED = "free_running_diagonality"  # what must reach the target
 
 
 class StopAtTarget(Hook):
@@ -60,16 +61,12 @@ def train(args, workdir: Path, label: str, sets: list[str], stop: bool = False) 
     start = time.perf_counter()
     hooks = [*build_adapters(config), *([StopAtTarget(args.target, args.compare_steps)] if stop else [])]
     result = Trainer(config, workdir / label, hooks=hooks, progress=False).fit()
-    evals = [json.loads(line) for line in (workdir / label / "metrics.jsonl").read_text().splitlines()]
-    last, reached = evals[-1], first_step(evals, args.target)
+    evals = read_metrics(workdir / label)
+    last, reached = evals[-1], first_step(evals, COUNTED, args.target)
     print(f"{label:>16}: {result.step} steps in {time.perf_counter() - start:6.1f} s; free-running diagonality >= "
           f"{args.target} at {f'step {reached}' if reached else 'never'}; final val loss {last['val_loss']:.4f}, "
           f"diagonality {last['diagonality']:.3f}, free-running {last['free_running_diagonality']:.3f}", flush=True)
     return evals
-
-
-def first_step(evals: Evaluations, target: float) -> int | None:
-    return next((e["step"] for e in evals if e["free_running_diagonality"] >= target), None)
 
 
 def main() -> None:
@@ -122,11 +119,11 @@ def main() -> None:
               f"budget)")
         means = {}
         for arm, logs in runs.items():
-            steps = [first_step(evals, args.target) for evals in logs]
+            steps = [first_step(evals, COUNTED, args.target) for evals in logs]
             counted = [s if s is not None else args.steps for s in steps]
             means[arm] = statistics.mean(counted)
             print(f"{arm:>8}: {', '.join(str(s) if s is not None else 'never' for s in steps)}; mean {means[arm]:.1f}")
-        censored = any(first_step(evals, args.target) is None for evals in runs["scratch"])
+        censored = any(first_step(evals, COUNTED, args.target) is None for evals in runs["scratch"])
         print(f"warm / scratch = {means['warm'] / means['scratch']:.3f}"
               f"{' (an upper bound: some scratch runs never aligned)' if censored else ''} (goal <= 0.333)")
         print("\nvalidation loss at equal steps (mean over seeds; steps every run reached)")

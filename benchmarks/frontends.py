@@ -41,12 +41,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from harness import EvalLog, first_step
 
 from smart_tuner.config import AudioConfig, load_config_file
-from smart_tuner.hooks import Hook
 from smart_tuner.train.trainer import Trainer
 from smart_tuner.tts.hifigan import Generator, HifiGanConfig
-from smart_tuner.tts.inference import vocode
+from smart_tuner.tts.inference import vocode_griffin_lim
 
 CASES = {  # name: (demo language, words per utterance, steps)
     "en": ("en", [3, 12], 400),
@@ -67,28 +67,16 @@ AUDIO = {"num_mels": 80, "sampling_rate": 22050, "hop_size": 256, "n_fft": 1024,
          "fmax": 8000}
 
 
-class EvalLog(Hook):
-    name = "bench"
-
-    def __init__(self) -> None:
-        self.evals: list[dict] = []
-
-    def on_eval(self, stats):
-        self.evals.append({"step": stats.step, "free_running_diagonality": stats.free_running_diagonality,
-                           "diagonality": stats.diagonality, "val_loss": stats.val_loss})
-        return []
-
-
 def train_once(case: str, frontend: str, seed: int, threads: int, workdir: Path) -> dict:
     lang, words, steps = CASES[case]
     config = load_config_file(Path("objectives/demo.yaml"), [
         f"data.demo_lang={lang}", f"data.demo_words=[{words[0]}, {words[1]}]", "data.demo_size=400",
         f"data.text={frontend}", f"train.max_steps={steps}", "train.eval_every=25", f"train.seed={seed}",
         f"train.num_threads={threads}", "train.device=cpu", "tracking.enabled=false"])
-    log = EvalLog()
+    log = EvalLog(keys=("step", "free_running_diagonality", "diagonality", "val_loss"))
     start = time.perf_counter()
     result = Trainer(config, workdir / f"{case}-{frontend}-{seed}", hooks=[log], progress=False).fit()
-    reached = next((e["step"] for e in log.evals if e["free_running_diagonality"] >= TARGET), None)
+    reached = first_step(log.evals, "free_running_diagonality", TARGET)
     return {"case": case, "frontend": frontend, "seed": seed, "budget": steps, "steps": result.step,
             "reached_step": reached, "final_val_loss": result.last_eval.val_loss,
             "final_free_running_diagonality": result.last_eval.free_running_diagonality,
@@ -126,7 +114,7 @@ def vocoder_speed(threads: int, repeats: int = 5) -> list[dict]:
         for frames in (172, 430):
             mel = torch.randn(audio.n_mels, frames) - 6.0
             seconds = frames * audio.hop_length / audio.sample_rate
-            arms = {"Griffin-Lim (32 iterations)": lambda m=mel: vocode(m, audio)}
+            arms = {"Griffin-Lim (32 iterations)": lambda m=mel: vocode_griffin_lim(m, audio)}
             for name, fields in GENERATORS.items():
                 path = Path(tmp) / f"{name}.json"
                 path.write_text(json.dumps({**fields, **AUDIO}))

@@ -13,11 +13,11 @@ mel compared with the recording's by dynamic time warping (the mean Euclidean di
 cheapest monotonic path, in normalized log-mel units, divided by the two lengths' sum), and the length error, the
 mean |log(predicted frames / recorded frames)|. DTW warps any output onto the recording, so a babble that never
 finds the text can still score well on it; the length error sees what DTW forgives (a decoder that never stops).
-The trial's last evaluation gives its value under two formulas (smart_tuner.study.space.ObjectiveFormula): the old
-one (teacher-forced diagonality, no stop term) and the new one (the worse of teacher-forced and free-running
-diagonality, plus 0.5 x (1 - free-running stop rate)). Per study: the table, and Spearman's rank correlation of
-each value with each error with a 95% bootstrap interval over the trials (1 means the value orders the trials
-exactly as they synthesize), and the difference new - old with a paired-bootstrap interval.
+The trial's last evaluation gives its value under two formulas (smart_tuner.study.objective_file.ObjectiveFormula): the
+old one (teacher-forced diagonality, no stop term) and the new one (the worse of teacher-forced and free-running
+diagonality, plus 0.5 x (1 - free-running stop rate)). Per study: the table, and Spearman's rank correlation of each
+value with each error with a 95% bootstrap interval over the trials (1 means the value orders the trials exactly as they
+synthesize), and the difference new - old with a paired-bootstrap interval.
 
 The rule for the default objective (issue 21, item 4; written 2026-12-07 before the run on the three studies, after
 a check run on the first of them): the default (``alignment: worse``, ``stop_penalty: 0.5``) changes to the old
@@ -29,8 +29,6 @@ trials better as they synthesize, and synthesis needs free-running alignment and
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import sys
 import tempfile
 from pathlib import Path
@@ -39,14 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
-from harness import provenance, write_results
-from scipy.stats import spearmanr
+from harness import difference_interval, provenance, spearman_interval, write_results
 
 from smart_tuner.config import build_config, merge
 from smart_tuner.data.dataset import Collate, MelTextDataset, prepare_data
 from smart_tuner.data.demo import build_demo_corpus
-from smart_tuner.hooks import current_metric_names
-from smart_tuner.study.space import ObjectiveFormula
+from smart_tuner.run_logs import BEST, CHECKPOINTS, LAST, read_metrics
+from smart_tuner.study.objective_file import ObjectiveFormula
 from smart_tuner.study.storage import open_study_readonly
 from smart_tuner.tts.inference import LoadedModel, load_for_inference
 
@@ -109,52 +106,17 @@ def synthesis_error(checkpoint: Path, sentences: int, held_out_seed: int, seed: 
     return float(np.mean(errors)), float(np.mean(lengths))
 
 
-def spearman_interval(values: list[float], truth: list[float], rounds: int = 2000,
-                      seed: int = 0) -> tuple[float, float, float]:
-    """Spearman's correlation and a 95% percentile-bootstrap interval over the trials (resamples in which either
-    side is constant have no correlation and are left out)."""
-    rng = random.Random(seed)
-    point = float(spearmanr(values, truth).statistic)
-    draws = []
-    for _ in range(rounds):
-        picked = [rng.randrange(len(values)) for _ in values]
-        a, b = [values[i] for i in picked], [truth[i] for i in picked]
-        if len(set(a)) > 1 and len(set(b)) > 1:
-            draws.append(float(spearmanr(a, b).statistic))
-    draws.sort()
-    if not draws:
-        return point, float("nan"), float("nan")
-    return point, draws[int(0.025 * len(draws))], draws[max(int(0.975 * len(draws)) - 1, 0)]
-
-
-def difference_interval(first: list[float], second: list[float], truth: list[float], rounds: int = 2000,
-                        seed: int = 0) -> tuple[float, float, float]:
-    """Spearman(second, truth) - Spearman(first, truth) and a 95% paired-bootstrap interval: both values are
-    correlated on the same resampled trials, so the interval is that of the difference, not of either alone."""
-    rng = random.Random(seed)
-    point = float(spearmanr(second, truth).statistic - spearmanr(first, truth).statistic)
-    draws = []
-    for _ in range(rounds):
-        picked = [rng.randrange(len(truth)) for _ in truth]
-        a, b, t = [first[i] for i in picked], [second[i] for i in picked], [truth[i] for i in picked]
-        if len(set(a)) > 1 and len(set(b)) > 1 and len(set(t)) > 1:
-            draws.append(float(spearmanr(b, t).statistic - spearmanr(a, t).statistic))
-    draws.sort()
-    if not draws:
-        return point, float("nan"), float("nan")
-    return point, draws[int(0.025 * len(draws))], draws[max(int(0.975 * len(draws)) - 1, 0)]
-
-
 def rank_study(name: str, storage: str | None, args: argparse.Namespace, folder: Path) -> dict:
     study = open_study_readonly(name, storage)
     rows = []
     for trial in study.get_trials(deepcopy=False):
         run_dir = Path(trial.user_attrs.get("run_dir", ""))
-        checkpoint = next((run_dir / "checkpoints" / n for n in ("last.pt", "best.pt")
-                           if (run_dir / "checkpoints" / n).is_file()), None)
-        if checkpoint is None or not (run_dir / "metrics.jsonl").is_file():
+        checkpoint = next((run_dir / CHECKPOINTS / n for n in (LAST, BEST)
+                           if (run_dir / CHECKPOINTS / n).is_file()), None)
+        evals = read_metrics(run_dir) if checkpoint is not None else []
+        if not evals:
             continue
-        last = current_metric_names(json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1]))
+        last = evals[-1]
         error, length = synthesis_error(checkpoint, args.sentences, args.held_out_seed, args.seed, folder)
         rows.append({"trial": trial.number, "state": trial.state.name, "step": last["step"],
                      "old": OLD.value(last["val_postnet"], last), "new": NEW.value(last["val_postnet"], last),

@@ -32,7 +32,7 @@ import torch
 from smart_tuner.config import build_config, merge, parse_set_overrides
 from smart_tuner.data.dataset import prepare_data
 from smart_tuner.study.objective import OptunaReporter
-from smart_tuner.study.space import load_objective
+from smart_tuner.study.objective_file import load_objective
 from smart_tuner.train.runner import standard_hooks
 from smart_tuner.train.trainer import Trainer
 from smart_tuner.tts import build_family

@@ -40,7 +40,6 @@ Usage: python benchmarks/rescue.py [--seeds 3] [--jobs 2 --threads 1] [--starts 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import shutil
@@ -54,12 +53,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import soundfile as sf
-from harness import provenance, reused_runs, wilson, worker_pool, write_results
+from harness import EvalLog, Job, first_step, provenance, reused_runs, wilson, worker_pool, write_results
 
 from smart_tuner.adapters import build_adapters
 from smart_tuner.config import load_config_file
 from smart_tuner.data.dataset import prepare_data, resolve_corpus_dir
-from smart_tuner.hooks import Decision, Hook
+from smart_tuner.hooks import Decision
+from smart_tuner.run_logs import read_events
 from smart_tuner.train.trainer import Trainer
 
 
@@ -131,31 +131,36 @@ STARTS = {
                          corpus_sets=["data.demo_lang=ru"]),
 }
 TARGET = 0.8
+DIAGONALITIES = ("diagonality", "free_running_diagonality")
+RECORDED = ("step", "val_loss", *DIAGONALITIES, "lr", "weight_change", "ga_weight")  # of each evaluation
 
 
-class Watch(Hook):
+@dataclass(frozen=True, kw_only=True)
+class RescueJob(Job):
+    """One run: a start of the plan, an arm (``on``: adapters on, ``off``), a seed."""
+
+    start: str
+    corpus_sets: list[str]  # what selects the start's corpus (built before the workers start)
+
+
+class Watch(EvalLog):
     """Records every evaluation, and when each diagonality first reaches the target after ``after``; stops the run
     once both have."""
 
     name = "watch"
 
     def __init__(self, target: float, after: int, hold: int = 0):
+        super().__init__(RECORDED)
         self.target = target
         self.after = after
         self.hold = hold
         self.reached: dict[str, int] = {}
-        self.evals: list[dict] = []
 
-    def on_eval(self, stats):
-        self.evals.append({"step": stats.step, "val_loss": stats.val_loss, "diagonality": stats.diagonality,
-                           "free_running_diagonality": stats.free_running_diagonality, "lr": stats.lr,
-                           "weight_change": stats.weight_change,
-                           "ga_weight": stats.loss_weights.get("ga_weight")})
+    def decide(self, stats):
         if stats.step <= self.after:
             return []
-        for key in ("diagonality", "free_running_diagonality"):
-            if key not in self.reached and getattr(stats, key) >= self.target:
-                self.reached[key] = stats.step
+        steps = {key: first_step(self.evals, key, self.target, self.after) for key in DIAGONALITIES}
+        self.reached = dict(sorted(((k, s) for k, s in steps.items() if s is not None), key=lambda kv: kv[1]))
         if len(self.reached) == 2 and not self.hold:
             return [Decision("stop", None, "both diagonalities reached the target")]
         return []
@@ -166,8 +171,7 @@ class Watch(Hook):
         last = [e for e in self.evals if e["step"] > self.after][-self.hold:]
         if len(last) < self.hold:
             return {}
-        return {key: last[0]["step"] for key in ("diagonality", "free_running_diagonality")
-                if all(e[key] >= self.target for e in last)}
+        return {key: last[0]["step"] for key in DIAGONALITIES if all(e[key] >= self.target for e in last)}
 
 
 def room_tone_corpus(source: Path, out: Path, seconds: float, seed: int = 0) -> Path:
@@ -197,23 +201,21 @@ def corpus_for(config_path: str, start: Start, workdir: Path) -> list[str]:
     return sets
 
 
-def one_run(job: tuple) -> dict:
-    config_path, name, seed, adapters_on, threads, workdir, extra, corpus_sets = job
+def one_run(job: RescueJob) -> dict:
     logging.basicConfig(level=logging.ERROR)
-    start = STARTS[name]
-    common = corpus_sets + extra + [f"train.seed={seed}", f"train.num_threads={threads}", "train.device=cpu",
-                                    "tracking.enabled=false"]
-    run_dir = Path(workdir) / f"{name}-{seed}-{'on' if adapters_on else 'off'}".replace(" ", "_").replace(",", "")
+    name, seed, adapters_on, start = job.start, job.seed, job.arm == "on", STARTS[job.start]
+    common = job.corpus_sets + job.sets + [f"train.seed={seed}", f"train.num_threads={job.threads}",
+                                           "train.device=cpu", "tracking.enabled=false"]
+    run_dir = Path(job.workdir) / f"{name}-{seed}-{job.arm}".replace(" ", "_").replace(",", "")
     began = time.perf_counter()
     if start.resume_at:  # the first steps with fixed settings, the same in both arms
-        base = load_config_file(config_path, common + [f"train.max_steps={start.resume_at}"])
+        base = load_config_file(job.config, common + [f"train.max_steps={start.resume_at}"])
         Trainer(base, run_dir, progress=False).fit()
-    config = load_config_file(config_path, start.sets + common + [f"train.max_steps={start.budget}"])
+    config = load_config_file(job.config, start.sets + common + [f"train.max_steps={start.budget}"])
     watch = Watch(TARGET, start.after, start.hold)
     hooks = (build_adapters(config) if adapters_on else []) + [watch]
     result = Trainer(config, run_dir, hooks=hooks, resume=bool(start.resume_at), progress=False).fit()
-    events = run_dir / "events.jsonl"
-    decisions = [json.loads(line) for line in events.read_text().splitlines()] if events.is_file() else []
+    decisions = read_events(run_dir)
     # "reached" is what counts: with hold, the target held at the end; "touched": reached at any evaluation.
     return {"start": name, "seed": seed, "adapters": adapters_on, "reached": watch.held() if start.hold else
             watch.reached, "touched": watch.reached, "evals": watch.evals,
@@ -284,7 +286,8 @@ def main() -> None:
         done = {(r["start"], r["seed"], r["adapters"]) for r in reused}
         runs = [r for r in reused if r["start"] in args.starts and r["seed"] < args.seeds]
         # Arms alternate within each start and seed, so both see the same machine load.
-        jobs = [(args.config, name, seed, on, args.threads, tmp, args.set, corpora[name])
+        jobs = [RescueJob(config=args.config, arm="on" if on else "off", seed=seed, threads=args.threads, workdir=tmp,
+                          sets=args.set, start=name, corpus_sets=corpora[name])
                 for name in sorted(args.starts, key=lambda n: STARTS[n].designed_on)
                 for seed in range(args.seeds) for on in (False, True)
                 if (name, seed, on) not in done]

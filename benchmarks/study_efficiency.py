@@ -42,21 +42,21 @@ import argparse
 import json
 import logging
 import os
-import random
-import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import provenance, reused_runs, worker_pool, write_results
+from harness import Job, median_interval, provenance, ratio_interval, reused_runs, worker_pool, write_results
 from optuna.trial import TrialState
 
 from smart_tuner.config import AdaptersConfig, build_config, merge, parse_set_overrides
+from smart_tuner.run_logs import read_metrics
+from smart_tuner.study.objective_file import load_objective
+from smart_tuner.study.optimize import optimize
 from smart_tuner.study.options import StudyOptions
-from smart_tuner.study.space import load_objective
-from smart_tuner.study.workers import optimize
 from smart_tuner.train.runner import run_training
 
 NO_ADAPTERS = [f"adapters.{name}.enabled=false" for name, section in vars(AdaptersConfig()).items()
@@ -86,8 +86,7 @@ def steps_until_good(study, threshold: float, target: float) -> tuple[dict[str, 
     spent = 0
     found: dict[str, int | None] = dict.fromkeys(DEFINITIONS)
     for trial in trials:
-        metrics_path = Path(trial.user_attrs.get("run_dir", "")) / "metrics.jsonl"
-        evals = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.is_file() else []
+        evals = read_metrics(trial.user_attrs.get("run_dir", ""))
         for name, keys in DEFINITIONS.items():
             good = [m["step"] for m in evals if m["val_loss"] <= threshold and all(m[k] >= target for k in keys)]
             if found[name] is None and good:
@@ -96,18 +95,27 @@ def steps_until_good(study, threshold: float, target: float) -> tuple[dict[str, 
     return found, spent
 
 
-def one_study(job: tuple) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class StudyJob(Job):
+    """One study: an arm of ARMS (``config``: the objective file), a seed, and what counts as good."""
+
+    max_trials: int
+    threshold: float
+    target: float
+
+
+def one_study(job: StudyJob) -> dict:
     """Trials one at a time until the first good one (or max_trials)."""
-    arm, seed, objective, sets, threads, max_trials, threshold, target, tmp = job
+    arm, seed, tmp = job.arm, job.seed, job.workdir
     logging.basicConfig(level=logging.WARNING)
     sampler, pruner, extra, reference_first, cap = ARMS[arm]
-    options = StudyOptions(objective=Path(objective), study=f"eff-{arm[0]}-{seed}",
+    options = StudyOptions(objective=Path(job.config), study=f"eff-{arm[0]}-{seed}",
                            storage=f"sqlite:///{tmp}/eff-{arm[0]}-{seed}.db", sampler=sampler, pruner=pruner,
-                           seed=seed, trials=1, sets=sets + extra + NO_TRACKING, runs_dir=Path(tmp) / "runs",
-                           enqueue_reference=reference_first, threads=threads)
-    for _ in range(cap or max_trials):
+                           seed=seed, trials=1, sets=job.sets + extra + NO_TRACKING, runs_dir=Path(tmp) / "runs",
+                           enqueue_reference=reference_first, threads=job.threads)
+    for _ in range(cap or job.max_trials):
         study = optimize(options, progress=False)
-        found, spent = steps_until_good(study, threshold, target)
+        found, spent = steps_until_good(study, job.threshold, job.target)
         if found["speaks"] is not None:
             break
     pruned = len(study.get_trials(states=(TrialState.PRUNED,)))
@@ -117,22 +125,6 @@ def one_study(job: tuple) -> dict:
         row[f"cost{suffix}"] = steps if steps is not None else spent
         row[f"found{suffix}"] = steps is not None
     return row
-
-
-def median_interval(values: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """The median and a 95% percentile-bootstrap interval of it."""
-    rng = random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(rounds))
-    return statistics.median(values), medians[int(0.025 * rounds)], medians[int(0.975 * rounds) - 1]
-
-
-def ratio_interval(top: list[float], bottom: list[float], rounds: int = 2000, seed: int = 0) -> dict:
-    """median(top) / median(bottom), with a 95% bootstrap interval (each arm resampled on its own)."""
-    rng = random.Random(seed)
-    ratios = sorted(statistics.median(rng.choices(top, k=len(top)))
-                    / max(statistics.median(rng.choices(bottom, k=len(bottom))), 1) for _ in range(rounds))
-    return {"ratio": statistics.median(top) / max(statistics.median(bottom), 1),
-            "low": ratios[int(0.025 * rounds)], "high": ratios[int(0.975 * rounds) - 1]}
 
 
 def reference_run(spec, sets: list[str], threads: int, folder: Path) -> dict:
@@ -183,7 +175,8 @@ def main() -> None:
         results["studies"] = [s for s in reused if s["seed"] < args.seeds and s["arm"][0] in args.arms]
         done = {(s["arm"], s["seed"]) for s in results["studies"]}
         # Arms interleaved by seed, so that each sees the same machine load.
-        jobs = [(arm, seed, args.objective, args.set, threads, args.max_trials, threshold, args.target, tmp)
+        jobs = [StudyJob(config=args.objective, arm=arm, seed=seed, threads=threads, workdir=tmp, sets=args.set,
+                         max_trials=args.max_trials, threshold=threshold, target=args.target)
                 for seed in range(args.seeds) for arm in ARMS if arm[0] in args.arms and (arm, seed) not in done]
         print(f"{len(results['studies'])} studies reused from {args.reuse}, {len(jobs)} to run", flush=True)
         with worker_pool(args.jobs) as pool:

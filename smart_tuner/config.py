@@ -25,87 +25,10 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from .errors import ConfigError
+from .numeric import is_number
 from .seeds import MAX_SEED
-
-
-class ConfigError(UserError, ValueError):
-    """A config file, key or value is wrong; the message says which and what to do."""
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-3`` (no dot) as a string; hyperparameters are written that way, so read it as a float."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-                    |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
-
-
-MAX_YAML_BYTES = 1 << 20  # a config or objective is a few KB; more is not one (or is /dev/zero)
-MAX_YAML_NODES = 100_000  # values a document may stand for once its aliases are expanded
-
-
-class YamlError(yaml.YAMLError):
-    """A YAML document refused before it is built: its aliases expand past :data:`MAX_YAML_NODES` values, or it
-    nests too deeply to read."""
-
-
-def yaml_load(text: str) -> Any:
-    """``yaml.safe_load`` with exponent floats and a bound on aliases; the only YAML reader of the project.
-
-    Anchors and aliases stay usable, but a document whose aliases stand for more than :data:`MAX_YAML_NODES` values
-    (an alias bomb: 500 bytes of anchors nested 9 deep stand for 9^9 values) is refused before it is built:
-    everything that walks a config as a tree (validation, flattening, MLflow parameters) would expand it."""
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        if _expanded_size(node, {}) > MAX_YAML_NODES:
-            raise YamlError(f"its aliases expand to more than {MAX_YAML_NODES:,} values (an alias bomb?)")
-        return loader.construct_document(node)
-    except RecursionError:
-        raise YamlError("it nests too deeply to read") from None
-    finally:
-        loader.dispose()
-
-
-def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
-    """How many values ``node`` stands for with every alias expanded; each node counted once (``sizes``), so the
-    count costs the size of the document, not of its expansion. A node that contains itself counts as unbounded."""
-    key = id(node)
-    if key in sizes:
-        if sizes[key] < 0:
-            return MAX_YAML_NODES + 1  # a recursive alias: endless once expanded
-        return sizes[key]
-    sizes[key] = -1
-    children: list = []
-    if isinstance(node, yaml.MappingNode):
-        children = [part for pair in node.value for part in pair]
-    elif isinstance(node, yaml.SequenceNode):
-        children = node.value
-    total = 1
-    for child in children:
-        total += _expanded_size(child, sizes)
-        if total > MAX_YAML_NODES:
-            break
-    sizes[key] = total
-    return total
-
-
-def yaml_problem(exc: yaml.YAMLError) -> str:
-    """A YAML error in one line: where (line and column) and what, without PyYAML's quoted excerpt."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return f"{where}{' '.join(str(problem).split())}"
+from .yaml_reader import read_yaml, yaml_load, yaml_problem
 
 
 # ----------------------------------------------------------------------------------------------- bounds
@@ -173,20 +96,6 @@ def _check_field(key: str, value: Any, rules: dict[str, Any]) -> None:
         if "pattern" in rules and not re.fullmatch(rules["pattern"], value):
             raise ConfigError(f"{key}: {value!r} is not valid (expected {rules['pattern_help']})"
                               if "pattern_help" in rules else f"{key}: {value!r} does not match {rules['pattern']}")
-
-
-def is_number(value: Any) -> bool:
-    """A real int or float; ``True``/``False`` are not numbers here (YAML and JSON tell them apart)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_finite_number(value: Any) -> bool:
-    """A number (:func:`is_number`) that is finite."""
-    return is_number(value) and math.isfinite(value)
 
 
 def fields_of(obj: Any, prefix: str = "") -> list[tuple[str, Any, dataclasses.Field]]:
@@ -624,6 +533,10 @@ def validate(config: Config) -> None:
          "adapters.collapse thresholds must satisfy low < high"),
         (config.data.p_arpabet == 0 or config.data.text == "characters",
          "data.p_arpabet mixes ARPAbet into character text: set data.text: characters, or data.p_arpabet: 0"),
+        *((not (adapter.enabled and adapter.metric == "free_running") or config.data.val_infer > 0,
+           f"adapters.{name}.metric: free_running reads the free-running diagonality, which data.val_infer: 0 "
+           "does not measure: decode some validation sentences (data.val_infer >= 1) or choose teacher_forced "
+           "or worse") for name, adapter in (("ga", config.adapters.ga), ("collapse", config.adapters.collapse))),
         (config.data.text != "phonemes" or config.data.phoneme_language or not config.data.corpus,
          "data.text: phonemes needs data.phoneme_language, the eSpeak NG voice of the corpus's language "
          "(e.g. en-us or ru)"),
@@ -710,28 +623,6 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def read_yaml(path: str | Path) -> Any:
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a directory; name a YAML config or objective file")
-    try:
-        with path.open("rb") as handle:  # bounded: a device or a runaway file is not read to the end
-            data = handle.read(MAX_YAML_BYTES + 1)
-        text = data.decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    if len(data) > MAX_YAML_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES >> 20} MiB; a config or objective file is a few KB")
-    try:
-        return yaml_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
-
-
 def config_overrides_from_file(path: str | Path) -> dict[str, Any]:
     """The training part of a plain config file or of an objective file (its ``config:`` key)."""
     data = read_yaml(path)
@@ -778,54 +669,3 @@ def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
-
-
-SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "pass", "secret", "token", "api_key", "apikey",
-                               "access_token"})
-_HIDDEN = "***"
-
-
-def _parsed_url(url: str) -> Any:
-    """The URL as SQLAlchemy parses it (its grammar is the one the storage connects with: a password may hold
-    ``/``, ``#`` or ``?``), or None for a plain path."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url)
-    except (ArgumentError, ValueError, TypeError):
-        return None
-
-
-def url_secrets(url: str) -> list[str]:
-    """The secrets a URL holds (its password, secret query values), as parsed and as written (percent-encoded)."""
-    from urllib.parse import quote, quote_plus
-
-    parsed = _parsed_url(url)
-    if parsed is None:
-        return []
-    found = [parsed.password] if parsed.password else []
-    for key, value in parsed.query.items():
-        if key.lower() in SECRET_QUERY_KEYS:
-            found += [value] if isinstance(value, str) else list(value)
-    found = [f for f in found if f]
-    return sorted({form for f in found for form in (f, quote(f, safe=""), quote_plus(f))}, key=len, reverse=True)
-
-
-def redact_url(url: str) -> str:
-    """A storage or tracking URL without its password, for logs, summaries, tags and errors: the URL parsed (so a
-    password with ``/``, ``#``, ``?`` or ``@`` is found whole), its password and secret query parameters
-    (``?password=``, ``?token=``, ...) shown as ``***``. A plain path is returned as it is."""
-    parsed = _parsed_url(url)
-    if parsed is None:
-        return url
-    marker = "SMARTTUNERHIDDEN"
-    query = {k: (marker if k.lower() in SECRET_QUERY_KEYS else v) for k, v in parsed.query.items()}
-    return parsed.set(query=query).render_as_string(hide_password=True).replace(marker, _HIDDEN)
-
-
-def redact_text(text: str, url: str) -> str:
-    """``text`` (a driver's error message, say) with every secret of ``url`` replaced by ``***``."""
-    for secret in url_secrets(url):
-        text = text.replace(secret, _HIDDEN)
-    return text

@@ -6,7 +6,8 @@ written under a temporary name in the same directory, flushed, and renamed over 
 or a full disk never leaves half a file where a reader (a resumed run, a browser, another worker) would find it.
 A kill can leave the temporary file itself; :func:`remove_stale_temporaries` removes those of dead processes.
 Logs that grow line by line (``metrics.jsonl``, ``events.jsonl``) get whole lines or nothing (:func:`append_line`);
-a resumed run cuts them back to its checkpoint's step (:func:`truncate_jsonl`).
+a resumed run cuts them back to its checkpoint's step (:func:`truncate_jsonl`); they are read back by
+:func:`read_jsonl` (a torn last line left out, a broken line elsewhere an error naming the file and line).
 A full disk is a :class:`DiskFullError` naming the file. A run directory is written by one process at a time
 (:func:`lock_directory`).
 """
@@ -22,7 +23,7 @@ import re
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -144,15 +145,21 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         os.close(fd)
 
 
-def truncate_jsonl(path: str | os.PathLike, step: int) -> None:
-    """Keep the records of ``path`` up to ``step`` (their ``"step"`` key), rewritten atomically. A torn last line
-    (its process died while writing it, before lines were written whole) is dropped with a warning; a broken line
-    elsewhere is a :class:`BrokenRecord`. A missing file stays missing."""
-    path = Path(path)
-    if not path.is_file():
-        return
+class JsonLog(list):
+    """The records of a JSONL log, in order (a list of dicts); ``torn`` is the number of a torn last line that was
+    left out (None: the log ends whole)."""
+
+    def __init__(self, records: Iterable[dict] = (), torn: int | None = None):
+        super().__init__(records)
+        self.torn = torn
+
+
+def _parse_jsonl(path: Path) -> tuple[list[tuple[str, dict]], int | None]:
+    """(line, record) of each non-blank line of a JSONL log, and the number of a torn last line (None: none). A
+    last line that is not JSON is torn (its process died while writing it, before lines were written whole); a
+    line elsewhere that is not a JSON object is a :class:`BrokenRecord` naming the file and line."""
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    keep = []
+    parsed = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -160,12 +167,35 @@ def truncate_jsonl(path: str | os.PathLike, step: int) -> None:
             record = json.loads(line)
         except json.JSONDecodeError:
             if number == len(lines):
-                log.warning("%s:%d: dropped a torn last line (the process died while writing it)", path, number)
-                continue
-            raise BrokenRecord(f"{path}:{number}: not a JSON record; repair or remove that line") from None
-        if record["step"] <= step:
-            keep.append(line)
-    write_atomic(path, "".join(line + "\n" for line in keep))
+                return parsed, number
+            record = None
+        if not isinstance(record, dict):
+            raise BrokenRecord(f"{path}:{number}: not a JSON record; repair or remove that line")
+        parsed.append((line, record))
+    return parsed, None
+
+
+def read_jsonl(path: str | os.PathLike) -> JsonLog:
+    """The records of a log that a process appends to line by line: a torn last line is left out (its number in
+    :attr:`JsonLog.torn`), a broken line elsewhere is a :class:`BrokenRecord`. A missing file has no records."""
+    path = Path(path)
+    if not path.is_file():
+        return JsonLog()
+    parsed, torn = _parse_jsonl(path)
+    return JsonLog((record for _, record in parsed), torn)
+
+
+def truncate_jsonl(path: str | os.PathLike, step: int) -> None:
+    """Keep the records of ``path`` up to ``step`` (their ``"step"`` key), rewritten atomically. A torn last line
+    is dropped with a warning; a broken line elsewhere is a :class:`BrokenRecord` (see :func:`read_jsonl`). A
+    missing file stays missing."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    parsed, torn = _parse_jsonl(path)
+    if torn is not None:
+        log.warning("%s:%d: dropped a torn last line (the process died while writing it)", path, torn)
+    write_atomic(path, "".join(line + "\n" for line, record in parsed if record["step"] <= step))
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:

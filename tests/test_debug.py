@@ -350,7 +350,7 @@ def test_summary_of_a_run_that_just_started(tmp_path):
     (run / "config.yaml").write_text("preset: demo\ntrain: {lr: 0.002}\n")
     (run / "metrics.jsonl").write_text('{"step": 25, "val_loss": 1.0, "diagonality": 0.3}\n{"step": 5')  # half-written
     text = summarize_run(run)
-    assert "1 evaluations, 1 unreadable lines in metrics.jsonl" in text
+    assert "1 evaluations, torn last line 2 of metrics.jsonl left out" in text
     assert "events: 0 (0 applied, 0 overridden)" in text
     assert "lr: 0.002 -> min 0.002 / max 0.002 -> end 0.002" in text
     assert "verdict: not aligned yet" in text

@@ -192,7 +192,7 @@ def test_a_two_rank_trial_is_pruned_on_both_ranks_and_the_study_goes_on(corpus_e
     each trial is a real 2-rank gloo group under torchrun; rank 0 talks to Optuna and its stop reaches rank 1."""
     from optuna.trial import TrialState
 
-    from smart_tuner.study.workers import optimize
+    from smart_tuner.study.optimize import optimize
 
     from .test_study import objective_file, options
 
@@ -230,7 +230,7 @@ def test_a_failed_two_rank_trial_is_failed_in_the_study_and_ends_its_worker(corp
     worker stops, leaving no process behind."""
     from optuna.trial import TrialState
 
-    from smart_tuner.study.workers import optimize
+    from smart_tuner.study.optimize import optimize
 
     from .test_study import objective_file, options
 

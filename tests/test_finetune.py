@@ -16,7 +16,7 @@ from smart_tuner.data.dataset import prepare_data
 from smart_tuner.train.trainer import Trainer, TrainingError
 from smart_tuner.tts import build_family
 from smart_tuner.tts.checkpoint import load as load_checkpoint
-from smart_tuner.tts.warm_start import WarmStartError, read_source, warm_start
+from smart_tuner.tts.warm_start import WarmStartError, read_source, transfer_weights
 
 from .conftest import tiny_config
 
@@ -37,7 +37,7 @@ def test_shared_symbols_copy_exactly_their_rows(pretrained, corpus_ru, tmp_path)
     family = build_family(config)
     model = family.build(len(data.symbols))
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
-    report = warm_start(model, family, data.symbols, read_source(pretrained, family))
+    report = transfer_weights(model, family, data.symbols, read_source(pretrained, family))
 
     theirs = source["symbols"]["symbols"]
     rows = model.state_dict()["encoder.embedding.weight"]
@@ -61,7 +61,7 @@ def test_ignore_patterns_and_shape_mismatches_are_skipped_and_reported(pretraine
     family = build_family(config)
     model = family.build(len(data.symbols))
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
-    report = warm_start(model, family, data.symbols, read_source(pretrained, family), ignore=[r"decoder\.gate\."])
+    report = transfer_weights(model, family, data.symbols, read_source(pretrained, family), ignore=[r"decoder\.gate\."])
     status = {t.name: (t.status, t.detail) for t in report.tensors}
     assert status["decoder.gate.weight"] == ("skipped", "ignored (train.init_ignore 'decoder\\\\.gate\\\\.')")
     kind, why = status["postnet.net.0.weight"]
@@ -73,9 +73,9 @@ def test_ignore_patterns_and_shape_mismatches_are_skipped_and_reported(pretraine
     assert "skipped" in report.table() and report.count("loaded") > 20
 
     with pytest.raises(WarmStartError, match="no learned value of the checkpoint fits this model"):
-        warm_start(model, family, data.symbols, read_source(pretrained, family), ignore=[".*"])
+        transfer_weights(model, family, data.symbols, read_source(pretrained, family), ignore=[".*"])
     with pytest.raises(ConfigError, match="train.init_ignore: '\\(' is not a regular expression"):
-        warm_start(model, family, data.symbols, read_source(pretrained, family), ignore=["("])
+        transfer_weights(model, family, data.symbols, read_source(pretrained, family), ignore=["("])
 
 
 def test_a_warm_run_writes_its_report_and_keeps_frozen_modules_fixed(pretrained, corpus_en, tmp_path):

@@ -18,11 +18,12 @@ import torch
 import yaml
 
 from smart_tuner import cli
-from smart_tuner.config import MAX_YAML_NODES, ConfigError, build_config, read_yaml, yaml_load
+from smart_tuner.config import ConfigError, build_config
 from smart_tuner.cores import CoreShare
 from smart_tuner.data.text import SymbolTable
 from smart_tuner.tts import checkpoint as ckpt
 from smart_tuner.tts.synthesis import SynthesisError, encode_lines, read_lines
+from smart_tuner.yaml_reader import MAX_YAML_NODES, read_yaml, yaml_load
 
 from .conftest import tiny_config
 

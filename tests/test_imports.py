@@ -1,4 +1,5 @@
-"""Reading a study never imports torch: the modules of ``report``, ``dashboard`` and the study's storage, and those
+"""Reading a study or a run directory never imports torch: the modules of ``report``, ``dashboard``, the study's
+storage and the run directory's reader (``run_logs``, and ``debug``'s summary that uses it), and the study
 commands run end to end (their error paths too), each in a fresh interpreter that would notice torch in
 ``sys.modules``."""
 
@@ -28,9 +29,10 @@ def fresh_python(cwd, *args) -> subprocess.CompletedProcess:
 
 
 def test_study_storage_report_and_dashboard_modules_do_not_import_torch(tmp_path):
-    modules = ["smart_tuner.study", "smart_tuner.study.space", "smart_tuner.study.storage",
+    modules = ["smart_tuner.yaml_reader", "smart_tuner.numeric", "smart_tuner.redact", "smart_tuner.study",
+               "smart_tuner.study.objective_file", "smart_tuner.study.storage", "smart_tuner.study.best",
                "smart_tuner.study.options", "smart_tuner.view.report", "smart_tuner.view.dashboard",
-               "smart_tuner.cli"]
+               "smart_tuner.run_logs", "smart_tuner.watch.debug", "smart_tuner.cli"]
     code = f"import sys\nimport {', '.join(modules)}\nprint(sorted(m for m in sys.modules if m.startswith('torch')))"
     result = fresh_python(tmp_path, "-c", code)
     assert result.returncode == 0, result.stderr

@@ -16,7 +16,7 @@ from smart_tuner.data.text import SymbolTable
 from smart_tuner.tts import build_family
 from smart_tuner.tts.inference import load_for_inference
 from smart_tuner.tts.nvidia import symbol_table as nvidia_symbol_table
-from smart_tuner.tts.warm_start import WarmStartError, read_source, warm_start
+from smart_tuner.tts.warm_start import WarmStartError, read_source, transfer_weights
 
 from .conftest import tiny_config
 
@@ -132,7 +132,7 @@ def test_init_from_an_nvidia_file_directly(nvidia_files):
     symbols = SymbolTable.from_texts(["hello, world!", "ёж"])  # <pad> <eos> <unk> ' ' ! , d e h l o r w ё ж
     model = family.build(len(symbols))
     fresh_rows = model.state_dict()["encoder.embedding.weight"].clone()
-    report = warm_start(model, family, symbols, read_source(files["dle"], family))
+    report = transfer_weights(model, family, symbols, read_source(files["dle"], family))
     ours = model.state_dict()
     by_name = {t.name: t for t in report.tensors}
     for name, _, our_name in nvidia_layout():
@@ -169,7 +169,7 @@ def test_init_from_an_nvidia_file_into_the_demo_preset_is_refused_naming_what_ma
     model = family.build(len(symbols))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(WarmStartError) as caught:
-        warm_start(model, family, symbols, read_source(files["nvidia"], family), min_share=0.5)
+        transfer_weights(model, family, symbols, read_source(files["nvidia"], family), min_share=0.5)
     message = str(caught.value)
     assert "\n" not in message and "parameters (0.0%) would come across, below train.init_min_share=0.5" in message
     assert "71 shape mismatches" in message and "--set preset=tacotron2" in message, message
@@ -177,8 +177,8 @@ def test_init_from_an_nvidia_file_into_the_demo_preset_is_refused_naming_what_ma
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing loaded
     # The report counts parameters, not tensors: what the full preset takes from the same file.
     big = build_family(build_config({"preset": "tacotron2", "data": {"mel_standardize": False}}))
-    report = warm_start(big.build(N_SYMBOLS), big, nvidia_symbol_table(), read_source(files["nvidia"], big),
-                        min_share=0.5)
+    report = transfer_weights(big.build(N_SYMBOLS), big, nvidia_symbol_table(), read_source(files["nvidia"], big),
+                              min_share=0.5)
     assert report.parameters == 28_193_154 and report.transferred == 28_193_153  # all but the zero v bias
     assert report.to_dict()["parameters"] == {"transferred": 28_193_153, "total": 28_193_154}
 

@@ -1,14 +1,20 @@
 """What a person watching a study sees (issue 14, item 10): the running trial's step, loss and diagonality under
-the trial bar, in this process and from worker processes, and a named objective in the dashboard."""
+the trial bar, in this process and from worker processes, and a named objective in the dashboard. What a person
+watching a run sees: the training bar, which only displays the counts of train/since_eval.py."""
 
 from __future__ import annotations
+
+import math
 
 import optuna
 
 from smart_tuner.hooks import EvalStats, StepStats
 from smart_tuner.study.objective import ProgressReporter
-from smart_tuner.study.workers import describe_progress, optimize
+from smart_tuner.study.optimize import describe_progress, optimize
+from smart_tuner.train.progress import Progress
+from smart_tuner.train.since_eval import SinceEval
 
+from .stats import eval_stats, step_stats
 from .test_study import objective_file, options
 
 
@@ -45,3 +51,30 @@ def test_a_worker_publishes_its_progress_for_optimize_to_show():
     assert describe_progress(progress) == "trial 0: step 121/600, loss 1.000, diagonality 0.46"
     assert describe_progress({"trial": 3, "step": 0, "max_steps": 10, "loss": float("nan")}) == \
         "trial 3: step 0/10, loss -, diagonality -"
+
+
+def test_the_steps_since_an_evaluation_add_up_to_its_train_loss_and_throughput():
+    since = SinceEval()
+    assert math.isnan(since.mean_loss()) and math.isnan(since.frames_per_second())
+    assert math.isnan(since.steps_per_second())
+    since.add(step_stats(1, loss=2.0, frames=300), wall=0.5)
+    since.add(step_stats(2, loss=float("nan"), frames=100), wall=0.5)  # counted, but a non-finite loss is no mean's
+    since.add(step_stats(3, loss=1.0, frames=200), wall=1.0)
+    assert since.mean_loss() == 1.5
+    assert since.frames_per_second() == 300 and since.steps_per_second() == 1.5
+
+
+def test_the_training_bar_shows_the_counts_it_is_given_and_counts_nothing():
+    bar = Progress(total=10, initial=0, enabled=False)
+    since = SinceEval()
+    since.add(step_stats(1, loss=1.25, frames=400), wall=2.0)
+    bar.update()
+    bar.show(step_stats(1, loss=1.25), None, 1e-3, "", since)
+    assert bar.bar.postfix == "loss=1.250, diag=-, lr=1.00e-03, mel/s=200"
+    bar.show(step_stats(1, loss=1.25), None, 1e-3, "", since)
+    assert since.steps == 1 and since.frames == 400  # showing again counts nothing
+    # Just after an evaluation nothing is counted yet: the evaluation's own throughput is shown.
+    evaluation = eval_stats(1, diagonality=0.75, frames_per_second=123.0)
+    bar.show(step_stats(1, loss=1.25), evaluation, 1e-3, "1:lr_adapter lr", SinceEval())
+    assert bar.bar.postfix == "loss=1.250, diag=0.75, lr=1.00e-03, mel/s=123, event=1:lr_adapter lr"
+    bar.close()

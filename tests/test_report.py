@@ -15,8 +15,8 @@ import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from smart_tuner.study.optimize import optimize
 from smart_tuner.study.options import StudyOptions
-from smart_tuner.study.workers import optimize
 from smart_tuner.view.report import build_report
 from smart_tuner.watch.previews import latest_preview
 

@@ -1,4 +1,4 @@
-"""Tests for smart_tuner.study.space: objective files, their checks, and the glue to Optuna. No training."""
+"""Tests for smart_tuner.study.objective_file: objective files, their checks, and the glue to Optuna. No training."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from smart_tuner.config import ConfigError, build_config, merge
-from smart_tuner.study.space import (
+from smart_tuner.study.objective_file import (
     PRUNERS,
     SAMPLERS,
     Dimension,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from smart_tuner.config import redact_url
+from smart_tuner.redact import redact_url
 
 SECRET = "S3cr3tPw"
 DEMO = Path(__file__).resolve().parents[1] / "objectives" / "demo.yaml"

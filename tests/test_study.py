@@ -12,10 +12,11 @@ from optuna.trial import TrialState
 
 from smart_tuner import cli
 from smart_tuner.config import ConfigError
+from smart_tuner.study.best import best_config
+from smart_tuner.study.objective_file import SAMPLERS, load_objective, reference_params
+from smart_tuner.study.optimize import open_study, optimize
 from smart_tuner.study.options import StudyOptions
-from smart_tuner.study.space import SAMPLERS, load_objective, reference_params
-from smart_tuner.study.storage import best_config, open_storage, storage_url
-from smart_tuner.study.workers import open_study, optimize
+from smart_tuner.study.storage import open_storage, storage_url
 
 from .conftest import TINY_MODEL
 

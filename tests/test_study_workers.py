@@ -15,10 +15,10 @@ import sqlalchemy
 import torch
 from optuna.trial import TrialState
 
+from smart_tuner.study.objective_file import load_objective
+from smart_tuner.study.optimize import open_study
 from smart_tuner.study.options import StudyOptions
-from smart_tuner.study.space import load_objective
 from smart_tuner.study.storage import StudyTrials, retried_number
-from smart_tuner.study.workers import open_study
 
 from .pg import postgres_url  # noqa: F401  (the fixture)
 from .test_study import objective_file

@@ -1,20 +1,24 @@
-"""Real training runs on small real corpora: loss goes down, resume is exact, hooks steer the controls."""
+"""Real training runs on small real corpora: loss goes down, resume is exact, hooks steer the controls, a full disk
+ends a run once."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import shutil
+import subprocess
 
 import pytest
 import torch
 
+from smart_tuner.files import DiskFullError
 from smart_tuner.hooks import Decision, Hook
 from smart_tuner.train.trainer import Trainer, TrainingError
 from smart_tuner.tts.checkpoint import load as load_checkpoint
 from smart_tuner.tts.inference import load_for_inference
 
-from .conftest import tiny_config
+from .conftest import require, tiny_config
 
 
 class Recorder(Hook):
@@ -136,6 +140,9 @@ def test_hooks_steer_controls_by_priority_and_every_request_is_an_event(corpus_e
         terms = s.losses
         assert s.loss == pytest.approx(terms["mel"] + terms["postnet"] + terms["gate"] + 7.5 * terms["ga"], rel=1e-5)
     assert len(recorder.events) == len(events)
+    # Each evaluation's train_loss is the mean of the steps since the one before.
+    losses = [s.loss for s in recorder.steps]
+    assert [e.train_loss for e in recorder.evals] == pytest.approx([sum(losses[:4]) / 4, sum(losses[4:]) / 4])
 
 
 def test_cyrillic_corpus_trains_and_the_checkpoint_stands_alone(corpus_ru, tmp_path):
@@ -166,3 +173,54 @@ def test_a_checkpoint_of_another_format_is_refused_naming_the_format(tmp_path):
     torch.save({"state_dict": {}}, path)  # not ours at all (NVIDIA's layout, say)
     with pytest.raises(CheckpointError, match="not a smart_tuner checkpoint"):
         load_for_inference(path)
+
+
+def recorded_saves(trainer, monkeypatch, save=None) -> list[str]:
+    """The names of the checkpoints the trainer asks its run directory to save, in order; ``save`` replaces the
+    real save."""
+    names: list[str] = []
+    real = save or trainer.run.save_checkpoint
+
+    def recording(name, state):
+        names.append(name)
+        return real(name, state)
+
+    monkeypatch.setattr(trainer.run, "save_checkpoint", recording)
+    return names
+
+
+def test_a_full_disk_ends_the_run_and_last_pt_is_not_tried_again(corpus_en, tmp_path, monkeypatch):
+    """The first checkpoint meets a real full filesystem (a 64 KiB tmpfs: ENOSPC); the run ends there, and its end
+    does not try last.pt on the same full disk."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(checkpoints)],
+                             capture_output=True)
+    require(mounted.returncode == 0, f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        trainer = Trainer(tiny_config(corpus_en, tmp_path, train={"max_steps": 4, "eval_every": 2}), tmp_path / "run",
+                          progress=False)
+        saves = recorded_saves(trainer, monkeypatch)
+        result = trainer.fit()
+        left = sorted(p.name for p in checkpoints.iterdir())
+    finally:
+        subprocess.run(["umount", "-l", str(checkpoints)], check=False)
+    assert result.status == "failed" and result.step == 2
+    assert result.reason == (f"no space left on the device of {checkpoints} while writing {checkpoints / 'best.pt'}; "
+                             "no checkpoint was written yet")
+    assert saves == ["best.pt"] and left == []
+
+
+def test_an_exceeded_quota_ends_the_run_and_last_pt_is_not_tried_again(corpus_en, tmp_path, monkeypatch):
+    """EDQUOT is a full disk too, whatever its message says."""
+    trainer = Trainer(tiny_config(corpus_en, tmp_path, train={"max_steps": 4, "eval_every": 2}), tmp_path / "run",
+                      progress=False)
+
+    def over_quota(name, state):
+        raise DiskFullError(errno.EDQUOT, f"disk quota exceeded while writing {name}", name)
+
+    saves = recorded_saves(trainer, monkeypatch, over_quota)
+    result = trainer.fit()
+    assert result.status == "failed" and result.step == 2
+    assert result.reason == "disk quota exceeded while writing best.pt; no checkpoint was written yet"
+    assert saves == ["best.pt"]

@@ -6,7 +6,7 @@ import pytest
 from optuna.trial import TrialState
 
 from smart_tuner.cli import main
-from smart_tuner.study.workers import optimize
+from smart_tuner.study.optimize import optimize
 
 from .test_study import objective_file, options
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import is_finite_number
 from ..hooks import EvalStats, Hook
+from ..numeric import is_finite_number
 
 
 def worse_diagonality(*values: Any) -> float:

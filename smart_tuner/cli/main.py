@@ -1,7 +1,7 @@
 """Command line: ``python -m smart_tuner <command>`` (also installed as ``smart-tuner``).
 
 This module parses and dispatches: each command turns its arguments into plain values and calls its work in its
-package (``train.command``, ``tts.speak``, ``study.storage``, ``view.dashboard``, ...), imported only when it runs,
+package (``train.command``, ``tts.speak``, ``study.best``, ``view.dashboard``, ...), imported only when it runs,
 so that ``report``, ``dashboard`` and ``best`` never load torch.
 """
 
@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError("--config and --from-study exclude each other")
     config_path = Path(args.config) if args.config else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     if args.study:
-        from ..study.storage import production_config
+        from ..study.best import production_config
 
         config, stem = production_config(args.study, args.storage, sets), f"{args.study}-best"
     elif config_path:
@@ -68,7 +68,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     if bool(args.study) == bool(args.checkpoint):
         raise SynthesisError("name one checkpoint: --checkpoint CKPT or --from-study NAME")
     best = not args.checkpoint  # --from-study: its best trial's checkpoint
-    checkpoint = work(".study.storage:best_checkpoint", args.study, args.storage) if best else Path(args.checkpoint)
+    checkpoint = work(".study.best:best_checkpoint", args.study, args.storage) if best else Path(args.checkpoint)
     return work(".tts.speak:speak_to_files", checkpoint, lines, Path(args.out), origin=args.text_file or "--text",
                 device=args.device, batch_size=args.batch_size, seed=args.seed, drop_missing=args.drop_missing,
                 write_mel=args.mel, progress=not args.no_progress, vocoder=args.vocoder,
@@ -90,12 +90,12 @@ COMMANDS: dict[str, tuple[str | None, Callable[[Parser], Any], Callable[[argpars
                                    seed=a.seed, cache_dir=a.cache_dir, progress=not a.no_progress)),
     "convert": ("import another project's checkpoint", convert_flags, None),
     "optimize": ("run an Optuna study: each trial trains with the adapters on", study_flags("optimize"),
-                 lambda a: work(".study.workers:optimize_command", StudyOptions.from_args(a, "optimize"),
+                 lambda a: work(".study.optimize:optimize_command", StudyOptions.from_args(a, "optimize"),
                                 progress=not a.no_progress)),
     "worker": (None, study_flags("worker"),  # started by optimize --n-jobs / --gpus
-               lambda a: work(".study.workers:worker_command", StudyOptions.from_args(a, "worker"))),
+               lambda a: work(".study.optimize:worker_command", StudyOptions.from_args(a, "worker"))),
     "best": ("write the full training config of a study's best trial", study_flags("best", out="best.yaml"),
-             lambda a: work(".study.storage:write_best_config", a.study, a.storage, a.out)),
+             lambda a: work(".study.best:write_best_config", a.study, a.storage, a.out)),
     "data": ("corpus tools", data_flags, None),
     "dashboard": ("browse a study in optuna-dashboard (with the trials' images)", study_flags("dashboard", port=8080),
                   lambda a: work(".view.dashboard:serve_dashboard", a.study, a.storage, a.artifact_dir,

@@ -178,8 +178,9 @@ def length_grid(lengths: list[int], count: int, multiple: int = 1) -> list[int]:
     return sorted(edges)
 
 
-def _padded(length: int, grid: list[int] | None, multiple: int) -> int:
-    """``length`` rounded up to ``multiple``, then to the grid (a length beyond the grid keeps its own)."""
+def padded_length(length: int, grid: list[int] | None, multiple: int) -> int:
+    """``length`` rounded up to ``multiple``, then to the grid (a length beyond the grid keeps its own): what a
+    batch whose longest item has ``length`` is padded to."""
     length = -(-length // multiple) * multiple
     return next((edge for edge in grid or [] if edge >= length), length)
 
@@ -196,8 +197,8 @@ class Collate:
     def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> Batch:
         text_lengths = torch.tensor([len(t) for t, _ in items], dtype=torch.long)
         mel_lengths = torch.tensor([m.shape[1] for _, m in items], dtype=torch.long)
-        n_max = _padded(int(text_lengths.max()), self.text_grid, 1)
-        t_max = _padded(int(mel_lengths.max()), self.frame_grid, self.r)
+        n_max = padded_length(int(text_lengths.max()), self.text_grid, 1)
+        t_max = padded_length(int(mel_lengths.max()), self.frame_grid, self.r)
         text = torch.full((len(items), n_max), self.pad_id, dtype=torch.long)
         mel = self.pad_value[None, :, None].repeat(len(items), 1, t_max)
         for i, (t, m) in enumerate(items):  # a loop over batch items, not tensor elements

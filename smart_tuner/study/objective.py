@@ -1,7 +1,7 @@
 """One trial of the study: the Optuna objective that trains a config with the adapters on, and its reporting hook.
 
 trial -> params (search space) -> config (base config < --set < params) -> run_training(...) -> value.
-At each evaluation one documented scalar is reported (:class:`~smart_tuner.study.space.ObjectiveFormula`:
+At each evaluation one documented scalar is reported (:class:`~smart_tuner.study.objective_file.ObjectiveFormula`:
 ``val_<output loss> + ga_penalty * (1 - D) + stop_penalty * (1 - free_running_stop_rate)``), the output loss being the
 model family's (Tacotron 2: ``val_postnet``): the mel loss alone does not show whether attention aligned, so an
 unaligned trial is penalized. Optuna's
@@ -33,8 +33,8 @@ from ..train.distributed import Group, GroupLost
 from ..train.runner import run_training
 from ..tts import build_family
 from ..watch.previews import list_previews
+from .objective_file import ObjectiveFormula, ObjectiveSpec, suggest
 from .options import StudyOptions
-from .space import ObjectiveFormula, ObjectiveSpec, suggest
 from .storage import TrialFailed, allow_experimental, retried_number
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ class OptunaReporter(Hook):
         self.trial.report(value, stats.step)
         metrics = stats.metrics()
         for key in (*EvalStats.SUMMARY, f"val_{self.output_loss}"):
-            self.trial.set_user_attr(key, metrics[key])
+            if math.isfinite(metrics[key]):  # NaN: not measured (free-running with data.val_infer 0)
+                self.trial.set_user_attr(key, metrics[key])
         self.trial.set_user_attr("step", stats.step)
         if self.trial.should_prune():
             self.pruned_at = stats.step

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..paths import study_artifact_dir
 from ..seeds import MAX_SEED
-from .space import PRUNERS, SAMPLERS
+from .objective_file import PRUNERS, SAMPLERS
 from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, StudyError, storage_url
 
 RUN = ("optimize", "worker")  # the commands that run trials

@@ -1,11 +1,11 @@
 """A study in its storage, without torch: opening storages, and what the study's trials add up to.
 
-Nothing here trains, so ``best``, ``report``, ``dashboard`` and the workers' budget check share it without importing
-torch. :class:`StudyTrials` is the one place that sorts a study's trials by outcome: the completed, pruned, failed,
-running and waiting trials; a failed trial that was re-queued (its worker died, or it was interrupted) stays a failed
-result, but its retry takes its place in the budget. :class:`BudgetedStudy` refuses to create a trial beyond
-``--study-trials`` under a lock shared by every worker (:func:`study_lock`), so a study never holds a trial it did not
-run. The best trial is the completed one with the lowest finite
+Nothing here trains, so ``best`` (study/best.py), ``report``, ``dashboard`` and the workers' budget check share it
+without importing torch. :class:`StudyTrials` is the one place that sorts a study's trials by outcome: the
+completed, pruned, failed, running and waiting trials; a failed trial that was re-queued (its worker died, or it was
+interrupted) stays a failed result, but its retry takes its place in the budget. :class:`BudgetedStudy` refuses to
+create a trial beyond ``--study-trials`` under a lock shared by every worker (:func:`study_lock`), so a study never
+holds a trial it did not run. The best trial (:attr:`StudyTrials.best`) is the completed one with the lowest finite
 value. Storages are RDB storages with heartbeats (SQLite by default; PostgreSQL or any SQLAlchemy URL for several
 machines), so that a killed worker's trial is failed and re-queued by ``RetryHeartbeatStaleTrialCallback``.
 """
@@ -29,20 +29,10 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import (
-    Config,
-    build_config,
-    is_finite_number,
-    merge,
-    parse_set_overrides,
-    redact_text,
-    redact_url,
-    to_yaml,
-)
 from ..errors import UserError
-from ..files import check_output_file, write_atomic
+from ..numeric import is_finite_number
 from ..paths import STUDIES_DIR, make_sqlite_dir, sqlite_file
-from .space import load_objective, params_to_overrides
+from ..redact import redact_text, redact_url
 
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 60  # a trial without a heartbeat for this long is failed (and re-queued)
@@ -336,57 +326,3 @@ def summary(study: optuna.Study) -> str:
             reason = t.user_attrs.get("failure") or t.user_attrs["traceback"].strip().splitlines()[-1]
             lines.append(f"trial {t.number} failed: {reason}")
     return "\n".join(lines)
-
-
-def best_config(study: optuna.Study, objective: Path | None = None) -> tuple[Config, FrozenTrial]:
-    """The full training config of the best trial: stored with the trial, or rebuilt from its params."""
-    best = study_trials(study).best
-    if best is None:
-        raise StudyError(f"study {study.study_name!r} has no completed trial yet")
-    if "config" in best.user_attrs:
-        return build_config(best.user_attrs["config"]), best
-    path = objective or Path(study.user_attrs.get("objective", ""))
-    spec = load_objective(path)
-    return build_config(merge(spec.config, params_to_overrides(best.params))), best
-
-
-def write_best_config(name: str, storage: str | None, out: str | Path) -> int:
-    """``best``: the full training config of the study's best trial, written to ``out`` with a header that says how
-    to train it."""
-    check_output_file(out, replace=True)  # regenerated: an earlier best.yaml is replaced, a device never
-    study = open_study_readonly(name, storage)
-    config, trial = best_config(study)
-    config.tracking.source_study, config.tracking.source_trial = study.study_name, trial.number
-    header = (f"# best trial {trial.number} of study {study.study_name}: value {trial.value:.6g}, diagonality "
-              f"{trial.user_attrs.get('diagonality', float('nan')):.3f}\n"
-              f"# train it: python -m smart_tuner train --config {out} --max-steps 100000\n")
-    path = write_atomic(out, header + to_yaml(config))
-    print(f"wrote the config of trial {trial.number} (value {trial.value:.4f}) to {path}")
-    return 0
-
-
-def production_config(name: str, storage: str | None, sets: list[str]) -> Config:
-    """``train --from-study``: the best trial's config with its origin in ``tracking`` and ``sets`` over it."""
-    study = open_study_readonly(name, storage)
-    best, trial = best_config(study)
-    origin = {"tracking": {"source_study": study.study_name, "source_trial": trial.number}}
-    config = build_config(merge(merge(best.to_dict(), origin), parse_set_overrides(sets)))
-    log.info("production run from study %s, trial %d (value %.4f)", study.study_name, trial.number, trial.value)
-    return config
-
-
-def best_checkpoint(name: str, storage: str | None) -> Path:
-    """The checkpoint of study ``name``'s best trial (``synthesize --from-study``): ``best.pt`` of its run directory,
-    else ``last.pt``."""
-    study = open_study_readonly(name, storage)
-    best = study_trials(study).best
-    if best is None:
-        raise StudyError(f"study {study.study_name!r} has no completed trial yet")
-    run_dir = best.user_attrs.get("run_dir")
-    if not run_dir:
-        raise StudyError(f"study {study.study_name!r}: trial {best.number} recorded no run directory")
-    for name in ("best.pt", "last.pt"):
-        path = Path(run_dir) / "checkpoints" / name
-        if path.is_file():
-            return path
-    raise StudyError(f"study {study.study_name!r}: trial {best.number} left no checkpoint under {run_dir}/checkpoints")

@@ -20,8 +20,8 @@ from .errors import TrainingError
 log = logging.getLogger(__name__)
 
 
-def warm_start(model: torch.nn.Module, family: ModelFamily, symbols: SymbolTable, config: Config,
-               report_dir: Path | None) -> None:
+def load_init_from(model: torch.nn.Module, family: ModelFamily, symbols: SymbolTable, config: Config,
+                   report_dir: Path | None) -> None:
     """Model weights from ``train.init_from``, reported in the log and in ``<report_dir>/init_report.json`` (None:
     this rank reports nothing)."""
     report = init_from(model, family, symbols, config)

@@ -1,17 +1,11 @@
 """A run directory's life: whether a run starts or resumes there, who may write it, and what it holds.
 
-::
-
-    <run dir>/.lock                 one writer at a time (rank 0's flock), from set-up to the end of fit()
-    <run dir>/config.yaml           the config the run trains with
-    <run dir>/metrics.jsonl         one line per evaluation
-    <run dir>/events.jsonl          one line per hook request (see controls.py)
-    <run dir>/checkpoints/last.pt   the latest state, from which --resume goes on (best.pt: the best val_loss)
-
-A directory that holds ``last.pt`` is resumed only when asked (``--resume``), and only by a config that changes
-nothing the checkpoint's model or features depend on; the logs are then cut back to the checkpoint's step. After
-torchrun restarted the group, the run resumes from ``last.pt`` when there is one, else starts over. With several
-ranks, rank 0 alone writes here.
+What it holds, and under which names, is listed once in :mod:`smart_tuner.run_logs`, which also reads it back (the
+debug reporter, the benchmarks, the tests): the lock, config.yaml, metrics.jsonl, events.jsonl (one line per hook
+request, see controls.py) and checkpoints/. A directory that holds ``last.pt`` is resumed only when asked
+(``--resume``), and only by a config that changes nothing the checkpoint's model or features depend on; the logs
+are then cut back to the checkpoint's step. After torchrun restarted the group, the run resumes from ``last.pt``
+when there is one, else starts over. With several ranks, rank 0 alone writes here.
 """
 
 from __future__ import annotations
@@ -30,20 +24,19 @@ from ..files import (
     write_atomic,
 )
 from ..hooks import EvalStats, Event
+from ..run_logs import CHECKPOINTS, CONFIG, EVENTS, LAST, LOGS, METRICS
 from ..tts import checkpoint as ckpt
 from .distributed import Group
 from .errors import TrainingError
 
 log = logging.getLogger(__name__)
 
-LOGS = ("metrics.jsonl", "events.jsonl")
-
 
 class RunDir:
     def __init__(self, path: str | Path, group: Group):
         self.path, self.group = Path(path), group
-        self.checkpoints = self.path / "checkpoints"
-        self.last = self.checkpoints / "last.pt"
+        self.checkpoints = self.path / CHECKPOINTS
+        self.last = self.checkpoints / LAST
         self.lock: DirectoryLock | None = None
         self.saved_step: int | None = None  # the step of checkpoints/last.pt on disk
 
@@ -92,7 +85,7 @@ class RunDir:
         if cannot:
             raise TrainingError(f"--resume: {self.last} was trained with another model or features; these changes "
                                 f"cannot apply to it: {'; '.join(cannot)}. Resume with the run's config "
-                                f"({self.path / 'config.yaml'}), or start a new --run-dir")
+                                f"({self.path / CONFIG}), or start a new --run-dir")
         for change in applied:
             log.info("resume: applying the changed setting %s", change)
 
@@ -114,22 +107,22 @@ class RunDir:
     # ------------------------------------------------------------------------------------- writing
     def write_config(self, config: Config) -> None:
         if self.group.is_main:
-            write_atomic(self.path / "config.yaml", to_yaml(config))
+            write_atomic(self.path / CONFIG, to_yaml(config))
 
     def append_metrics(self, stats: EvalStats) -> None:
         if self.group.is_main:
-            append_line(self.path / "metrics.jsonl", json.dumps(stats.to_dict()))
+            append_line(self.path / METRICS, json.dumps(stats.to_dict()))
 
     def append_event(self, event: Event) -> None:
         if self.group.is_main:
-            append_line(self.path / "events.jsonl", json.dumps(event.to_dict()))
+            append_line(self.path / EVENTS, json.dumps(event.to_dict()))
 
     def save_checkpoint(self, name: str, state: dict) -> Path:
         """Rank 0 writes ``state`` atomically under ``checkpoints/name``."""
         path = self.checkpoints / name
         if self.group.is_main:
             ckpt.save_atomic(state, path)
-        if name == "last.pt":
+        if name == LAST:
             self.saved_step = state["step"]
         return path
 

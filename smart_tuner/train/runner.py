@@ -1,7 +1,7 @@
 """One training run with everything that watches and steers it: adapters, debug reporter, alerts.
 
 The ``train`` command (train/command.py) and every study trial (study/objective.py, and the other
-ranks of a multi-GPU trial in study/workers.py) call :func:`run_training`, so a production run gets
+ranks of a multi-GPU trial in study/optimize.py) call :func:`run_training`, so a production run gets
 exactly the hooks a trial had.
 """
 

@@ -25,9 +25,9 @@ import torch
 
 from ..config import Config
 from ..cores import CoreShare
-from ..data.dataset import Batch, BucketBatchSampler, Collate, PreparedData, length_grid, prepare_data
+from ..data.dataset import Batch, BucketBatchSampler, Collate, PreparedData, length_grid, padded_length, prepare_data
 from ..data.text import SymbolTable
-from ..files import DiskFullError
+from ..files import FULL, DiskFullError
 from ..hooks import Decision, EvalStats, Hook, RunInfo, StepStats, TrainResult
 from ..tts import build_family, count_parameters
 from ..tts import checkpoint as ckpt
@@ -37,10 +37,11 @@ from .controls import Controls
 from .distributed import Group, GroupError
 from .errors import TrainingError
 from .faults import FaultPlan
-from .finetune import Freezer, warm_start
+from .finetune import Freezer, load_init_from
 from .lockstep import LockStep
 from .progress import Progress
 from .run_dir import RunDir
+from .since_eval import SinceEval
 from .validation import Validation, WeightChange
 
 log = logging.getLogger(__name__)
@@ -112,10 +113,11 @@ class Trainer:
             hook.on_train_start(info)
         log.info("training %s parameters on %s: %d train / %d validation utterances, run dir %s",
                  f"{info.parameters:,}", self.device, info.train_size, info.val_size, self.run_dir)
+        self.since_eval = SinceEval()  # the steps since the last evaluation: its train_loss and throughput
         self.bar = Progress(cfg.max_steps, self.step, self.progress)
         self.last_eval: EvalStats | None = None
         status, reason = "completed", f"reached train.max_steps={cfg.max_steps}"
-        whole = True  # the group of ranks can still do collectives
+        failure: Exception | None = None  # what ended the run early, for _end to decide on last.pt
         try:
             while self.step < cfg.max_steps:
                 signum = self.lockstep.stop_signal()
@@ -125,33 +127,33 @@ class Trainer:
                 if self._advance():
                     status, reason = "stopped", self.controls.stop_reason
                     break
-        except TrainingError as exc:
-            status, reason = "failed", str(exc)
-        except GroupError as exc:  # the other ranks are gone: no more collectives
-            status, reason, whole = "failed", str(exc), False
-        except DiskFullError as exc:
-            status, reason = "failed", f"{exc.strerror}; {self.run.intact()}"
+        except (TrainingError, GroupError, DiskFullError) as exc:
+            status, reason, failure = "failed", str(exc), exc
         finally:
             self.bar.close()
-        return self._end(status, reason, whole)
+        return self._end(status, reason, failure)
 
     def _advance(self) -> bool:
         """One step, then the evaluation and checkpoint due after it; True when a hook stopped the run."""
         cfg = self.config.train
         started = time.perf_counter()
         self.freezer.before(self.step)
-        stats, _ = self.train_step(self._next_batch())
+        stats = self.train_step(self._next_batch())
         requests = self.lockstep.agree([(h, d) for h in self.hooks for d in h.on_step(stats)])
         actions = self._apply(self.controls.guard(requests, stats), stats.step)
         if not actions & {"skip_update", "rollback"}:
             self.optimizer.step()
+        # The one zeroing of a step: after the update is applied, skipped or rolled back, so that no gradient of this
+        # step reaches the next one (and none is held through an evaluation).
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.faults.after_step(self.step, self.model)
         self.elapsed += stats.step_time
-        self.bar.add(stats, time.perf_counter() - started)
+        self.since_eval.add(stats, time.perf_counter() - started)
+        self.bar.update()
         if self.last_eval is None or self.step % 10 == 0:
-            self.bar.show(stats, self.last_eval, self.controls.lr, self.controls.last_event, refresh=False)
+            self.bar.show(stats, self.last_eval, self.controls.lr, self.controls.last_event, self.since_eval,
+                          refresh=False)
             self._share_cores()
         if "stop" in actions:
             return True
@@ -164,7 +166,7 @@ class Trainer:
     def _evaluate_and_save(self, stats: StepStats) -> bool:
         """The evaluation, the hooks' decisions on it, the healthy snapshot and the checkpoints due; True when a
         hook stopped the run."""
-        cfg, since = self.config.train, self.bar.take()
+        cfg, since, self.since_eval = self.config.train, self.since_eval, SinceEval()
         self.last_eval = self.evaluate(since.mean_loss(), since.frames_per_second(), since.steps_per_second())
         self.run.append_metrics(self.last_eval)
         actions = self._apply(self.lockstep.agree([(h, d) for h in self.hooks for d in h.on_eval(self.last_eval)]),
@@ -176,7 +178,7 @@ class Trainer:
         every = cfg.checkpoint_every or cfg.eval_every
         if self.step % every == 0 or self.step == cfg.max_steps:
             self.save_checkpoint("last.pt")
-        self.bar.show(stats, self.last_eval, self.controls.lr, self.controls.last_event)
+        self.bar.show(stats, self.last_eval, self.controls.lr, self.controls.last_event, self.since_eval)
         return "stop" in actions
 
     def _apply(self, requests: list[tuple[Hook, Decision]], step: int) -> set[str]:
@@ -186,13 +188,17 @@ class Trainer:
             self.weight_change.mark(self.step)
         return actions
 
-    def _end(self, status: str, reason: str, whole: bool) -> TrainResult:
+    def _end(self, status: str, reason: str, failure: Exception | None) -> TrainResult:
         """``last.pt`` where the run ended (a completed run wrote it at its last evaluation), the hooks told, the
         directory and the cores left."""
         try:
-            if not whole:  # a rank is gone: last.pt stays the last checkpoint with every rank's state (RNG)
+            if isinstance(failure, GroupError):  # the other ranks are gone: no more collectives
+                # A rank is gone: this rank's state lacks the others' (their RNG streams), so last.pt stays the last
+                # checkpoint every rank wrote, and a restarted or resumed group continues exactly from there.
                 reason = f"{reason}; {self.run.intact()}, the last one every rank wrote"
-            elif status != "completed" and not reason.startswith("no space left"):
+            elif isinstance(failure, OSError) and failure.errno in FULL:  # a second save would fail the same way
+                reason = f"{reason}; {self.run.intact()}"
+            elif status != "completed":
                 try:
                     self.save_checkpoint("last.pt")
                 except DiskFullError as exc:
@@ -204,15 +210,15 @@ class Trainer:
             self.release()
         return result
 
-    def train_step(self, batch: Batch) -> tuple[StepStats, bool]:
-        """One forward/backward; returns the statistics and whether the update is safe to apply."""
+    def train_step(self, batch: Batch) -> StepStats:
+        """One forward/backward into zeroed gradients (the caller applies or discards them, then zeroes them); the
+        step's statistics, ``finite`` among them."""
         self.model.train()
         start = time.perf_counter()
         with self.autocast:
             out = self.family.training_forward(self.model, batch, self.controls.loss_weights)
         step = self.step + 1
         loss = self.faults.after_loss(step, out.total)
-        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.faults.after_gradients(step, self.model)
         if self.group.distributed:  # one all-reduce; a non-finite gradient on one rank is non-finite on all
@@ -228,7 +234,7 @@ class Trainer:
                           loss_weights=dict(self.controls.loss_weights), finite=values.finite,
                           step_time=time.perf_counter() - start, diagonality=values.diagonality,
                           module_grad_norms=dict(zip(self.module_params, values.module_norms)), frames=values.frames)
-        return stats, stats.finite
+        return stats
 
     @torch.no_grad()
     def evaluate(self, train_loss: float = float("nan"), frames_per_second: float = float("nan"),
@@ -301,7 +307,7 @@ class Trainer:
         ``init_report.json``), with rank 0's weights on every rank but each rank its own dropout stream."""
         model = self.family.build(len(self.symbols)).to(self.device)
         if warm:
-            warm_start(model, self.family, self.symbols, self.config, self.run_dir if self.group.is_main else None)
+            load_init_from(model, self.family, self.symbols, self.config, self.run_dir if self.group.is_main else None)
         self.group.broadcast_parameters(model)
         if self.group.distributed:
             self.lockstep.seed_rank(self.config.train.seed)
@@ -316,10 +322,10 @@ class Trainer:
         train = self.data.train
         frame_grid = length_grid(train.frames, grid_size, multiple)
         text_grid = length_grid([len(t) for t in train.encoded], grid_size)
-        batches = self.sampler.epoch(0)
+        batches = [(len(b), max(train.frames[i] for i in b)) for b in self.sampler.epoch(0)]  # (items, longest)
         real = sum(train.frames)
-        per_batch = sum(len(b) * -(-max(train.frames[i] for i in b) // multiple) * multiple for b in batches)
-        on_grid = sum(len(b) * next(e for e in frame_grid if e >= max(train.frames[i] for i in b)) for b in batches)
+        on_grid, per_batch = (sum(n * padded_length(longest, grid, multiple) for n, longest in batches)
+                              for grid in (frame_grid, None))  # what Collate pads to, with the grid and without
         log.info("static shapes: frames padded to one of %s, text to one of %s; padded frames over an epoch: "
                  "+%.1f%% (+%.1f%% padding each batch to its longest)", frame_grid, text_grid,
                  100 * (on_grid / real - 1), 100 * (per_batch / real - 1))

@@ -55,8 +55,8 @@ class Validation:
         for previews."""
         count = min(self.val_infer, len(self.val))
         names = [*METRICS, "stop_rate"]
-        if count == 0:
-            return dict.fromkeys(names, 0.0), {}
+        if count == 0:  # not measured: NaN, which every reader (adapters, objective, trackers) leaves out
+            return dict.fromkeys(names, float("nan")), {}
         # Room for twice the longest true length: an item that never stops is measured over that span.
         multiple = self.family.frames_multiple
         limit = 2 * -(-max(self.val.frames[i] for i in range(count)) // multiple) * multiple

@@ -76,7 +76,7 @@ def min_vocodable_frames(audio: AudioConfig) -> int:
     return audio.n_fft // audio.hop_length + 1
 
 
-def vocode(log_mel: torch.Tensor, audio: AudioConfig, n_iter: int = GRIFFIN_LIM_ITERS) -> torch.Tensor:
+def vocode_griffin_lim(log_mel: torch.Tensor, audio: AudioConfig, n_iter: int = GRIFFIN_LIM_ITERS) -> torch.Tensor:
     """A denormalized log-mel ``(n_mels, frames)`` as a waveform at ``audio.sample_rate``, by Griffin-Lim (a
     preview-quality vocoder; a neural vocoder takes the same mel)."""
     return griffin_lim(log_mel, MelExtractor.from_config(audio), n_iter=n_iter)

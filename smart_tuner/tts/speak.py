@@ -17,7 +17,7 @@ from ..data.audio import wav_bytes
 from ..data.dataset import LOG_FLOOR
 from ..files import check_output_dir, write_atomic
 from .hifigan import VocoderError, load_vocoder
-from .inference import load_for_inference, min_vocodable_frames, pick_device, vocode
+from .inference import load_for_inference, min_vocodable_frames, pick_device, vocode_griffin_lim
 from .plots import alignment_png
 from .synthesis import Spoken, encode_lines, synthesize
 
@@ -66,7 +66,7 @@ def write_sentence(spoken: Spoken, name: Path, audio: AudioConfig, write_mel: bo
         if mel.shape[1] < min_vocodable_frames(audio):  # too short to vocode: pad with silence
             floor = mel.new_full((mel.shape[0], min_vocodable_frames(audio) - mel.shape[1]), LOG_FLOOR)
             mel = torch.cat([mel, floor], 1)
-        wave = vocode(mel, audio)
+        wave = vocode_griffin_lim(mel, audio)
     write_atomic(name.with_suffix(".wav"), wav_bytes(wave, audio.sample_rate))
     if spoken.alignment is not None:
         title = f"sentence {spoken.sentence.number}"

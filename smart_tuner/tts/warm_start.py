@@ -139,8 +139,8 @@ def remap_rows(source: torch.Tensor, source_symbols: SymbolTable, target: torch.
     return out, len(pairs)
 
 
-def warm_start(model: nn.Module, family: ModelFamily, symbols: SymbolTable, source: WeightSource,
-               ignore: list[str] = (), min_share: float = 0.0) -> InitReport:
+def transfer_weights(model: nn.Module, family: ModelFamily, symbols: SymbolTable, source: WeightSource,
+                     ignore: list[str] = (), min_share: float = 0.0) -> InitReport:
     """Load ``source`` into ``model`` (whose symbol table is ``symbols``) by the rules above; returns the report."""
     patterns = _compile(list(ignore))
     report = InitReport(str(source.path), source.kind)
@@ -219,6 +219,6 @@ def convention_warnings(source: WeightSource, config: Config) -> list[str]:
 def init_from(model: nn.Module, family: ModelFamily, symbols: SymbolTable, config: Config) -> InitReport:
     """The warm start ``train.init_from`` asks for, with its convention warnings."""
     source = read_source(config.train.init_from, family)
-    report = warm_start(model, family, symbols, source, config.train.init_ignore, config.train.init_min_share)
+    report = transfer_weights(model, family, symbols, source, config.train.init_ignore, config.train.init_min_share)
     report.warnings = convention_warnings(source, config)
     return report

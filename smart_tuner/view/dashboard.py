@@ -29,8 +29,8 @@ from typing import Any
 
 import optuna
 
-from ..config import redact_url
 from ..paths import default_tracking_uri, mlflow_artifact_root, sqlite_file, study_artifact_dir
+from ..redact import redact_url
 from ..study.storage import StudyError, open_existing_storage, storage_url
 
 log = logging.getLogger(__name__)

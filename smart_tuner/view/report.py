@@ -40,8 +40,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import ConfigError, build_config, is_finite_number, redact_url, to_yaml
+from ..config import ConfigError, build_config, to_yaml
 from ..files import check_output_file, write_atomic
+from ..numeric import is_finite_number
+from ..redact import redact_url
 from ..study.storage import StudyTrials, open_study_readonly, outcome_of, storage_url, study_trials
 from ..watch.previews import latest_preview
 from ..watch.text import fmt

@@ -7,8 +7,8 @@ training, and when the queue is full an alert is dropped with a log line. :class
 returns no decisions.
 
 The bot token is a secret: it is part of every request URL, and requests' and urllib3's messages quote that
-URL. It never reaches a log line (a :class:`logging.Filter` redacts it on this module's and urllib3's loggers,
-and exceptions are logged redacted), an exception text raised here, ``repr`` or an artifact.
+URL. It never reaches a log line (a :class:`~smart_tuner.redact.SecretFilter` redacts it on this module's and
+urllib3's loggers, and exceptions are logged redacted), an exception text raised here, ``repr`` or an artifact.
 
 Settings: ``SMART_TUNER_TELEGRAM_TOKEN``, ``SMART_TUNER_TELEGRAM_CHAT_ID`` and ``SMART_TUNER_TELEGRAM_API_URL``
 win over ``alerts.telegram.token``, ``chat_id`` and ``api_url``; alerts are off without a token.
@@ -26,12 +26,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, quote_plus
 
 import requests
 
 from ..config import Config, TelegramConfig
 from ..hooks import EvalStats, Event, Hook, RunInfo, TrainResult
+from ..redact import SecretFilter
 from ..tts.plots import alignment_png
 from .text import fmt
 
@@ -50,40 +50,7 @@ _URL_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.connect
 
 
 # ----------------------------------------------------------------------------------------------- redaction
-class _RedactFilter(logging.Filter):
-    """Replaces every registered secret in a record's message and traceback with ``***``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._secrets: set[str] = set()
-        self._lock = threading.Lock()
-
-    def add(self, secret: str) -> None:
-        with self._lock:
-            self._secrets.add(secret)
-
-    def redact(self, text: str) -> str:
-        with self._lock:
-            secrets = sorted(self._secrets, key=len, reverse=True)  # longest first: one may contain another
-        for secret in secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken format string: leave it to logging's own error report
-            return True
-        redacted = self.redact(message)
-        if redacted != message:
-            record.msg, record.args = redacted, ()
-        if record.exc_info and not record.exc_text:
-            # Formatters use exc_text when set, so the traceback is written redacted too.
-            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
-        return True
-
-
-_redactor = _RedactFilter()
+_redactor = SecretFilter()
 _filter_installed = False
 _install_lock = threading.Lock()
 
@@ -94,8 +61,7 @@ def register_secret(secret: str) -> None:
     global _filter_installed
     if not secret:
         return
-    for form in {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}:
-        _redactor.add(form)
+    _redactor.add(secret)
     with _install_lock:
         if not _filter_installed:
             for name in (__name__, *_URL_LOGGERS):

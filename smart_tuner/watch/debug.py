@@ -27,10 +27,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ..config import DebugConfig, is_number, yaml_load
+from ..config import DebugConfig
 from ..errors import UserError
-from ..files import atomic_dir, write_atomic
-from ..hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult, current_metric_names
+from ..files import JsonLog, atomic_dir, write_atomic
+from ..hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
+from ..numeric import is_number
+from ..run_logs import CONFIG, EVENTS, METRICS, read_config, read_events, read_metrics
 from .text import fmt
 
 log = logging.getLogger(__name__)
@@ -201,26 +203,6 @@ class DebugReporter(Hook):
 
 
 # ----------------------------------------------------------------------------------------------- summary
-def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Records and the number of unreadable lines (a running trainer may be half-way through a line)."""
-    if not path.is_file():
-        return [], 0
-    records, bad = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-        else:
-            bad += 1
-    return records, bad
-
-
 def _num(value: Any) -> float | None:
     return float(value) if is_number(value) else None
 
@@ -275,31 +257,30 @@ def _bundles(run_dir: Path) -> list[tuple[str, str]]:
 
 
 def summarize_run(run_dir: Path | str) -> str:
-    """A readable health summary of a run, from its files alone; missing files are reported, not fatal."""
+    """A readable health summary of a run, from its files alone; missing files and a torn last line (a run killed
+    while writing it) are reported, not fatal; a broken line within a log is a BrokenRecord naming it."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file() and not (run_dir / "metrics.jsonl").is_file():
+    if not (run_dir / CONFIG).is_file() and not (run_dir / METRICS).is_file():
         what = "does not exist" if not run_dir.exists() else "is not a run directory"
         raise RunDirError(f"{run_dir} {what}: expected a run directory written by `smart_tuner train` "
                           f"(with config.yaml or metrics.jsonl)")
     config, lines = _read_config(run_dir)
     lines.insert(0, f"run: {run_dir}")
     train, loss = config.get("train") or {}, config.get("loss") or {}
-    metrics, bad_metrics = _read_jsonl(run_dir / "metrics.jsonl")
-    metrics = [current_metric_names(m) for m in metrics]  # a run from before the rename, or resumed across it
-    events, bad_events = _read_jsonl(run_dir / "events.jsonl")
+    metrics, events = read_metrics(run_dir), read_events(run_dir)  # old metric names read as today's
     bundles = _bundles(run_dir)
     steps = [m.get("step") for m in metrics] + [e.get("step") for e in events]
     steps += [int(name.partition("-")[0]) for name, _ in bundles]
     last_step = max((s for s in steps if isinstance(s, int)), default=0)
     of = f" of {train['max_steps']}" if "max_steps" in train else ""
     lines.append(f"steps: {last_step}{of} trained (last recorded), {len(metrics)} evaluations"
-                 + (f", {bad_metrics} unreadable lines in metrics.jsonl" if bad_metrics else ""))
+                 + _torn(metrics, METRICS))
     aligned = _first_step(metrics, "diagonality")
     aligned_free_running = _first_step(metrics, "free_running_diagonality")
     lines += _evaluation_lines(metrics, aligned, aligned_free_running)
     lines.append(f"lr: {_trajectory(train.get('lr'), metrics, events, 'lr')}")
     lines.append(f"ga weight: {_trajectory(loss.get('ga_weight'), metrics, events, 'ga_weight')}")
-    lines += _event_lines(events, bad_events)
+    lines += _event_lines(events)
     lines += _data_lines(run_dir)
     lines.append(f"debug bundles: {len(bundles)}" if bundles else "debug bundles: none")
     lines += [f"  debug/{name}: {reason}" for name, reason in bundles]
@@ -310,12 +291,11 @@ def summarize_run(run_dir: Path | str) -> str:
 def _read_config(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
     """The run's config.yaml as a dict (empty when missing or unreadable) and the summary's line on it."""
     try:
-        loaded = yaml_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        config = read_config(run_dir)
     except FileNotFoundError:
         return {}, ["config: config.yaml missing"]
     except Exception as exc:
         return {}, [f"config: config.yaml unreadable ({exc})"]
-    config = loaded if isinstance(loaded, dict) else {}
     if not config:
         return config, []
     train, loss = config.get("train") or {}, config.get("loss") or {}
@@ -341,11 +321,15 @@ def _evaluation_lines(metrics: list[dict[str, Any]], aligned: int | None,
               f"stop rate {_fmt(last.get('free_running_stop_rate'), '.2f')}"]
 
 
-def _event_lines(events: list[dict[str, Any]], bad_events: int) -> list[str]:
+def _torn(log: JsonLog, name: str) -> str:
+    """The summary's note on a log whose torn last line was left out."""
+    return f", torn last line {log.torn} of {name} left out" if log.torn is not None else ""
+
+
+def _event_lines(events: JsonLog) -> list[str]:
     """The events counted per source and control, the last five, and the alarms by kind."""
     applied = sum(1 for e in events if e.get("applied"))
-    lines = [f"events: {len(events)} ({applied} applied, {len(events) - applied} overridden)"
-             + (f", {bad_events} unreadable lines in events.jsonl" if bad_events else "")]
+    lines = [f"events: {len(events)} ({applied} applied, {len(events) - applied} overridden)" + _torn(events, EVENTS)]
     counts = Counter((e.get("source"), e.get("control"), bool(e.get("applied"))) for e in events)
     for source, control in sorted({(s, c) for s, c, _ in counts}, key=str):
         lines.append(f"  {source}/{control}: {counts[(source, control, True)]} applied, "

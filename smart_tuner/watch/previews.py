@@ -60,7 +60,7 @@ def render_preview(stats: EvalStats, config: Config, out_dir: Path, vocoder: Any
     """Write the preview files of one evaluation into ``out_dir`` (atomically); returns what was written. The
     audio is Griffin-Lim's, or ``vocoder``'s (a :class:`~smart_tuner.tts.hifigan.Vocoder`) when given."""
     from ..data.audio import save_wav
-    from ..tts.inference import min_vocodable_frames, vocode
+    from ..tts.inference import min_vocodable_frames, vocode_griffin_lim
     from ..tts.plots import alignment_png, mel_png
 
     with atomic_dir(out_dir) as tmp:
@@ -73,7 +73,7 @@ def render_preview(stats: EvalStats, config: Config, out_dir: Path, vocoder: Any
             voiced = next((mels[k] for k in ("free_running", "teacher_forced")
                            if k in mels and mels[k].shape[-1] >= min_vocodable_frames(config.audio)), None)
             if voiced is not None:
-                wave = vocoder([voiced])[0] if vocoder is not None else vocode(voiced, config.audio)
+                wave = vocoder([voiced])[0] if vocoder is not None else vocode_griffin_lim(voiced, config.audio)
                 save_wav(tmp / "audio.wav", wave, config.audio.sample_rate)
     return {name: out_dir / name for name in FILES if (out_dir / name).is_file()}
 

@@ -29,11 +29,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from ..config import flatten, is_finite_number, redact_text, redact_url
+from ..config import flatten
 from ..errors import UserError
 from ..files import write_atomic
 from ..hooks import EvalStats, Event, Hook, RunInfo, StepStats, TrainResult
+from ..numeric import is_finite_number
 from ..paths import default_tracking_uri, make_sqlite_dir, mlflow_artifact_root
+from ..redact import redact_text, redact_url
 from .previews import list_previews
 
 log = logging.getLogger(__name__)

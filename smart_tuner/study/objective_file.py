@@ -52,18 +52,9 @@ from typing import Any
 import optuna
 
 from ..adapters.base import DIAGONALITY_METRICS, worse_diagonality
-from ..config import (
-    Config,
-    ConfigError,
-    build_config,
-    config_keys,
-    is_finite_number,
-    is_int,
-    merge,
-    nest,
-    read_yaml,
-    set_dotted,
-)
+from ..config import Config, ConfigError, build_config, config_keys, merge, nest, set_dotted
+from ..numeric import is_finite_number, is_int
+from ..yaml_reader import read_yaml
 
 OBJECTIVE_SECTIONS = ("config", "search_space", "objective", "pruning")
 KINDS = ("float", "int", "categorical")
@@ -366,11 +357,16 @@ def load_objective(path: str | Path) -> ObjectiveSpec:
             raise reader.fail("", f"unknown top-level section {section!r}{hint}; known sections: "
                               f"{', '.join(OBJECTIVE_SECTIONS)} (training keys go under config:)")
     base = reader.base_config(data.get("config"))
+    formula = reader.objective(data.get("objective"))
+    if formula.alignment == "free_running" and build_config(base).data.val_infer == 0:
+        raise reader.fail("objective.alignment", "free_running reads the free-running diagonality, which "
+                          "config data.val_infer: 0 does not measure: decode some validation sentences "
+                          "(data.val_infer >= 1) or choose teacher_forced or worse")
     return ObjectiveSpec(
         path=str(path),
         config=base,
         space=reader.space(data.get("search_space"), base),
-        formula=reader.objective(data.get("objective")),
+        formula=formula,
         pruning=reader.pruning(data.get("pruning")),
     )
 

@@ -25,14 +25,16 @@ import sqlalchemy
 from tqdm import tqdm
 
 from .. import interrupts
-from ..config import Config, build_config, flatten, is_finite_number, parse_set_overrides, redact_text, redact_url
+from ..config import Config, build_config, flatten, parse_set_overrides
+from ..numeric import is_finite_number
+from ..redact import redact_text, redact_url
 from ..seeds import derived_seed
 from ..train.distributed import Group, GroupLost, torchrun_command, torchrun_env
 from ..train.runner import run_training
 from ..tts import build_family
 from .objective import Objective, trial_base
+from .objective_file import ObjectiveSpec, load_objective, make_pruner, make_sampler, reference_params
 from .options import StudyOptions
-from .space import ObjectiveSpec, load_objective, make_pruner, make_sampler, reference_params
 from .storage import (
     BudgetedStudy,
     StudyError,

@@ -1,8 +1,8 @@
 """End-to-end tests of the command line: user errors are one clear line and exit code 2, never a traceback.
 
-Tests that stop before anything is trained or tracked call ``smart_tuner.cli.main`` in this process, which prints
-and returns what ``python -m smart_tuner`` would, without starting an interpreter each; one of the config errors,
-and the runs that open the MLflow store, run ``python -m smart_tuner`` as a process.
+Every test calls ``smart_tuner.cli.main`` in this process through conftest's ``cli_main``, which prints and returns
+what ``python -m smart_tuner`` would (the warnings a fresh interpreter shows included), without starting one each;
+one config error runs ``python -m smart_tuner`` as a process, to prove the module's own entry point.
 Nothing here trains: every ``train`` call stops at the config, the corpus check or the resume check.
 """
 
@@ -10,32 +10,20 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from smart_tuner import cli
 
+from .conftest import cli_process
+
 CYRILLIC = re.compile(r"[А-Яа-яЁё]")
 
 
-def run_cli(cwd, *args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "smart_tuner", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=timeout)
-
-
 @pytest.fixture
-def run_main(capsys, monkeypatch):
-    """``cli.main`` in this process, in a working directory of the test's choice; its exit code and output as
-    a finished process has them."""
-    def run(cwd, *args):
-        monkeypatch.chdir(cwd)
-        code = cli.main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
-
-    return run
+def run_main(cli_main):
+    """``cli.main`` in this process, in a working directory of the test's choice."""
+    return lambda cwd, *args: cli_main(*args, cwd=cwd)
 
 
 def error_lines(result) -> list[str]:
@@ -68,7 +56,7 @@ def uid_at(corpus, number: int) -> str:
 # ------------------------------------------------------------------------------------ config errors
 def test_python_m_smart_tuner_reports_an_unknown_key_as_one_error_line(tmp_path):
     (tmp_path / "bad.yaml").write_text("preset: demo\ntrain:\n  lrr: 0.01\n", encoding="utf-8")
-    result = run_cli(tmp_path, "train", "--config", "bad.yaml", "--no-progress")
+    result = cli_process("train", "--config", "bad.yaml", "--no-progress", cwd=tmp_path)
     stderr = assert_user_error(result)
     assert stderr.strip().splitlines() == error_lines(result)  # nothing else on stderr
     line = error_lines(result)[0]
@@ -103,12 +91,11 @@ def test_train_missing_config_file(tmp_path, run_main):
 
 
 # ------------------------------------------------------------------------------------ corpus errors
-def test_train_refuses_corpus_with_too_many_bad_lines(corpus, tmp_path):
+def test_train_refuses_corpus_with_too_many_bad_lines(corpus, tmp_path, run_main):
     for number in (3, 6, 9, 12):  # 4 of 24 = 17% > data.max_bad_share = 10%
         (corpus / "wavs" / f"{uid_at(corpus, number)}.wav").unlink()
     run_dir = tmp_path / "run"
-    # A process of its own: training opens the MLflow store, whose SQLAlchemy warnings would land in this one.
-    result = run_cli(tmp_path, "train", "--corpus", corpus, "--run-dir", run_dir,
+    result = run_main(tmp_path, "train", "--corpus", corpus, "--run-dir", run_dir,
                      "--set", f"data.cache_dir={tmp_path / 'cache'}", "--no-progress")
     stderr = assert_user_error(result)
     line = error_lines(result)[0]
@@ -173,11 +160,10 @@ def test_data_demo_writes_a_cyrillic_corpus(tmp_path, run_main):
 
 
 # ------------------------------------------------------------------------------------ resume
-def test_train_resume_without_checkpoint(tmp_path):
+def test_train_resume_without_checkpoint(tmp_path, run_main):
     run_dir = tmp_path / "empty_run"
     run_dir.mkdir()
-    # A process of its own: the run opens the MLflow store before its resume check.
-    result = run_cli(tmp_path, "train", "--resume", "--run-dir", run_dir, "--no-progress")
+    result = run_main(tmp_path, "train", "--resume", "--run-dir", run_dir, "--no-progress")
     assert_user_error(result)
     line = error_lines(result)[0]
     assert "--resume" in line
@@ -186,32 +172,36 @@ def test_train_resume_without_checkpoint(tmp_path):
     assert list(run_dir.iterdir()) == []  # nothing written into it
 
 
-def test_bad_arguments_found_by_a_hostile_user_are_one_error_line(tmp_path, corpus_en):
-    """Issue 14, item 7: each is one `error` line with exit status 2, no traceback."""
-    import subprocess
-    import sys
+HOSTILE = [  # (arguments, with {dir}, {file}, {foreign}, {corpus} filled in; what the error says)
+    (["train", "--config", "{dir}"], "is a directory"),
+    (["train", "--run-dir", "{file}", "--corpus", "{corpus}", "--max-steps", "1"], "is a file, not a directory"),
+    (["report", "--study", "s", "--storage", "sqlite:///{dir}/none.db", "--out", "{dir}/r.html"], "no study storage"),
+    (["dashboard", "--study", "s", "--port", "99999"], "99999 is not a TCP port (1-65535)"),
+    (["data", "demo", "--out", "{file}", "--size", "4"], "exists and is not a directory; choose another"),
+    (["data", "demo", "--out", "{foreign}", "--size", "4"], "choose another directory (--out)"),
+    (["data", "demo", "--size", "0"], "0 is below the minimum of 1"),
+]
 
+
+@pytest.mark.parametrize(("argv", "message"), HOSTILE, ids=[" ".join(a[:2]) + f" #{i}" for i, (a, _) in
+                                                           enumerate(HOSTILE)])
+def test_bad_arguments_found_by_a_hostile_user_are_one_error_line(tmp_path, corpus_en, run_main, argv, message):
+    """Issue 14, item 7: each is one `error` line with exit status 2, no traceback."""
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep")
-    cases = [
-        (["train", "--config", tmp_path], "is a directory"),
-        (["train", "--run-dir", a_file, "--corpus", corpus_en, "--max-steps", "1"], "is a file, not a directory"),
-        (["report", "--study", "s", "--storage", f"sqlite:///{tmp_path}/none.db", "--out", tmp_path / "r.html"],
-         "no study storage"),
-        (["dashboard", "--study", "s", "--port", "99999"], "99999 is not a TCP port (1-65535)"),
-        (["data", "demo", "--out", a_file, "--size", "4"], "exists and is not a directory; choose another"),
-        (["data", "demo", "--out", foreign, "--size", "4"], "choose another directory (--out)"),
-        (["data", "demo", "--size", "0"], "0 is below the minimum of 1"),
-    ]
-    for argv, message in cases:
-        result = subprocess.run([sys.executable, "-m", "smart_tuner", *map(str, argv)], capture_output=True,
-                                text=True, cwd=tmp_path, timeout=300)
-        assert result.returncode == 2, (argv, result.stderr)
-        assert "Traceback" not in result.stderr and message in result.stderr, (argv, result.stderr)
-    # An existing study, and --out naming a directory: the report is not written over it.
+    places = {"dir": tmp_path, "file": a_file, "foreign": foreign, "corpus": corpus_en}
+    result = run_main(tmp_path, *[a.format(**places) for a in argv])
+    assert result.returncode == 2, (argv, result.stderr)  # argparse's errors are "prog: error: ...", ours "error: ..."
+    assert "Traceback" not in result.stderr and message in result.stderr, (argv, result.stderr)
+    assert (foreign / "notes.txt").read_text() == "keep" and sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    assert a_file.read_text() == "x"
+
+
+def test_the_atomic_writer_refuses_a_directory(tmp_path):
+    """--out naming a directory: the report is not written over it."""
     from smart_tuner.files import write_atomic
 
     with pytest.raises(IsADirectoryError, match="is a directory"):

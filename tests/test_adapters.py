@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
@@ -17,6 +16,7 @@ from smart_tuner.adapters import (
 )
 from smart_tuner.config import CollapseAdapterConfig, GaAdapterConfig, GradAdapterConfig, LrAdapterConfig, build_config
 from smart_tuner.hooks import Event
+from smart_tuner.run_logs import read_events, read_metrics
 from smart_tuner.train.trainer import Trainer
 from smart_tuner.tts import checkpoint as ckpt
 
@@ -353,10 +353,6 @@ def test_disabled_adapters_are_not_built():
 
 
 # ------------------------------------------------------------------------------------------ real runs
-def read_events(run_dir):
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-
-
 def all_finite(trainer):
     params = all(torch.isfinite(p).all() for p in trainer.model.parameters())
     state = all(torch.isfinite(v).all() for s in trainer.optimizer.state.values() for v in s.values()
@@ -462,7 +458,7 @@ def test_in_a_real_run_a_rate_far_too_small_is_raised_and_a_jump_of_the_weights_
                          faults={"perturb_at": [7], "perturb_scale": 3.0})
     trainer = Trainer(config, tmp_path / "run", hooks=build_adapters(config), progress=False)
     assert trainer.fit().status == "completed"
-    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(tmp_path / "run")
     changes = [m["weight_change"] for m in metrics]
     # At 1e-7 the weights hardly move; the raises (x4 at each evaluation) show in the rate and the next change.
     assert changes[0] < 8e-4 and changes[1] > changes[0]

@@ -6,7 +6,6 @@ run left: metrics.jsonl, events.jsonl and checkpoints.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
+from smart_tuner.run_logs import METRICS, read_events, read_metrics
 
 from .conftest import TINY_MODEL
 from .waiting import wait_for
@@ -44,8 +45,7 @@ def train(tmp_path: Path, config: Path, run_dir: Path, *extra, timeout: int = 60
 
 
 def records(run_dir: Path, name: str) -> list[dict]:
-    path = run_dir / name
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return read_metrics(run_dir) if name == METRICS else read_events(run_dir)
 
 
 def decisions(run_dir: Path) -> list[tuple]:

@@ -3,8 +3,6 @@ checkpoints and loads for inference through the same trainer, runner and watcher
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +12,7 @@ from smart_tuner import tts
 from smart_tuner.config import ConfigError, build_config
 from smart_tuner.data.dataset import Batch
 from smart_tuner.hooks import Decision, Hook
+from smart_tuner.run_logs import read_events, read_metrics
 from smart_tuner.train.runner import run_training
 from smart_tuner.tts.alignment import length_mask
 from smart_tuner.tts.base import ModelFamily, Synthesis, TrainingOutput
@@ -86,11 +85,11 @@ def test_a_second_family_trains_through_the_same_trainer(next_frame_family, corp
     later = [s for s in steps.steps if s.step > 2]
     assert later and all(s.loss_weights == {"energy_weight": 0.0} for s in later)
     assert all(s.loss == pytest.approx(s.losses["mse"], rel=1e-6) for s in later)  # the weight reached the loss
-    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    events = read_events(tmp_path / "run")
     assert [(e["source"], e["control"], e["old"], e["new"]) for e in events] == [
         ("energy_setter", "energy_weight", 0.5, 0.0)]
 
-    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(tmp_path / "run")
     assert [m["step"] for m in metrics] == [3, 6]
     last = metrics[-1]
     assert last["val_loss"] == pytest.approx(last["val_mse"]) and "val_energy" in last and "val_postnet" not in last

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from smart_tuner.files import DiskFullError, append_line
+from smart_tuner.run_logs import read_metrics
 
 from .conftest import TINY_MODEL, require, tiny_config
 from .test_study import objective_file
@@ -156,7 +157,7 @@ def test_sigint_during_optimize_fails_the_trial_as_interrupted_and_the_retry_res
     assert all(retry.intermediate_values[s] == v for s, v in old.items())
     new = sorted(set(retry.intermediate_values) - set(old))
     assert new and new[0] > saved and new[-1] == saved + 8
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [m["step"] for m in read_metrics(run_dir)]
     assert steps == sorted(set(steps))  # one record per evaluation, none twice
 
 
@@ -262,7 +263,7 @@ def test_resume_drops_a_torn_line_and_a_killed_saves_temporary_file(corpus_en, t
     config.train.max_steps = 6
     result = run_training(config, run_dir, resume=True, progress=False)
     assert result.status == "completed" and result.step == 6
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [m["step"] for m in read_metrics(run_dir)]
     assert steps == [2, 4, 6] and not stale.exists()
 
 

@@ -5,13 +5,13 @@ boosted, and the objective charged the full alignment and stop penalties."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import optuna
 import pytest
 
 from smart_tuner.hooks import Hook
+from smart_tuner.run_logs import read_metrics
 from smart_tuner.study.objective import OptunaReporter
 from smart_tuner.study.objective_file import ObjectiveFormula
 from smart_tuner.train.runner import run_training
@@ -59,7 +59,7 @@ def test_without_free_running_sentences_adapters_and_objective_read_teacher_forc
     for stats in recorder.evals:
         assert all(math.isnan(getattr(stats, name)) for name in FREE_RUNNING)
         assert 0.0 < stats.diagonality < 1.0
-    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = read_metrics(tmp_path / "run")
     assert all(math.isnan(m[name]) for m in logged for name in FREE_RUNNING)
 
     # The learning rate: no free-running lag was seen, so the rate was never raised.

@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from smart_tuner.config import ConfigError, build_config, from_dict, resume_changes
-from smart_tuner.hooks import OLD_METRIC_NAMES, current_metric_names
+from smart_tuner.hooks import OLD_METRIC_NAMES
+from smart_tuner.run_logs import read_metrics
 from smart_tuner.train.trainer import Trainer
 from smart_tuner.tts.inference import load_for_inference
 from smart_tuner.watch.debug import summarize_run
@@ -86,7 +87,7 @@ def test_an_old_run_directory_resumes_synthesizes_and_reads_under_both_names(cor
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in records] == [4, 8, 12]
     assert "infer_diagonality" in records[0] and "free_running_diagonality" in records[-1]  # both, as written
-    read = [current_metric_names(m) for m in records]
+    read = read_metrics(run)  # the run directory's reader gives today's names
     assert all(0 <= m["free_running_diagonality"] <= 1 and "infer_diagonality" not in m for m in read)
 
     # The summary reads the old lines too: make the first (old) one aligned, free-running included.

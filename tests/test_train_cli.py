@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import yaml
+
+from smart_tuner.run_logs import read_events, read_metrics
 
 from .conftest import TINY_MODEL
 
@@ -27,7 +28,7 @@ def test_train_with_a_fault_then_debug_then_resume(corpus_en, tmp_path):
     result = run_cli(tmp_path, "train", "--config", config, "--run-dir", run_dir, "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "completed at step 8" in result.stdout
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    events = read_events(run_dir)
     assert {(e["source"], e["control"], e["step"]) for e in events if e["step"] == 6} == {
         ("lr", "skip_update", 6), ("lr", "lr", 6)}
     assert (run_dir / "debug" / "6-emergency" / "buffer.json").is_file()
@@ -40,7 +41,7 @@ def test_train_with_a_fault_then_debug_then_resume(corpus_en, tmp_path):
                       "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     assert "completed at step 12" in resumed.stdout
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [m["step"] for m in read_metrics(run_dir)]
     assert steps == [4, 8, 12]
 
     not_a_run = run_cli(tmp_path, "debug", tmp_path / "cache")

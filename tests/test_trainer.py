@@ -4,7 +4,6 @@ ends a run once."""
 from __future__ import annotations
 
 import errno
-import json
 import math
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ import torch
 
 from smart_tuner.files import DiskFullError
 from smart_tuner.hooks import Decision, Hook
+from smart_tuner.run_logs import read_events, read_metrics
 from smart_tuner.train.trainer import Trainer, TrainingError
 from smart_tuner.tts.checkpoint import load as load_checkpoint
 from smart_tuner.tts.inference import load_for_inference
@@ -41,10 +41,6 @@ class Recorder(Hook):
         self.events.append(event)
 
 
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 @pytest.mark.slow
 def test_short_training_lowers_the_loss(corpus_en, tmp_path):
     config = tiny_config(corpus_en, tmp_path, preset="demo",
@@ -55,7 +51,7 @@ def test_short_training_lowers_the_loss(corpus_en, tmp_path):
     trainer = Trainer(config, tmp_path / "run", hooks=[recorder], progress=False)
     result = trainer.fit()
     assert result.status == "completed" and result.step == 60
-    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    metrics = read_metrics(tmp_path / "run")
     assert [m["step"] for m in metrics] == [10, 20, 30, 40, 50, 60]
     def window_mean(key, steps):
         return sum(s.scalars()[key] for s in steps) / len(steps)
@@ -90,8 +86,8 @@ def test_resume_continues_exactly(corpus_en, tmp_path):
     assert [s.step for s in resumed.steps] == [9, 10, 11, 12]
     assert [s.loss for s in resumed.steps] == [s.loss for s in full.steps[8:]]
     assert [s.grad_norm for s in resumed.steps] == [s.grad_norm for s in full.steps[8:]]
-    split_metrics = read_jsonl(tmp_path / "split" / "metrics.jsonl")
-    full_metrics = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    split_metrics = read_metrics(tmp_path / "split")
+    full_metrics = read_metrics(tmp_path / "full")
     assert [m["step"] for m in split_metrics] == [4, 8, 12]
     assert split_metrics[-1]["val_loss"] == full_metrics[-1]["val_loss"]
 
@@ -128,7 +124,7 @@ def test_hooks_steer_controls_by_priority_and_every_request_is_an_event(corpus_e
     trainer.fit()
     assert trainer.controls.lr == 1e-4
     assert all(g["lr"] == 1e-4 for g in trainer.optimizer.param_groups)
-    events = read_jsonl(tmp_path / "run" / "events.jsonl")
+    events = read_events(tmp_path / "run")
     lr_events = [e for e in events if e["control"] == "lr"]
     assert {(e["source"], e["applied"]) for e in lr_events} == {("plateau", False), ("emergency", True)}
     assert all(e["step"] == 3 and e["old"] == config.train.lr for e in lr_events)

@@ -62,12 +62,12 @@ def check_pairs(out: Path, audio: AudioConfig) -> int:
     return len(rows)
 
 
-def test_export_mels_writes_what_hifigan_fine_tuning_reads(corpus_en, tmp_path):
-    checkpoint, config = train_checkpoint(corpus_en, tmp_path)
+def test_export_mels_writes_what_hifigan_fine_tuning_reads(trained_en, corpus_en, cli_main, tmp_path):
+    checkpoint, config = trained_en.checkpoint, trained_en.config
     audio = config.audio
     out, truth = tmp_path / "export", tmp_path / "truth"
     cache = ("--cache-dir", tmp_path / "cache")
-    done = run("export-mels", "--checkpoint", checkpoint, "--corpus", corpus_en, "--out", out, "--no-progress",
+    done = cli_main("export-mels", "--checkpoint", checkpoint, "--corpus", corpus_en, "--out", out, "--no-progress",
                "--batch-size", 3, *cache, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "24 utterances (teacher-forced mels; 0 were already there)" in done.stdout
@@ -82,7 +82,7 @@ def test_export_mels_writes_what_hifigan_fine_tuning_reads(corpus_en, tmp_path):
     assert len(first) == 3 and first[1] == utterances[first[0]].text
 
     # the audio as the features saw it (trimmed, resampled), to 16-bit precision; --ground-truth: its features
-    gt = run("export-mels", "--checkpoint", checkpoint, "--corpus", corpus_en, "--out", truth, "--no-progress",
+    gt = cli_main("export-mels", "--checkpoint", checkpoint, "--corpus", corpus_en, "--out", truth, "--no-progress",
              "--ground-truth", *cache, cwd=tmp_path)
     assert gt.returncode == 0, gt.stderr
     uid = first[0]
@@ -99,7 +99,7 @@ def test_export_mels_writes_what_hifigan_fine_tuning_reads(corpus_en, tmp_path):
     before = kept.stat().st_mtime_ns
     (out / "wavs" / f"{uid}.wav").unlink()
     (out / "mels" / f".{uid}.npy.999999999.00000000.tmp").write_bytes(b"half")  # a killed writer's temporary
-    again = run("export-mels", "--checkpoint", checkpoint, "--corpus", corpus_en, "--out", out, "--no-progress",
+    again = cli_main("export-mels", "--checkpoint", checkpoint, "--corpus", corpus_en, "--out", out, "--no-progress",
                 *cache, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "23 were already there" in again.stdout
@@ -108,10 +108,10 @@ def test_export_mels_writes_what_hifigan_fine_tuning_reads(corpus_en, tmp_path):
     assert check_pairs(out, audio) == 24
 
 
-def test_export_mels_of_a_phoneme_checkpoint(corpus_ru, tmp_path):
-    checkpoint, config = train_checkpoint(corpus_ru, tmp_path, text="phonemes", phoneme_language="ru")
+def test_export_mels_of_a_phoneme_checkpoint(trained_ru_phonemes, corpus_ru, cli_main, tmp_path):
+    checkpoint, config = trained_ru_phonemes.checkpoint, trained_ru_phonemes.config
     out = tmp_path / "export"
-    done = run("export-mels", "--checkpoint", checkpoint, "--corpus", corpus_ru, "--out", out, "--no-progress",
+    done = cli_main("export-mels", "--checkpoint", checkpoint, "--corpus", corpus_ru, "--out", out, "--no-progress",
                "--cache-dir", tmp_path / "cache", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert check_pairs(out, config.audio) == 16

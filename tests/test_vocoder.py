@@ -5,8 +5,6 @@ one error line for each kind of bad input."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -16,10 +14,7 @@ import soundfile
 import torch
 from torch import nn
 
-from smart_tuner.train.trainer import Trainer
 from smart_tuner.tts.hifigan import Generator, HifiGanConfig, VocoderError, load_vocoder
-
-from .conftest import tiny_config
 
 CONFIGS = {
     "1": {"resblock": "1", "upsample_rates": [8, 8, 4], "upsample_kernel_sizes": [16, 16, 8],
@@ -55,11 +50,6 @@ def hifigan_files(root: Path, resblock: str = "1", parametrized: bool = False, *
     return path, model.eval()
 
 
-def run(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "smart_tuner", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
-
-
 @pytest.mark.parametrize(("resblock", "parametrized"), [("1", False), ("2", False), ("1", True)])
 def test_the_folded_generator_speaks_as_the_weight_normed_one(tmp_path, resblock, parametrized):
     path, reference = hifigan_files(tmp_path, resblock, parametrized)
@@ -76,11 +66,11 @@ def test_the_folded_generator_speaks_as_the_weight_normed_one(tmp_path, resblock
     assert waves[0].abs().max() <= 1
 
 
-def test_vocode_writes_a_wav_per_mel_in_both_layouts(tmp_path):
+def test_vocode_writes_a_wav_per_mel_in_both_layouts(tmp_path, cli_main):
     path, _ = hifigan_files(tmp_path / "hifigan")
     np.save(tmp_path / "a.npy", np.random.randn(80, 40).astype(np.float32) - 4)
     np.save(tmp_path / "b.npy", np.random.randn(1, 80, 25).astype(np.float32) - 4)
-    done = run("vocode", "a.npy", "b.npy", "--vocoder", path, "--out", "wavs", "--device", "cpu", cwd=tmp_path)
+    done = cli_main("vocode", "a.npy", "b.npy", "--vocoder", path, "--out", "wavs", "--device", "cpu", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     for stem, frames in (("a", 40), ("b", 25)):
         info = soundfile.info(str(tmp_path / "wavs" / f"{stem}.wav"))
@@ -88,38 +78,46 @@ def test_vocode_writes_a_wav_per_mel_in_both_layouts(tmp_path):
     assert "real-time factor" in done.stdout
 
 
-def test_bad_vocoder_input_is_one_line_and_writes_nothing(tmp_path):
-    path, _ = hifigan_files(tmp_path / "hifigan")
-    np.save(tmp_path / "good.npy", np.zeros((80, 10), np.float32))
-    np.save(tmp_path / "wide.npy", np.zeros((64, 10), np.float32))
-    torch.save({"state_dict": {}}, tmp_path / "tacotron.pt")
-    other = tmp_path / "other"
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory) -> Path:
+    """A folder with a generator and the bad inputs the cases below name (relative to it)."""
+    root = tmp_path_factory.mktemp("bad_vocoder_input")
+    hifigan_files(root / "hifigan")
+    np.save(root / "good.npy", np.zeros((80, 10), np.float32))
+    np.save(root / "wide.npy", np.zeros((64, 10), np.float32))
+    torch.save({"state_dict": {}}, root / "tacotron.pt")
+    other = root / "other"
     hifigan_files(other)
     (other / "config.json").write_text(json.dumps({**CONFIGS["1"], **AUDIO, "upsample_initial_channel": 64}))
-    cases = [
-        (("good.npy", "wide.npy", "--vocoder", path), "wide.npy: shape (64, 10); expected (80, frames)"),
-        (("good.npy", "--vocoder", "tacotron.pt"), "not a HiFi-GAN generator checkpoint"),
-        (("good.npy", "--vocoder", other / "g_00000000"), "does not fit the tensors of"),
-        (("good.npy", "--vocoder", path, "--vocoder-config", "absent.json"), "absent.json: no such vocoder config"),
-        (("absent.npy", "--vocoder", path), "absent.npy: no such mel file"),
-    ]
-    for args, message in cases:
-        done = run("vocode", *args, "--out", "wavs", "--device", "cpu", cwd=tmp_path)
-        assert done.returncode == 2, (args, done.stderr)
-        assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert not (tmp_path / "wavs").exists()
+    return root
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("good.npy", "wide.npy", "--vocoder", "hifigan/g_00000000"), "wide.npy: shape (64, 10); expected (80, frames)"),
+    (("good.npy", "--vocoder", "tacotron.pt"), "not a HiFi-GAN generator checkpoint"),
+    (("good.npy", "--vocoder", "other/g_00000000"), "does not fit the tensors of"),
+    (("good.npy", "--vocoder", "hifigan/g_00000000", "--vocoder-config", "absent.json"),
+     "absent.json: no such vocoder config"),
+    (("absent.npy", "--vocoder", "hifigan/g_00000000"), "absent.npy: no such mel file"),
+], ids=["wide-mel", "not-a-generator", "wrong-config", "absent-config", "absent-mel"])
+def test_bad_vocoder_input_is_one_line_and_writes_nothing(bad_inputs, cli_main, args, message):
+    done = cli_main("vocode", *args, "--out", "wavs", "--device", "cpu", cwd=bad_inputs)
+    assert done.returncode == 2, (args, done.stderr)
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (bad_inputs / "wavs").exists()
+
+
+def test_a_generator_whose_upsampling_misses_the_hop_is_refused(tmp_path):
     with pytest.raises(VocoderError, match=r"upsample_rates multiply to 256, not hop_size 200"):
         hifigan_files(tmp_path / "bad", hop_size=200)
 
 
-def test_synthesize_speaks_through_the_vocoder(corpus_en, tmp_path):
-    Trainer(tiny_config(corpus_en, tmp_path, train={"max_steps": 2, "eval_every": 2}), tmp_path / "run",
-            progress=False).fit()
+def test_synthesize_speaks_through_the_vocoder(trained_en, cli_main, tmp_path):
     path, _ = hifigan_files(tmp_path / "hifigan")
-    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    checkpoint = trained_en.checkpoint
     lines = tmp_path / "lines.txt"
     lines.write_text("a short one.\nand a second, longer sentence here.\nthird.\n")
-    done = run("synthesize", "--checkpoint", checkpoint, "--text-file", lines, "--out", "speech", "--mel",
+    done = cli_main("synthesize", "--checkpoint", checkpoint, "--text-file", lines, "--out", "speech", "--mel",
                "--vocoder", path, "--batch-size", "2", "--no-progress", "--device", "cpu", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"through {path}" in done.stdout
@@ -127,7 +125,7 @@ def test_synthesize_speaks_through_the_vocoder(corpus_en, tmp_path):
         frames = np.load(tmp_path / "speech" / f"{name}.npy").shape[1]
         assert soundfile.info(str(tmp_path / "speech" / f"{name}.wav")).frames == frames * 256
     (tmp_path / "hifigan" / "config.json").write_text(json.dumps({**CONFIGS["1"], **AUDIO, "sampling_rate": 16000}))
-    mismatch = run("synthesize", "--checkpoint", checkpoint, "--text", "hi.", "--out", "x", "--vocoder", path,
+    mismatch = cli_main("synthesize", "--checkpoint", checkpoint, "--text", "hi.", "--out", "x", "--vocoder", path,
                    "--no-progress", cwd=tmp_path)
     assert mismatch.returncode == 2 and "sampling rate 16000 against 22050" in mismatch.stderr, mismatch.stderr
 

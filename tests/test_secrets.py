@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -48,10 +46,9 @@ SPECIAL = f"postgresql+psycopg2://tuner:{SECRET}/x#y?z@127.0.0.1:1/studies"
     *[(SPECIAL, command) for command in (OPTIMIZE, REPORT, BEST, ["dashboard", "--study", "s", "--port", "1"],
                                          ["train", "--from-study", "s"],
                                          ["synthesize", "--from-study", "s", "--text", "hi", "--out", "o"])]])
-def test_a_storage_that_cannot_be_reached_is_one_error_line_without_its_password(tmp_path, url, command):
+def test_a_storage_that_cannot_be_reached_is_one_error_line_without_its_password(tmp_path, url, command, cli_main):
     """A real connection attempt (nothing listens on port 1): the driver's own message quotes the URL's parts."""
-    result = subprocess.run([sys.executable, "-m", "smart_tuner", *command, "--storage", url],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = cli_main(*command, "--storage", url, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert SECRET not in result.stdout + result.stderr
     assert "***" in result.stderr and "Traceback" not in result.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import re
-import subprocess
-import sys
 from html.parser import HTMLParser
 
 import optuna
@@ -25,11 +23,6 @@ from .conftest import TINY_MODEL
 
 STUDY = "report-demo"
 DISTRIBUTIONS = {"train.lr": FloatDistribution(5e-4, 5e-3, log=True), "loss.ga_weight": FloatDistribution(1.0, 5.0)}
-
-
-def run_cli(cwd, *args):
-    return subprocess.run([sys.executable, "-m", "smart_tuner", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
 
 
 class Tables(HTMLParser):
@@ -110,10 +103,10 @@ def real_study(corpus_en, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cli_report(real_study):
+def cli_report(real_study, cli_main):
     root, storage, _study = real_study
     out = root / "out" / "report.html"
-    result = run_cli(root, "report", "--study", STUDY, "--storage", storage, "--out", out)
+    result = cli_main("report", "--study", STUDY, "--storage", storage, "--out", out, cwd=root)
     assert result.returncode == 0, result.stderr
     assert f"wrote {out}" in result.stdout
     return out, out.read_text(encoding="utf-8")
@@ -228,9 +221,9 @@ def test_a_study_without_completed_trials_still_reports(tmp_path):
     assert "0 trials" in build_report(empty, tmp_path / "e.html").read_text()
 
 
-def test_unknown_study_is_a_clear_cli_error(real_study):
+def test_unknown_study_is_a_clear_cli_error(real_study, cli_main):
     root, storage, _ = real_study
-    result = run_cli(root, "report", "--study", "nope", "--storage", storage, "--out", root / "nope.html")
+    result = cli_main("report", "--study", "nope", "--storage", storage, "--out", root / "nope.html", cwd=root)
     assert result.returncode == 2
     assert "error: no study 'nope'" in result.stderr and "Traceback" not in result.stderr
     assert not (root / "nope.html").exists()

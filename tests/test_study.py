@@ -130,10 +130,10 @@ def test_best_then_train_then_resume(corpus_en, tmp_path):
     ({"train.lr": {"type": "float", "low": 0.0, "high": 1e-3, "log": True}}, "search_space.train.lr"),
     ({"train.batch_size": {"type": "categorical", "choices": []}}, "search_space.train.batch_size"),
 ])
-def test_malformed_search_spaces_are_clear_cli_errors(corpus_en, tmp_path, dimension, message):
+def test_malformed_search_spaces_are_clear_cli_errors(corpus_en, tmp_path, dimension, message, cli_main):
     path = objective_file(tmp_path, corpus_en, space=dimension)
-    result = run_cli(tmp_path, "optimize", "--objective", path, "--trials", 1, "--storage",
-                     f"sqlite:///{tmp_path}/s.db", "--no-progress")
+    result = cli_main("optimize", "--objective", path, "--trials", 1, "--storage", f"sqlite:///{tmp_path}/s.db",
+                      "--no-progress", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +16,8 @@ from smart_tuner.config import AudioConfig
 from smart_tuner.data.audio import MelExtractor
 from smart_tuner.data.corpus import read_corpus
 from smart_tuner.data.dataset import features, validation_ids
-from smart_tuner.train.trainer import Trainer
 
-from .conftest import read_only_view, tiny_config
-
-
-def run(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "smart_tuner", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+from .conftest import read_only_view
 
 
 def hifigan_frames(samples: int, audio: AudioConfig) -> int:
@@ -36,12 +28,6 @@ def hifigan_frames(samples: int, audio: AudioConfig) -> int:
     spec = torch.stft(wav, audio.n_fft, hop_length=audio.hop_length, win_length=audio.win_length,
                       window=torch.hann_window(audio.win_length), center=False, return_complex=True)
     return spec.shape[-1]
-
-
-def train_checkpoint(corpus, tmp_path, **data) -> tuple[Path, object]:
-    config = tiny_config(corpus, tmp_path, train={"max_steps": 2, "eval_every": 2}, data=data)
-    Trainer(config, tmp_path / "run", progress=False).fit()
-    return tmp_path / "run" / "checkpoints" / "last.pt", config
 
 
 def listed(out: Path, name: str) -> list[list[str]]:
@@ -119,8 +105,8 @@ def test_export_mels_of_a_phoneme_checkpoint(trained_ru_phonemes, corpus_ru, cli
     assert "ˈ" in cleaned  # the phonemes the model read, stress marks and all
 
 
-def test_bad_export_input_is_one_line_and_writes_nothing(corpus_en, tmp_path):
-    checkpoint, _ = train_checkpoint(corpus_en, tmp_path)
+def test_bad_export_input_is_one_line_and_writes_nothing(trained_en, corpus_en, cli_main, tmp_path):
+    checkpoint = trained_en.checkpoint
     foreign = tmp_path / "foreign"  # the corpus with a line the character table cannot encode
     shutil.copytree(corpus_en, foreign, ignore=shutil.ignore_patterns(".smart_tuner_cache"))
     lines = (foreign / "metadata.csv").read_text(encoding="utf-8").splitlines()
@@ -131,7 +117,7 @@ def test_bad_export_input_is_one_line_and_writes_nothing(corpus_en, tmp_path):
     taken.mkdir()
     (taken / "notes.txt").write_text("mine")
     other = tmp_path / "other"
-    assert run("export-mels", "--checkpoint", checkpoint, "--corpus", corpus_en, "--out", other, "--ground-truth",
+    assert cli_main("export-mels", "--checkpoint", checkpoint, "--corpus", corpus_en, "--out", other, "--ground-truth",
                "--no-progress", "--cache-dir", tmp_path / "cache", cwd=tmp_path).returncode == 0
     cases = [
         (("--checkpoint", tmp_path / "missing.pt", "--corpus", corpus_en), "no such checkpoint", "fresh"),
@@ -145,23 +131,23 @@ def test_bad_export_input_is_one_line_and_writes_nothing(corpus_en, tmp_path):
     for args, message, out in cases:
         out = tmp_path / "fresh" if out == "fresh" else out
         before = sorted(os.listdir(out)) if out.exists() else None
-        result = run("export-mels", *args, "--out", out, "--no-progress", "--cache-dir", tmp_path / "cache",
+        result = cli_main("export-mels", *args, "--out", out, "--no-progress", "--cache-dir", tmp_path / "cache",
                      cwd=tmp_path)
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
         assert message in result.stderr, result.stderr
         assert (sorted(os.listdir(out)) if out.exists() else None) == before, args
-    refused = run("export-mels", "--checkpoint", checkpoint, "--corpus", corpus_en, "--out", tmp_path / "fresh",
-                  "--batch-size", 0, cwd=tmp_path)
+    refused = cli_main("export-mels", "--checkpoint", checkpoint, "--corpus", corpus_en, "--out", tmp_path / "fresh",
+                       "--batch-size", 0, cwd=tmp_path)
     assert refused.returncode == 2 and "below the minimum of 1" in refused.stderr
 
 
-def test_an_unwritable_cache_names_the_commands_own_option(corpus_en, tmp_path):
-    checkpoint, _ = train_checkpoint(corpus_en, tmp_path)
+def test_an_unwritable_cache_names_the_commands_own_option(trained_en, corpus_en, cli_main, tmp_path):
+    checkpoint = trained_en.checkpoint
     empty = tmp_path / "empty"
     empty.mkdir()
     with read_only_view(empty, tmp_path / "ro") as readonly:
-        result = run("export-mels", "--checkpoint", checkpoint, "--corpus", corpus_en, "--out", tmp_path / "out",
+        result = cli_main("export-mels", "--checkpoint", checkpoint, "--corpus", corpus_en, "--out", tmp_path / "out",
                      "--ground-truth", "--no-progress", "--cache-dir", readonly / "cache", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert f"cannot write the feature cache in {readonly / 'cache'}" in result.stderr

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -44,16 +42,16 @@ def options(tmp_path, path, **kw):
 
 
 def test_trials_report_intermediate_values_and_the_first_is_the_reference(corpus_en, tmp_path):
-    path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"})
+    path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"}, train={"max_steps": 8, "eval_every": 4})
     study = optimize(options(tmp_path, path, trials=3), progress=False)
     trials = study.get_trials()
     assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
-    assert all(sorted(t.intermediate_values) == [10, 20] for t in trials)
+    assert all(sorted(t.intermediate_values) == [4, 8] for t in trials)
     assert trials[0].params == pytest.approx(reference_params(load_objective(path))[0])
     assert trials[0].user_attrs["reference"] is True
     for t in trials:
         assert 0 <= t.user_attrs["diagonality"] <= 1 and Path(t.user_attrs["run_dir"]).is_dir()
-        assert t.value == pytest.approx(t.intermediate_values[20])
+        assert t.value == pytest.approx(t.intermediate_values[8])
     # Re-running continues the same study.
     study = optimize(options(tmp_path, path, trials=2), progress=False)
     assert len(study.get_trials()) == 5
@@ -93,34 +91,29 @@ def test_failed_runs_and_exceptions_fail_their_trial_not_the_study(corpus_en, tm
     assert all(t.user_attrs["status"] == "failed" for t in rollback_failures)
 
 
-def run_cli(cwd, *args):
-    return subprocess.run([sys.executable, "-m", "smart_tuner", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
-
-
-def test_best_then_train_then_resume(corpus_en, tmp_path):
-    path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"})
+def test_best_then_train_then_resume(corpus_en, tmp_path, cli_main):
+    path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"}, train={"max_steps": 6, "eval_every": 3})
     study = optimize(options(tmp_path, path, trials=2), progress=False)
     config, trial = best_config(study)
     assert trial.value == min(t.value for t in study.get_trials(states=(TrialState.COMPLETE,)))
     storage = f"sqlite:///{tmp_path}/s.db"
     out = tmp_path / "best.yaml"
-    result = run_cli(tmp_path, "best", "--study", "s", "--storage", storage, "--out", out)
+    result = cli_main("best", "--study", "s", "--storage", storage, "--out", out, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     written = yaml.safe_load(out.read_text())
     assert written["train"]["lr"] == pytest.approx(trial.params["train.lr"])
     assert written["loss"]["ga_weight"] == pytest.approx(trial.params["loss.ga_weight"])
     assert written["adapters"]["lr"]["patience"] == config.adapters.lr.patience
-    first = run_cli(tmp_path, "train", "--config", out, "--max-steps", 10, "--run-dir", tmp_path / "prod",
-                    "--no-progress")
-    assert first.returncode == 0 and "completed at step 10" in first.stdout, first.stderr
-    again = run_cli(tmp_path, "train", "--config", out, "--max-steps", 20, "--run-dir", tmp_path / "prod",
-                    "--resume", "--no-progress")
-    assert again.returncode == 0 and "completed at step 20" in again.stdout, again.stderr
-    direct = run_cli(tmp_path, "train", "--from-study", "s", "--storage", storage, "--max-steps", 10,
-                     "--run-dir", tmp_path / "direct", "--no-progress")
-    assert direct.returncode == 0 and "completed at step 10" in direct.stdout, direct.stderr
-    missing = run_cli(tmp_path, "best", "--study", "nope", "--storage", storage)
+    first = cli_main("train", "--config", out, "--max-steps", 4, "--run-dir", tmp_path / "prod",
+                     "--no-progress", cwd=tmp_path)
+    assert first.returncode == 0 and "completed at step 4" in first.stdout, first.stderr
+    again = cli_main("train", "--config", out, "--max-steps", 8, "--run-dir", tmp_path / "prod",
+                     "--resume", "--no-progress", cwd=tmp_path)
+    assert again.returncode == 0 and "completed at step 8" in again.stdout, again.stderr
+    direct = cli_main("train", "--from-study", "s", "--storage", storage, "--max-steps", 4,
+                      "--run-dir", tmp_path / "direct", "--no-progress", cwd=tmp_path)
+    assert direct.returncode == 0 and "completed at step 4" in direct.stdout, direct.stderr
+    missing = cli_main("best", "--study", "nope", "--storage", storage, cwd=tmp_path)
     assert missing.returncode == 2 and "no study 'nope'" in missing.stderr and "Traceback" not in missing.stderr
 
 

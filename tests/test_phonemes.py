@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -61,13 +59,8 @@ def test_the_cache_is_read_back_and_a_damaged_one_is_made_again(tmp_path):
     assert json.loads(path.read_text()) == saved
 
 
-def run(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "smart_tuner", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
-
-
 @pytest.mark.parametrize(("corpus", "voice"), [("corpus_en", "en-us"), ("corpus_ru", "ru")])
-def test_train_on_phonemes_then_synthesize_plain_text(corpus, voice, request, tmp_path):
+def test_train_on_phonemes_then_synthesize_plain_text(corpus, voice, request, tmp_path, cli_main):
     corpus = request.getfixturevalue(corpus)
     config = {"preset": "demo", "model": dict(TINY_MODEL),
               "data": {"corpus": str(corpus), "val_size": 4, "val_infer": 2, "cache_dir": str(tmp_path / "cache"),
@@ -75,7 +68,7 @@ def test_train_on_phonemes_then_synthesize_plain_text(corpus, voice, request, tm
               "train": {"batch_size": 4, "max_steps": 4, "eval_every": 2, "num_threads": 1},
               "tracking": {"enabled": False}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
-    trained = run("train", "--config", "c.yaml", "--run-dir", "run", "--no-progress", cwd=tmp_path)
+    trained = cli_main("train", "--config", "c.yaml", "--run-dir", "run", "--no-progress", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert state["symbols"]["phonemes"] == voice and "ˈ" in state["symbols"]["symbols"]
@@ -83,20 +76,20 @@ def test_train_on_phonemes_then_synthesize_plain_text(corpus, voice, request, tm
     assert len(cached) == {"en-us": 24, "ru": 16}[voice]  # every training and validation text
 
     first_line = (corpus / "metadata.csv").read_text(encoding="utf-8").splitlines()[0].split("|")[1]
-    spoken = run("synthesize", "--checkpoint", "run/checkpoints/last.pt", "--text", first_line.upper(), "--out",
-                 "speech", "--no-progress", cwd=tmp_path)
+    spoken = cli_main("synthesize", "--checkpoint", "run/checkpoints/last.pt", "--text", first_line.upper(), "--out",
+                      "speech", "--no-progress", cwd=tmp_path)
     assert spoken.returncode == 0, spoken.stderr
     assert (tmp_path / "speech" / "001.wav").stat().st_size > 44
 
 
-def test_data_check_lists_the_lines_a_voice_cannot_read(corpus_ru, tmp_path):
+def test_data_check_lists_the_lines_a_voice_cannot_read(corpus_ru, tmp_path, cli_main):
     corpus = tmp_path / "ru"
     shutil.copytree(corpus_ru, corpus)
     lines = (corpus / "metadata.csv").read_text(encoding="utf-8").splitlines()
     uid = lines[2].split("|")[0]
     lines[2] = f"{uid}|Привет hello мир.|Привет hello мир."
     (corpus / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    checked = run("data", "check", corpus, "--phonemes", "ru", cwd=tmp_path)
+    checked = cli_main("data", "check", corpus, "--phonemes", "ru", cwd=tmp_path)
     assert checked.returncode == 0, checked.stderr
     assert f"metadata.csv:3: {uid}: eSpeak NG (ru) read words of it as en" in checked.stdout
     assert checked.stdout.strip().endswith("16 usable, 0 bad, 1 that eSpeak NG (ru) cannot read")

@@ -4,7 +4,6 @@ seed gives the same output, and every error case is one ``error:`` line with exi
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,20 +11,13 @@ import soundfile as sf
 import torch
 
 from smart_tuner import cli
-from smart_tuner.train.trainer import Trainer
-
-from .conftest import tiny_config
 
 
-@pytest.fixture(scope="module")
-def checkpoint(corpus_en, tmp_path_factory):
-    """A tiny model trained a few steps on the English demo corpus. Its stop gate never fires (threshold 1), so
-    every sentence decodes several steps: an untrained gate may stop at the first step, where the prenet sees only
-    the zero "go" frame and dropout (the seed) cannot show."""
-    tmp = tmp_path_factory.mktemp("speaker")
-    config = tiny_config(corpus_en, tmp, train={"max_steps": 4, "eval_every": 4}, model={"gate_threshold": 1.0})
-    Trainer(config, tmp / "run", progress=False).fit()
-    return tmp / "run" / "checkpoints" / "last.pt"
+@pytest.fixture
+def checkpoint(trained_en):
+    """The session's tiny English checkpoint (conftest.trained_en: its stop gate never fires, so every sentence
+    decodes several steps)."""
+    return trained_en.checkpoint
 
 
 @pytest.fixture
@@ -45,13 +37,12 @@ def one_error(result) -> str:
     return lines[0]
 
 
-def test_synthesize_writes_wav_png_and_mel(checkpoint, tmp_path):
+def test_synthesize_writes_wav_png_and_mel(checkpoint, tmp_path, cli_main):
     text = tmp_path / "lines.txt"
     text.write_text("The quick brown fox.\nA second, longer sentence to say!\nhi\n", encoding="utf-8")
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "smart_tuner", "synthesize", "--checkpoint", str(checkpoint),
-                             "--text-file", str(text), "--out", str(out), "--mel", "--seed", "7", "--device", "cpu"],
-                            capture_output=True, text=True, timeout=300)
+    result = cli_main("synthesize", "--checkpoint", checkpoint, "--text-file", text, "--out", out, "--mel", "--seed", 7,
+                      "--device", "cpu")
     assert result.returncode == 0, result.stderr
     summaries = [line for line in result.stderr.splitlines() + result.stdout.splitlines() if line[:4] in
                  ("001:", "002:", "003:")]

@@ -57,11 +57,6 @@ def start(cwd, *args):
     return proc
 
 
-def run(cwd, *args):
-    return subprocess.run([sys.executable, "-m", "smart_tuner", *map(str, args)], cwd=cwd, text=True,
-                          capture_output=True, timeout=300)
-
-
 def first_trial_evaluated(storage, study="s"):
     """Whether the study's first trial has reported a value (False while the study does not exist yet)."""
     try:
@@ -86,7 +81,7 @@ def checkpoint_step(run_dir):
 # ----------------------------------------------------------------------------------------------- 1. signals
 @pytest.mark.slow
 def test_sigint_and_sigterm_during_train_stop_at_a_step_with_a_checkpoint_and_a_killed_mlflow_run(
-        corpus_en, tmp_path):
+        corpus_en, tmp_path, cli_main):
     config = config_file(tmp_path, corpus_en, max_steps=5000, eval_every=2000)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run_dir = tmp_path / "run"
@@ -94,7 +89,7 @@ def test_sigint_and_sigterm_during_train_stop_at_a_step_with_a_checkpoint_and_a_
     # Signals land mid-run: after steps were trained (the first batch of losses reached MLflow), long before 5000.
     wait_for(lambda: steps_logged(uri, run_dir), "the first logged steps", timeout=600, proc=proc)
     # 5. A second `train` into the same run directory is refused while the first writes into it.
-    second = run(tmp_path, "train", "--config", config, "--run-dir", run_dir, "--no-progress")
+    second = cli_main("train", "--config", config, "--run-dir", run_dir, "--no-progress", cwd=tmp_path)
     assert second.returncode == 2 and "is in use by another process" in second.stderr, second.stderr
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -108,8 +103,8 @@ def test_sigint_and_sigterm_during_train_stop_at_a_step_with_a_checkpoint_and_a_
     assert client.get_run(run_id).data.tags["status"] == "interrupted"
 
     # Resumed: the same MLflow run, each step once.
-    resumed = run(tmp_path, "train", "--config", run_dir / "config.yaml", "--run-dir", run_dir, "--resume",
-                  "--max-steps", step + 3, "--tracking-uri", uri, "--no-progress")
+    resumed = cli_main("train", "--config", run_dir / "config.yaml", "--run-dir", run_dir, "--resume",
+                       "--max-steps", step + 3, "--tracking-uri", uri, "--no-progress", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     steps = [m.step for m in client.get_metric_history(run_id, "loss")]
     assert sorted(steps) == list(range(1, step + 4)), steps
@@ -127,7 +122,7 @@ def test_sigint_and_sigterm_during_train_stop_at_a_step_with_a_checkpoint_and_a_
 
 @pytest.mark.slow
 def test_sigint_during_optimize_fails_the_trial_as_interrupted_and_the_retry_resumes_from_its_checkpoint(
-        corpus_en, tmp_path):
+        corpus_en, tmp_path, cli_main):
     path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"},
                           train={"max_steps": 3000, "eval_every": 4, "num_threads": 1})
     storage = f"sqlite:///{tmp_path}/s.db"
@@ -149,7 +144,7 @@ def test_sigint_during_optimize_fails_the_trial_as_interrupted_and_the_retry_res
     assert saved >= max(first.intermediate_values)  # the checkpoint is at the step it stopped
 
     # Run again: the re-queued trial continues the run from its checkpoint, with its values up to there.
-    again = run(tmp_path, "optimize", "--trials", 1, "--set", f"train.max_steps={saved + 8}", *common)
+    again = cli_main("optimize", "--trials", 1, "--set", f"train.max_steps={saved + 8}", *common, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     retry = optuna.load_study(study_name="s", storage=storage).get_trials()[1]
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["run_dir"] == str(run_dir)
@@ -182,11 +177,11 @@ def test_a_second_sigint_during_optimize_exits_at_once_and_leaves_no_trial_runni
 
 
 # ----------------------------------------------------------------------------------------------- 3. budgets
-def test_trials_1_on_a_new_study_runs_exactly_the_reference_and_below_1_is_an_error(corpus_en, tmp_path):
+def test_trials_1_on_a_new_study_runs_exactly_the_reference_and_below_1_is_an_error(corpus_en, tmp_path, cli_main):
     path = objective_file(tmp_path, corpus_en, pruning={"pruner": "none"}, train={"max_steps": 2, "eval_every": 2})
     storage = f"sqlite:///{tmp_path}/s.db"
-    result = run(tmp_path, "optimize", "--objective", path, "--storage", storage, "--trials", 1,
-                 "--runs-dir", tmp_path / "runs", "--no-progress")
+    result = cli_main("optimize", "--objective", path, "--storage", storage, "--trials", 1,
+                      "--runs-dir", tmp_path / "runs", "--no-progress", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (trial,) = optuna.load_study(study_name="tiny", storage=storage).get_trials()
     assert trial.state == TrialState.COMPLETE and trial.user_attrs["reference"] is True
@@ -194,7 +189,7 @@ def test_trials_1_on_a_new_study_runs_exactly_the_reference_and_below_1_is_an_er
         # its name:
         "val_postnet + 1 * (1 - min(diagonality, free_running_diagonality)) + 0.5 * (1 - free_running_stop_rate)"]
     for flag in ("--trials", "--study-trials"):
-        bad = run(tmp_path, "optimize", "--objective", path, "--storage", storage, flag, 0, "--no-progress")
+        bad = cli_main("optimize", "--objective", path, "--storage", storage, flag, 0, "--no-progress", cwd=tmp_path)
         assert bad.returncode == 2 and f"argument {flag}: 0 is below the minimum of 1" in bad.stderr
 
 
@@ -218,7 +213,8 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-def test_a_full_disk_while_saving_is_a_clear_error_and_the_previous_checkpoint_stays(corpus_en, tmp_path, tmpfs):
+def test_a_full_disk_while_saving_is_a_clear_error_and_the_previous_checkpoint_stays(corpus_en, tmp_path, tmpfs,
+                                                                                      cli_main):
     from smart_tuner.train.runner import run_training
 
     sizing = run_training(tiny_config(corpus_en, tmp_path, train={"max_steps": 2, "eval_every": 2}),
@@ -228,8 +224,8 @@ def test_a_full_disk_while_saving_is_a_clear_error_and_the_previous_checkpoint_s
     # Room for best.pt and last.pt of the first evaluation, not for the next checkpoint's temporary file.
     tmpfs(run_dir / "checkpoints", int(2.5 * size))
     config = config_file(tmp_path, corpus_en, max_steps=4, eval_every=2, seed=3)
-    result = run(tmp_path, "train", "--config", config, "--run-dir", run_dir, "--set", "tracking.enabled=false",
-                 "--no-progress")
+    result = cli_main("train", "--config", config, "--run-dir", run_dir, "--set", "tracking.enabled=false",
+                      "--no-progress", cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr and "inline_container" not in result.stderr + result.stdout
     assert "no space left on the device of" in result.stdout and "while writing" in result.stdout
@@ -267,13 +263,14 @@ def test_resume_drops_a_torn_line_and_a_killed_saves_temporary_file(corpus_en, t
     assert steps == [2, 4, 6] and not stale.exists()
 
 
-def test_best_and_report_never_write_to_a_storage_and_optimize_on_a_read_only_one_is_one_line(corpus_en, tmp_path):
+def test_best_and_report_never_write_to_a_storage_and_optimize_on_a_read_only_one_is_one_line(
+        corpus_en, tmp_path, cli_main):
     other = tmp_path / "mlflow.db"  # a SQLite file that is no Optuna study
     with sqlite3.connect(other) as db:
         db.execute("CREATE TABLE experiments (id INTEGER)")
     before = other.read_bytes()
     for command in (["best", "--out", tmp_path / "b.yaml"], ["report", "--out", tmp_path / "r.html"]):
-        result = run(tmp_path, *command, "--study", "s", "--storage", f"sqlite:///{other}")
+        result = cli_main(*command, "--study", "s", "--storage", f"sqlite:///{other}", cwd=tmp_path)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert "not an Optuna study storage" in result.stderr
     assert other.read_bytes() == before  # no table was added
@@ -284,7 +281,8 @@ def test_best_and_report_never_write_to_a_storage_and_optimize_on_a_read_only_on
     study_db = tmp_path / "s.db"
     optuna.create_study(study_name="other", storage=f"sqlite:///{study_db}")
     read_only = f"sqlite:///file:{study_db}?mode=ro&uri=true"
-    result = run(tmp_path, "optimize", "--objective", path, "--storage", read_only, "--trials", 1, "--no-progress")
+    result = cli_main("optimize", "--objective", path, "--storage", read_only, "--trials", 1, "--no-progress",
+                      cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert "Traceback" not in result.stderr and len(errors) == 1 and errors[0].startswith("error: storage")
@@ -292,16 +290,16 @@ def test_best_and_report_never_write_to_a_storage_and_optimize_on_a_read_only_on
 
 
 # ----------------------------------------------------------------------------------------------- 6. resume
-def test_resume_refuses_model_changes_naming_them_and_applies_training_changes(corpus_en, tmp_path):
+def test_resume_refuses_model_changes_naming_them_and_applies_training_changes(corpus_en, tmp_path, cli_main):
     config = config_file(tmp_path, corpus_en, max_steps=2, eval_every=2)
     run_dir = tmp_path / "run"
     common = ["--config", config, "--run-dir", run_dir, "--set", "tracking.enabled=false", "--no-progress"]
-    assert run(tmp_path, "train", *common).returncode == 0
-    refused = run(tmp_path, "train", *common, "--resume", "--set", "model.r=2", "--set", "audio.n_mels=40")
+    assert cli_main("train", *common, cwd=tmp_path).returncode == 0
+    refused = cli_main("train", *common, "--resume", "--set", "model.r=2", "--set", "audio.n_mels=40", cwd=tmp_path)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr and "size mismatch" not in refused.stderr
     (line,) = [x for x in refused.stderr.splitlines() if x.startswith("error:")]
     assert "model.r: 4 -> 2" in line and "audio.n_mels: 80 -> 40" in line and "cannot apply" in line
-    applied = run(tmp_path, "train", *common, "--resume", "--set", "train.batch_size=2", "--max-steps", 4)
+    applied = cli_main("train", *common, "--resume", "--set", "train.batch_size=2", "--max-steps", 4, cwd=tmp_path)
     assert applied.returncode == 0, applied.stderr
     assert "applying the changed setting train.batch_size: 4 -> 2" in applied.stderr
     assert "applying the changed setting train.max_steps: 2 -> 4" in applied.stderr

@@ -52,7 +52,7 @@ def decisions(run_dir: Path) -> list[tuple]:
     return [(e["step"], e["source"], e["control"], e["new"], e["applied"]) for e in records(run_dir, "events.jsonl")]
 
 
-def test_two_ranks_of_batch_8_follow_one_process_of_batch_16(corpus_en, tmp_path):
+def test_two_ranks_of_batch_8_follow_one_process_of_batch_16(corpus_en, tmp_path, cli_main):
     """Dropout off, so that the two runs compute the same function. What remains differs by design: each rank
     averages its loss over its own 8 utterances' frames and the ranks' means are averaged, where one process
     averages over all 16 utterances' frames (the halves of a length-sorted batch hold about as many frames, so the
@@ -61,7 +61,7 @@ def test_two_ranks_of_batch_8_follow_one_process_of_batch_16(corpus_en, tmp_path
     more (one step of training changes these losses by 5-20%)."""
     config = config_file(tmp_path, corpus_en, model=NO_DROPOUT, faults={"nan_loss_at": [12]})
     one, two = tmp_path / "one", tmp_path / "two"
-    single = train(tmp_path, config, one)
+    single = cli_main("train", "--config", config, "--run-dir", one, "--no-progress", cwd=tmp_path)
     assert single.returncode == 0, single.stderr
     double = train(tmp_path, config, two, "--nproc", 2)
     assert double.returncode == 0, double.stderr
@@ -78,7 +78,8 @@ def test_two_ranks_of_batch_8_follow_one_process_of_batch_16(corpus_en, tmp_path
     checkpoint = torch.load(two / "checkpoints" / "last.pt", weights_only=True)
     assert len(checkpoint["rng_ranks"]) == 2 and len(set(checkpoint["fingerprints"])) == 1
     # Resumed by one process: it goes on, and says what changes.
-    resumed = train(tmp_path, config, two, "--resume", "--max-steps", 35)
+    resumed = cli_main("train", "--config", config, "--run-dir", two, "--no-progress", "--resume", "--max-steps", 35,
+                       cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming a checkpoint of 2 rank(s) with 1" in resumed.stderr
     assert [m["step"] for m in records(two, "metrics.jsonl")][-2:] == [30, 35]

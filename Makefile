@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 # The main job: a 6-trial study on the demo objective and the embedded eSpeak NG corpus (built on first use), two
 # trials at a time: on 2 cores two trainings of one thread each do more steps together than one with both.
 demo: setup
-	$(BIN)/python -m smart_tuner optimize --trials 6 --n-jobs 2
+	$(BIN)/python -m smart_tuner optimize --trials 6 --workers 2
 
 # One training run of the demo preset.
 train: setup

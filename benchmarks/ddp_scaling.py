@@ -34,7 +34,7 @@ def run(args: argparse.Namespace, ranks: int, workdir: Path, label: str) -> dict
     threads = max(1, machine_cores() // ranks) if args.device == "cpu" else 0
     sets = [f"train.batch_size={args.batch}", f"train.max_steps={args.warmup + args.steps}",
             f"train.eval_every={args.warmup}", f"train.device={args.device}", f"train.num_threads={threads}",
-            "tracking.enabled=false", "debug.enabled=false", "data.val_infer=0", *args.set]
+            "tracking.enabled=false", "debug.enabled=false", "data.free_running_sentences=0", *args.set]
     run_dir = workdir / label
     command = [sys.executable, "-m", "smart_tuner", "train", "--no-progress", "--run-dir", str(run_dir),
                "--nproc", str(ranks), "--set", f"preset={args.preset}"]

@@ -8,7 +8,7 @@
 #   device            torch sees a CUDA device (nothing else runs without one)
 #   corpus            the demo corpus and its features (synthesized locally with eSpeak NG)
 #   vs_reference      our fast path against NVIDIA's tacotron2 at LJSpeech shapes (only with REFERENCE set)
-#   train_speed_*     steps/s of both presets, eager and fast paths (the tacotron2 preset also in fp32)
+#   train_speed_*     steps/s of both presets, stepwise and fast paths (the tacotron2 preset also in fp32)
 #   trial_packing     summed steps/s of K = 1, 2, 4, 8 demo trainings sharing the GPU (optimize --trials-per-gpu)
 #   cuda_train        a 60-step demo training on CUDA through the `train` command, adapters active
 #   cuda_synthesize   speech from that run's checkpoint on CUDA through the `synthesize` command
@@ -40,8 +40,8 @@ if [ -n "${REFERENCE:-}" ]; then
     run vs_reference 120 $PY benchmarks/vs_reference.py --reference "$REFERENCE" --device cuda --repeats 4
 fi
 run train_speed_tacotron2 100 $PY benchmarks/train_speed.py --preset tacotron2 --steps 20 --warmup 5 \
-    --compare eager,fast --rounds 1 --compare-fp32 --set train.device=cuda --set train.batch_size=32
-run train_speed_demo 60 $PY benchmarks/train_speed.py --preset demo --steps 40 --warmup 10 --compare eager,fast \
+    --compare stepwise,fast --rounds 1 --compare-fp32 --set train.device=cuda --set train.batch_size=32
+run train_speed_demo 60 $PY benchmarks/train_speed.py --preset demo --steps 40 --warmup 10 --compare stepwise,fast \
     --rounds 1 --set train.device=cuda
 run trial_packing 120 $PY benchmarks/shared_cores.py --counts 1,2,4,8 --rounds 1 --steps 40 --warmup 10 \
     --set train.device=cuda

@@ -13,7 +13,7 @@ mel compared with the recording's by dynamic time warping (the mean Euclidean di
 cheapest monotonic path, in normalized log-mel units, divided by the two lengths' sum), and the length error, the
 mean |log(predicted frames / recorded frames)|. DTW warps any output onto the recording, so a babble that never
 finds the text can still score well on it; the length error sees what DTW forgives (a decoder that never stops).
-The trial's last evaluation gives its value under two formulas (smart_tuner.study.objective_file.ObjectiveFormula): the
+The trial's last evaluation gives its value under two formulas (smart_tuner.study.objective_file.Score): the
 old one (teacher-forced diagonality, no stop term) and the new one (the worse of teacher-forced and free-running
 diagonality, plus 0.5 x (1 - free-running stop rate)). Per study: the table, and Spearman's rank correlation of each
 value with each error with a 95% bootstrap interval over the trials (1 means the value orders the trials exactly as they
@@ -43,12 +43,12 @@ from smart_tuner.config import build_config, merge
 from smart_tuner.data.dataset import Collate, MelTextDataset, prepare_data
 from smart_tuner.data.demo import build_demo_corpus
 from smart_tuner.run_logs import BEST, CHECKPOINTS, LAST, read_metrics
-from smart_tuner.study.objective_file import ObjectiveFormula
+from smart_tuner.study.objective_file import Score
 from smart_tuner.study.storage import open_study_readonly
 from smart_tuner.tts.inference import LoadedModel, load_for_inference
 
-OLD = ObjectiveFormula(alignment="teacher_forced", stop_penalty=0.0)  # the default until 2026-11-29
-NEW = ObjectiveFormula(alignment="worse", stop_penalty=0.5)  # the default since 2026-11-29
+OLD = Score(alignment="teacher_forced", stop_penalty=0.0)  # the default until 2026-11-29
+NEW = Score(alignment="worse", stop_penalty=0.5)  # the default since 2026-11-29
 
 
 def dtw_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -76,7 +76,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             bare.append(timed_fit(config, root / f"a{repeat}", [], data))
             trial = study.ask()
-            reporter = OptunaReporter(trial, spec.formula, build_family(config).output_loss)
+            reporter = OptunaReporter(trial, spec.score, build_family(config).output_loss)
             hooks = [*standard_hooks(config), reporter,
                      tracker.reporter(trial.number, config, {}, reporter.objective_value)]
             full.append(timed_fit(config, root / f"b{repeat}", hooks, data))

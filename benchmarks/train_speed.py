@@ -1,7 +1,7 @@
 """Training steps and mel frames per second of a preset on this machine's device, with execution paths side by side.
 
 Usage: python benchmarks/train_speed.py [--preset demo] [--steps 60] [--warmup 10] [--rounds 2]
-                                        [--compare eager,fast] [--compare-fp32] [--set key=value ...]
+                                        [--compare stepwise,fast] [--compare-fp32] [--set key=value ...]
 Each configuration trains ``warmup + steps`` steps of the real data path (the demo corpus unless --set data.corpus)
 and is timed over the last ``steps``: steps/s (wall clock between steps, batching, hooks and optimizer included)
 and real (unpadded) mel frames/s, as NVIDIA DeepLearningExamples counts throughput. With --compare the
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--compare", default="", help="train.execution paths side by side, e.g. eager,fast")
+    parser.add_argument("--compare", default="", help="train.execution paths side by side, e.g. stepwise,fast")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the compared paths")
     parser.add_argument("--compare-fp32", action="store_true", help="on CUDA, also run without bf16 autocast")
     parser.add_argument("--set", action="append", default=[])

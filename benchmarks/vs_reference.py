@@ -95,7 +95,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int)
     parser.add_argument("--frames", type=int)
     parser.add_argument("--repeats", type=int, default=4, help="timed steps of each model (after one warm-up)")
-    parser.add_argument("--no-eager", action="store_true", help="skip our step-by-step path")
+    parser.add_argument("--no-stepwise", "--no-eager", dest="no_stepwise", action="store_true",
+                        help="skip our step-by-step path (train.execution: stepwise)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -128,7 +129,7 @@ def main() -> None:
         optimizers["theirs"].step()
 
     runs = {"ours (fast)": lambda: our_step(True), "NVIDIA": their_step}
-    if not args.no_eager:
+    if not args.no_stepwise:
         runs["ours (step-by-step)"] = lambda: our_step(False)
     where = (f"device {torch.cuda.get_device_name(device)}" if cuda
              else f"device {device} ({torch.get_num_threads()} threads)")

@@ -158,7 +158,8 @@ def _preset_value(preset: dict[str, Any], key: str) -> Any:
     return node
 
 
-def _item(key: str, f: dataclasses.Field, default: Any, presets: dict[str, dict[str, Any]], words: str) -> str:
+def _item(key: str, f: dataclasses.Field, default: Any, presets: dict[str, dict[str, Any]], words: str,
+          old_keys: list[str]) -> str:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     facts = [f"`{kind}`", f"default `{fmt(default)}`"]
     for name, preset in presets.items():
@@ -170,6 +171,8 @@ def _item(key: str, f: dataclasses.Field, default: Any, presets: dict[str, dict[
         facts.append(rule)
     if f.metadata.get("kept_on_resume"):
         facts.append("kept on resume")
+    if old_keys:
+        facts.append("old key read as this one: " + ", ".join(f"`{old}`" for old in old_keys))
     text = f"`{key}`: " + "; ".join(facts) + "." + (f" {words}" if words else "")
     return textwrap.fill(text, WIDTH, initial_indent="- ", subsequent_indent="  ", break_on_hyphens=False,
                          break_long_words=False)
@@ -201,9 +204,11 @@ def render(module: types.ModuleType | None = None) -> str:
         if doc and not doc.startswith(f"{cls.__name__}("):  # dataclasses invent a signature docstring
             out.append(textwrap.fill(" ".join(doc.split()), WIDTH, break_on_hyphens=False) + "\n")
         instance = cls()
+        renamed = getattr(module, "RENAMED_KEYS", {})
         for f in leaves:
-            out.append(_item(prefix + f.name, f, getattr(instance, f.name), presets, words.get((cls.__name__, f.name),
-                                                                                            "")))
+            key = prefix + f.name
+            out.append(_item(key, f, getattr(instance, f.name), presets, words.get((cls.__name__, f.name), ""),
+                             [old for old, new in renamed.items() if new == key]))
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
 

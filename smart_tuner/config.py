@@ -63,6 +63,32 @@ def kept_on_resume(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
 DIAGONALITIES = ("teacher_forced", "free_running", "worse")
 OLD_DIAGONALITY_NAMES = {"diagonality": "teacher_forced", "infer_diagonality": "free_running"}  # until 2026-12-03
 
+# Keys renamed since a file or a checkpoint's config may have been written: the old key still loads, as the new one
+# (giving both is an error). The one table: the config sections, --set, resumed checkpoints and search spaces read it.
+RENAMED_KEYS = {"data.val_infer": "data.free_running_sentences"}  # until 2026-12-08
+
+
+def current_key(key: str) -> str:
+    """The dotted config key ``key`` is now (itself, unless it is in :data:`RENAMED_KEYS`)."""
+    return RENAMED_KEYS.get(key, key)
+
+
+def with_current_keys(overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of nested ``overrides`` (a config file's mapping) with renamed keys under their names now."""
+    current = copy.deepcopy(overrides)
+    for old, new in RENAMED_KEYS.items():
+        *parents, old_name = old.split(".")
+        section = current
+        for part in parents:
+            section = section.get(part) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or old_name not in section:
+            continue
+        new_name = new.rpartition(".")[2]  # a rename within its section
+        if new_name in section:
+            raise ConfigError(f"{old} is the old name of {new}: give only {new}")
+        section[new_name] = section.pop(old_name)
+    return current
+
 
 _OPS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"), "le": (lambda v, b: v <= b, "<="),
         "lt": (lambda v, b: v < b, "<")}
@@ -121,7 +147,7 @@ class DataConfig:
     lowercase: bool = kept_on_resume(True)  # lowercase texts before building the symbol table
     max_bad_share: float = setting(0.1, ge=0, le=1)  # refuse a corpus with more bad lines than this share
     val_size: int = kept_on_resume(16, ge=1)  # utterances held out for validation
-    val_infer: int = setting(4, ge=0)  # validation sentences also decoded free-running at each evaluation
+    free_running_sentences: int = setting(4, ge=0)  # validation sentences decoded free-running too, each evaluation
     split_seed: int = kept_on_resume(1234)  # which utterances are held out
     cache_dir: str | None = None  # feature cache; default <corpus>/.smart_tuner_cache
     max_frames: int = kept_on_resume(1000, ge=1)  # utterances with more mel frames are skipped (and reported)
@@ -207,8 +233,9 @@ class TrainConfig:
                                   pattern_help="auto, cpu, cuda or cuda:N")  # auto | cpu | cuda | cuda:N
     bf16: bool = True  # bf16 autocast on CUDA; CPU always runs fp32
     # How the model computes a training forward: fast (the teacher-forced decoder with state-free work out of its
-    # loop), eager (the step-by-step path, for comparison), auto (the fastest correct one on the device: fast).
-    execution: str = setting("auto", choices=("auto", "fast", "eager"))
+    # loop), stepwise (every step's work inside the loop, for comparison; both are eager PyTorch, so "eager" until
+    # 2026-12-08 named nothing), auto (the fastest correct one on the device: fast).
+    execution: str = setting("auto", choices=("auto", "fast", "stepwise"), aliases={"eager": "stepwise"})
     num_threads: int = setting(0, ge=0)  # torch CPU threads; 0: a share of the cores among smart_tuner processes
     # Warm start: model weights only (fresh optimizer, step 0) from a smart_tuner or NVIDIA checkpoint.
     init_from: str | None = None
@@ -495,6 +522,7 @@ def build_config(overrides: dict[str, Any] | None = None) -> Config:
     overrides = copy.deepcopy(overrides or {})
     if not isinstance(overrides, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {_describe(overrides)}")
+    overrides = with_current_keys(overrides)
     preset = overrides.pop("preset", "demo")
     if not isinstance(preset, str) or preset not in PRESETS:
         raise ConfigError(f"preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -533,10 +561,11 @@ def validate(config: Config) -> None:
          "adapters.collapse thresholds must satisfy low < high"),
         (config.data.p_arpabet == 0 or config.data.text == "characters",
          "data.p_arpabet mixes ARPAbet into character text: set data.text: characters, or data.p_arpabet: 0"),
-        *((not (adapter.enabled and adapter.metric == "free_running") or config.data.val_infer > 0,
-           f"adapters.{name}.metric: free_running reads the free-running diagonality, which data.val_infer: 0 "
-           "does not measure: decode some validation sentences (data.val_infer >= 1) or choose teacher_forced "
-           "or worse") for name, adapter in (("ga", config.adapters.ga), ("collapse", config.adapters.collapse))),
+        *((not (adapter.enabled and adapter.metric == "free_running") or config.data.free_running_sentences > 0,
+           f"adapters.{name}.metric: free_running reads the free-running diagonality, which "
+           "data.free_running_sentences: 0 does not measure: decode some validation sentences "
+           "(data.free_running_sentences >= 1) or choose teacher_forced or worse")
+          for name, adapter in (("ga", config.adapters.ga), ("collapse", config.adapters.collapse))),
         (config.data.text != "phonemes" or config.data.phoneme_language or not config.data.corpus,
          "data.text: phonemes needs data.phoneme_language, the eSpeak NG voice of the corpus's language "
          "(e.g. en-us or ru)"),
@@ -559,7 +588,7 @@ def phoneme_voice(data: DataConfig) -> str | None:
 def resume_changes(saved: dict[str, Any], config: Config) -> tuple[list[str], list[str]]:
     """How ``config`` differs from the config a checkpoint was saved with: (changes a resumed run cannot make,
     because the model or its features depend on them; changes it applies), each as ``key: old -> new``."""
-    old = flatten(saved)
+    old = {current_key(key): value for key, value in flatten(saved).items()}
     cannot, applied = [], []
     for key, value, f in fields_of(config):
         if key.startswith("alerts.telegram.token") or key not in old or old[key] == value:
@@ -592,7 +621,7 @@ def parse_set_overrides(items: list[str]) -> dict[str, Any]:
             set_dotted(nested, key, value)
         except ValueError as exc:
             raise ConfigError(f"--set {item!r}: {exc}") from None
-    return nested
+    return with_current_keys(nested)
 
 
 def set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
@@ -634,7 +663,10 @@ def config_overrides_from_file(path: str | Path) -> dict[str, Any]:
         data = data["config"] or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: 'config' must be a mapping of sections")
-    return data
+    try:
+        return with_current_keys(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def load_config_file(path: str | Path, sets: list[str] | None = None) -> Config:

@@ -89,7 +89,8 @@ def tiny_config(corpus, tmp_path, **sections):
     """A config that trains in well under a second per step: tiny model, small batches, frequent evaluation."""
     base = {
         "preset": "demo",
-        "data": {"corpus": str(corpus), "val_size": 4, "val_infer": 2, "cache_dir": str(tmp_path / "cache")},
+        "data": {"corpus": str(corpus), "val_size": 4, "free_running_sentences": 2,
+                 "cache_dir": str(tmp_path / "cache")},
         "model": dict(TINY_MODEL),
         "train": {"batch_size": 4, "max_steps": 8, "eval_every": 4, "seed": 3, "num_threads": 2},
         "tracking": {"enabled": False},  # tests that track turn it on

@@ -200,7 +200,7 @@ def test_no_raise_while_recovering_from_an_emergency():
     ([(0.9, 0.4001), (0.9, 0.4)], []),               # 0.4999: not lagging, the count restarts
     ([(0.9, 0.1), (0.9, 0.9), (0.9, 0.1)], []),      # one evaluation in between without lag: restarts
     ([(0.9, 0.1)] * 5, [1, 3]),                      # after a raise the count starts over
-    ([(0.9, float("nan"))] * 3, []),                 # no free-running measurement (data.val_infer 0): never
+    ([(0.9, float("nan"))] * 3, []),                 # no free-running measurement (none decoded): never
 ])
 def test_free_running_lag_rule_at_its_boundaries(pairs, raised_at):
     adapter = LearningRateAdapter(LrAdapterConfig(max_lr=1.0, plateau_from_diagonality=0.0), initial_lr=1e-3)
@@ -304,7 +304,7 @@ def test_ga_adapter_can_follow_free_running_diagonality():
     (0.2, 0.9, 2.4),  # the other way round: the teacher-forced value drives (low boost)
     (0.75, 0.71, 1.9),  # both above high (0.7): decay
     (0.75, 0.7, 2.0),  # the worse one at high exactly: no rule fires
-    (0.9, float("nan"), 1.9),  # no free-running measure (data.val_infer 0): teacher-forced alone
+    (0.9, float("nan"), 1.9),  # no free-running measure (data.free_running_sentences 0): teacher-forced alone
 ])
 def test_ga_adapter_on_the_worse_diagonality(tf, fr, expected):
     adapter = GuidedAttentionAdapter(GaAdapterConfig(metric="worse"))

@@ -320,7 +320,7 @@ def test_wrong_type_inside_file_names_path_and_key(tmp_path):
         ({"train": {"adam_betas": [2, 0.5]}}, "train.adam_betas[0]: 2.0 must be < 1"),
         ({"audio": {"hop_length": 0}}, "audio.hop_length: 0 must be >= 1"),
         ({"model": {"max_decoder_steps": 0}}, "model.max_decoder_steps: 0 must be >= 1"),
-        ({"data": {"val_infer": -1}}, "data.val_infer: -1 must be >= 0"),
+        ({"data": {"free_running_sentences": -1}}, "data.free_running_sentences: -1 must be >= 0"),
         ({"preset": [1]}, "preset: unknown preset [1]"),
         ({"train": {"device": "tpu"}}, "train.device: 'tpu' is not valid (expected auto, cpu, cuda or cuda:N)"),
         ({"train": {"lr": float("inf")}}, "train.lr: inf is not a finite number"),

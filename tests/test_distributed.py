@@ -31,7 +31,8 @@ def config_file(tmp_path: Path, corpus: Path, name: str = "c.yaml", model: dict 
     train = {"batch_size": 16, "num_threads": 1, "max_steps": 30, "eval_every": 5, "seed": 5,
              "dist_timeout": 60, **sections.pop("train", {})}
     config = {"preset": "demo", "model": {**TINY_MODEL, **(model or {})},
-              "data": {"corpus": str(corpus), "val_size": 4, "val_infer": 2, "cache_dir": str(tmp_path / "cache")},
+              "data": {"corpus": str(corpus), "val_size": 4, "free_running_sentences": 2,
+                       "cache_dir": str(tmp_path / "cache")},
               "train": train, "tracking": {"enabled": False}, **sections}
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config))

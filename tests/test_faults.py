@@ -30,7 +30,7 @@ from .waiting import wait_for
 def config_file(tmp_path, corpus, name="tiny.yaml", **train):
     path = tmp_path / name
     path.write_text(yaml.safe_dump({"preset": "demo", "model": TINY_MODEL,
-                                    "data": {"corpus": str(corpus), "val_size": 4, "val_infer": 2,
+                                    "data": {"corpus": str(corpus), "val_size": 4, "free_running_sentences": 2,
                                              "cache_dir": str(tmp_path / "cache")},
                                     "train": {"batch_size": 4, "num_threads": 1, **train}}))
     return path

@@ -63,7 +63,8 @@ def test_the_cache_is_read_back_and_a_damaged_one_is_made_again(tmp_path):
 def test_train_on_phonemes_then_synthesize_plain_text(corpus, voice, request, tmp_path, cli_main):
     corpus = request.getfixturevalue(corpus)
     config = {"preset": "demo", "model": dict(TINY_MODEL),
-              "data": {"corpus": str(corpus), "val_size": 4, "val_infer": 2, "cache_dir": str(tmp_path / "cache"),
+              "data": {"corpus": str(corpus), "val_size": 4, "free_running_sentences": 2,
+                       "cache_dir": str(tmp_path / "cache"),
                        "text": "phonemes", "phoneme_language": voice},
               "train": {"batch_size": 4, "max_steps": 4, "eval_every": 2, "num_threads": 1},
               "tracking": {"enabled": False}}

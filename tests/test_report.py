@@ -82,13 +82,14 @@ def real_study(corpus_en, tmp_path_factory):
     pruned and a failed trial as other workers would have left them."""
     root = tmp_path_factory.mktemp("report")
     config = {"preset": "demo", "model": TINY_MODEL, "tracking": {"enabled": False},
-              "data": {"corpus": str(corpus_en), "val_size": 4, "val_infer": 2, "cache_dir": str(root / "cache")},
+              "data": {"corpus": str(corpus_en), "val_size": 4, "free_running_sentences": 2,
+                       "cache_dir": str(root / "cache")},
               # One thread: these runs are tiny, and a second thread only waits for a core on a busy machine.
               "train": {"batch_size": 4, "max_steps": 4, "eval_every": 4, "num_threads": 1}}
     space = {"train.lr": {"type": "float", "low": 5e-4, "high": 5e-3, "log": True},
              "loss.ga_weight": {"type": "float", "low": 1.0, "high": 5.0}}
     objective = root / "tiny.yaml"
-    objective.write_text(yaml.safe_dump({"config": config, "search_space": space, "objective": {"ga_penalty": 1.0},
+    objective.write_text(yaml.safe_dump({"config": config, "search_space": space, "score": {"alignment_penalty": 1.0},
                                          "pruning": {"pruner": "none"}}))
     storage = f"sqlite:///{root}/s.db"
     with pytest.MonkeyPatch.context() as patch:

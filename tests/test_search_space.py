@@ -13,9 +13,9 @@ from smart_tuner.study.objective_file import (
     PRUNERS,
     SAMPLERS,
     Dimension,
-    ObjectiveFormula,
     ObjectiveSpec,
     PruningSpec,
+    Score,
     SearchSpaceError,
     load_objective,
     make_pruner,
@@ -136,12 +136,12 @@ def test_unknown_config_key_lists_close_matches(tmp_path):
     ("config: {preset: huge}\n", "config: ", "huge"),
     ("config: [1, 2]\n", "config: ", "expected a mapping"),
     ("search_space: [train.lr]\n", "search_space: ", "expected a mapping"),
-    ("objective: {ga_penalty: -1.0}\n", "objective.ga_penalty: ", ">= 0"),
-    ("objective: {ga_penalty: high}\n", "objective.ga_penalty: ", "a number"),
-    ("objective: {ga_penalty: true}\n", "objective.ga_penalty: ", "a number"),
-    ("objective: {stop_penalty: -0.5}\n", "objective.stop_penalty: ", ">= 0"),
-    ("objective: {alignment: synthesis}\n", "objective.alignment: ", "teacher_forced, free_running, worse"),
-    ("objective: {penalty: 1.0}\n", "objective: ", "unknown field 'penalty'"),
+    ("score: {alignment_penalty: -1.0}\n", "score.alignment_penalty: ", ">= 0"),
+    ("score: {alignment_penalty: high}\n", "score.alignment_penalty: ", "a number"),
+    ("score: {alignment_penalty: true}\n", "score.alignment_penalty: ", "a number"),
+    ("score: {stop_penalty: -0.5}\n", "score.stop_penalty: ", ">= 0"),
+    ("score: {alignment: synthesis}\n", "score.alignment: ", "teacher_forced, free_running, worse"),
+    ("score: {penalty: 1.0}\n", "score: ", "unknown field 'penalty'"),
     ("pruning: {pruner: mediam}\n", "pruning.pruner: ", "'mediam'"),
     ("pruning: {warmup_steps: -1}\n", "pruning.warmup_steps: ", "integer >= 0"),
     ("pruning: {warmup_steps: 1.5}\n", "pruning.warmup_steps: ", "integer >= 0"),
@@ -171,7 +171,7 @@ def test_empty_search_space_runs_the_base_config(tmp_path):
     spec = load_objective(write(tmp_path, "config: {preset: demo, train: {lr: 0.002}}\nsearch_space:\n"))
     assert spec.space == []
     assert spec.config == {"preset": "demo", "train": {"lr": 0.002}}
-    assert spec.formula.ga_penalty == 1.0 and spec.pruning == PruningSpec("median", 0, 5)
+    assert spec.score.alignment_penalty == 1.0 and spec.pruning == PruningSpec("median", 0, 5)
     trial = optuna.create_study().ask()
     assert suggest(trial, spec.space) == {}
     assert reference_params(spec) == ({}, [])
@@ -192,7 +192,7 @@ def test_shipped_objectives_load_and_their_reference_is_fully_in_range(name):
 def test_demo_objective_settings():
     spec = load_objective(OBJECTIVES / "demo.yaml")
     assert spec.config["preset"] == "demo"
-    assert spec.formula.ga_penalty == 1.0
+    assert spec.score.alignment_penalty == 1.0
     assert spec.pruning == PruningSpec(pruner="median", warmup_steps=100, startup_trials=2)
     keys = {dim.key for dim in spec.space}
     for key in ("train.lr", "train.batch_size", "loss.ga_weight", "model.r", "adapters.lr.patience",
@@ -411,7 +411,7 @@ def test_dataclasses_hold_what_the_file_says(tmp_path):
           train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
           adapters.lr.patience: {type: int, low: 2, high: 12, step: 2}
           model.r: {type: categorical, choices: [3, 4]}
-        objective: {ga_penalty: 0.5, alignment: worse, stop_penalty: 0.25}
+        score: {alignment_penalty: 0.5, alignment: worse, stop_penalty: 0.25}
         pruning: {pruner: sha, warmup_steps: 100, startup_trials: 0}
         """))
     assert spec == ObjectiveSpec(
@@ -422,32 +422,32 @@ def test_dataclasses_hold_what_the_file_says(tmp_path):
             Dimension("adapters.lr.patience", "int", low=2, high=12, step=2),
             Dimension("model.r", "categorical", choices=[3, 4]),
         ],
-        formula=ObjectiveFormula(ga_penalty=0.5, alignment="worse", stop_penalty=0.25),
+        score=Score(alignment_penalty=0.5, alignment="worse", stop_penalty=0.25),
         pruning=PruningSpec("sha", 100, 0),
     )
 
 
 @pytest.mark.parametrize("formula, metrics, expected", [
-    (ObjectiveFormula(alignment="teacher_forced", stop_penalty=0.0),
+    (Score(alignment="teacher_forced", stop_penalty=0.0),
      {"diagonality": 0.9, "free_running_diagonality": 0.1, "free_running_stop_rate": 0.0}, 1.0 + 0.1),
-    (ObjectiveFormula(),  # the default
+    (Score(),  # the default
      {"diagonality": 0.9, "free_running_diagonality": 0.1, "free_running_stop_rate": 0.0},
      1.0 + 0.9 + 0.5),
-    (ObjectiveFormula(alignment="free_running", stop_penalty=0.0), {"diagonality": 0.9, "free_running_diagonality": 0.1,
+    (Score(alignment="free_running", stop_penalty=0.0), {"diagonality": 0.9, "free_running_diagonality": 0.1,
                                                                     "free_running_stop_rate": 0.0}, 1.0 + 0.9),
-    (ObjectiveFormula(alignment="worse", stop_penalty=0.5),
+    (Score(alignment="worse", stop_penalty=0.5),
      {"diagonality": 0.9, "free_running_diagonality": 0.1, "free_running_stop_rate": 0.0}, 1.0 + 0.9 + 0.5),
-    (ObjectiveFormula(alignment="worse", stop_penalty=0.5),
+    (Score(alignment="worse", stop_penalty=0.5),
      {"diagonality": 0.6, "free_running_diagonality": 0.95, "free_running_stop_rate": 1.0}, 1.0 + 0.4),
-    (ObjectiveFormula(),  # no free-running measure (data.val_infer: 0): teacher-forced alone, no stop term
+    (Score(),  # no free-running measure (data.free_running_sentences: 0): teacher-forced alone, no stop term
      {"diagonality": 0.8, "free_running_diagonality": float("nan"), "free_running_stop_rate": float("nan")}, 1.0 + 0.2),
 ])
-def test_the_objective_formula(formula, metrics, expected):
+def test_the_score(formula, metrics, expected):
     assert formula.value(1.0, metrics) == pytest.approx(expected)
 
 
 def test_the_formula_names_the_study_metric():
-    assert ObjectiveFormula(alignment="teacher_forced", stop_penalty=0.0).describe("postnet") == \
+    assert Score(alignment="teacher_forced", stop_penalty=0.0).describe("postnet") == \
         "val_postnet + 1 * (1 - diagonality)"
-    assert ObjectiveFormula(2.0, "worse", 0.5).describe("postnet") == \
+    assert Score(2.0, "worse", 0.5).describe("postnet") == \
         "val_postnet + 2 * (1 - min(diagonality, free_running_diagonality)) + 0.5 * (1 - free_running_stop_rate)"

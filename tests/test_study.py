@@ -21,7 +21,8 @@ from .conftest import TINY_MODEL
 
 def objective_file(tmp_path, corpus, space=None, pruning=None, train=None, extra=None, name="tiny"):
     config = {"preset": "demo", "model": TINY_MODEL,
-              "data": {"corpus": str(corpus), "val_size": 4, "val_infer": 2, "cache_dir": str(tmp_path / "cache")},
+              "data": {"corpus": str(corpus), "val_size": 4, "free_running_sentences": 2,
+                       "cache_dir": str(tmp_path / "cache")},
               "train": {"batch_size": 4, "max_steps": 20, "eval_every": 10, "num_threads": 2, **(train or {})},
               "tracking": {"enabled": False},  # MLflow is tested in test_tracking_study.py
               **(extra or {})}
@@ -29,7 +30,7 @@ def objective_file(tmp_path, corpus, space=None, pruning=None, train=None, extra
             "search_space": space if space is not None else {
                 "train.lr": {"type": "float", "low": 5e-4, "high": 5e-3, "log": True},
                 "loss.ga_weight": {"type": "float", "low": 1.0, "high": 5.0}},
-            "objective": {"ga_penalty": 1.0},
+            "score": {"alignment_penalty": 1.0},
             "pruning": pruning or {"pruner": "median", "warmup_steps": 10, "startup_trials": 1}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -18,7 +18,7 @@ OBJECTIVE = Path(__file__).resolve().parents[1] / "objectives" / "demo.yaml"
 
 
 def short_budget(corpus: Path, cache: Path) -> list[str]:
-    sets = [f"data.corpus={corpus}", "data.val_size=4", "data.val_infer=2", f"data.cache_dir={cache}",
+    sets = [f"data.corpus={corpus}", "data.val_size=4", "data.free_running_sentences=2", f"data.cache_dir={cache}",
             "train.max_steps=20", "train.eval_every=10", "train.num_threads=2"]
     sets += [f"model.{k}={v}" for k, v in TINY_MODEL.items() if k != "r"]  # r is searched
     return [item for s in sets for item in ("--set", s)]

@@ -13,7 +13,8 @@ def test_train_with_a_fault_then_debug_then_resume(corpus_en, tmp_path, cli_main
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({"config": {
         "preset": "demo", "model": TINY_MODEL,
-        "data": {"corpus": str(corpus_en), "val_size": 4, "val_infer": 2, "cache_dir": str(tmp_path / "cache")},
+        "data": {"corpus": str(corpus_en), "val_size": 4, "free_running_sentences": 2,
+                 "cache_dir": str(tmp_path / "cache")},
         "train": {"batch_size": 4, "max_steps": 8, "eval_every": 4, "num_threads": 2},
         "faults": {"nan_loss_at": [6]}}}))
     run_dir = tmp_path / "run"

@@ -13,8 +13,8 @@ from .test_study import objective_file, options
 
 def test_worker_slots_repeat_each_gpu(tmp_path):
     packed = options(tmp_path, "o.yaml", gpus="0, 1", trials_per_gpu=3)
-    assert packed.worker_slots == ["0", "0", "0", "1", "1", "1"] and packed.workers == 6
-    assert options(tmp_path, "o.yaml", n_jobs=2).worker_slots == [None, None]
+    assert packed.worker_slots == ["0", "0", "0", "1", "1", "1"] and packed.worker_count == 6
+    assert options(tmp_path, "o.yaml", workers=2).worker_slots == [None, None]
     assert options(tmp_path, "o.yaml", gpus="0").worker_slots == ["0"]
 
 

@@ -18,8 +18,8 @@ from ..numeric import is_finite_number
 
 def worse_diagonality(*values: Any) -> float:
     """The lowest of ``values`` that are finite numbers, NaN when none is: the ``worse`` diagonality of the adapters
-    and of the objective (free-running with ``data.val_infer: 0`` is NaN and left out). Torch-free, so the study's
-    objective shares it."""
+    and of the objective (free-running with ``data.free_running_sentences: 0`` is NaN and left out). Torch-free, so
+    the study's objective shares it."""
     found = [v for v in values if is_finite_number(v)]
     return min(found) if found else float("nan")
 

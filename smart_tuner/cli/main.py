@@ -92,7 +92,7 @@ COMMANDS: dict[str, tuple[str | None, Callable[[Parser], Any], Callable[[argpars
     "optimize": ("run an Optuna study: each trial trains with the adapters on", study_flags("optimize"),
                  lambda a: work(".study.optimize:optimize_command", StudyOptions.from_args(a, "optimize"),
                                 progress=not a.no_progress)),
-    "worker": (None, study_flags("worker"),  # started by optimize --n-jobs / --gpus
+    "worker": (None, study_flags("worker"),  # started by optimize --workers / --gpus
                lambda a: work(".study.optimize:worker_command", StudyOptions.from_args(a, "worker"))),
     "best": ("write the full training config of a study's best trial", study_flags("best", out="best.yaml"),
              lambda a: work(".study.best:write_best_config", a.study, a.storage, a.out)),

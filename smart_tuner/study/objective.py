@@ -1,14 +1,14 @@
 """One trial of the study: the Optuna objective that trains a config with the adapters on, and its reporting hook.
 
 trial -> params (search space) -> config (base config < --set < params) -> run_training(...) -> value.
-At each evaluation one documented scalar is reported (:class:`~smart_tuner.study.objective_file.ObjectiveFormula`:
-``val_<output loss> + ga_penalty * (1 - D) + stop_penalty * (1 - free_running_stop_rate)``), the output loss being the
-model family's (Tacotron 2: ``val_postnet``): the mel loss alone does not show whether attention aligned, so an
-unaligned trial is penalized. Optuna's
-pruner decides on it after a warm-up; a pruned trial stops through a ``stop`` decision, so its run directory,
-metrics and events stay complete. A run that fails (rollback budget spent) ends its trial as failed with the
-reason; any other exception fails the trial with its traceback in a user attribute. :class:`TrialOutcome` is the
-one place that tells these endings apart and records them. Nothing in a trial crashes the study.
+At each evaluation one documented scalar is reported, the score (:class:`~smart_tuner.study.objective_file.Score`:
+``val_<output loss> + alignment_penalty * (1 - D) + stop_penalty * (1 - free_running_stop_rate)``), the output loss
+being the model family's (Tacotron 2: ``val_postnet``): the mel loss alone does not show whether attention aligned, so
+an unaligned trial is penalized. Optuna's pruner decides on it after a warm-up; a pruned trial stops through a
+``stop`` decision, so its run directory, metrics and events stay complete. A run that fails (rollback budget spent)
+ends its trial as failed with the reason; any other exception fails the trial with its traceback in a user attribute.
+:class:`TrialOutcome` is the one place that tells these endings apart and records them. Nothing in a trial crashes the
+study.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from ..train.distributed import Group, GroupLost
 from ..train.runner import run_training
 from ..tts import build_family
 from ..watch.previews import list_previews
-from .objective_file import ObjectiveFormula, ObjectiveSpec, suggest
+from .objective_file import ObjectiveSpec, Score, suggest
 from .options import StudyOptions
 from .storage import TrialFailed, allow_experimental, retried_number
 
@@ -52,11 +52,11 @@ class OptunaReporter(Hook):
 
     name = "optuna"
 
-    def __init__(self, trial: optuna.Trial, formula: ObjectiveFormula, output_loss: str,
+    def __init__(self, trial: optuna.Trial, score: Score, output_loss: str,
                  inherited: dict[int, float] | None = None):
         # output_loss: the model family's term that measures the final output (ModelFamily.output_loss);
         # inherited: the intermediate values of the trial this one continues, reported again up to its checkpoint
-        self.trial, self.formula, self.output_loss = trial, formula, output_loss
+        self.trial, self.score, self.output_loss = trial, score, output_loss
         self.inherited = dict(inherited or {})
         self.value: float | None = None
         self.pruned_at: int | None = None
@@ -70,7 +70,7 @@ class OptunaReporter(Hook):
                 self.value = value
 
     def objective_value(self, stats: EvalStats) -> float:
-        return self.formula.value(stats.val_losses[self.output_loss], stats.metrics())
+        return self.score.value(stats.val_losses[self.output_loss], stats.metrics())
 
     def on_eval(self, stats: EvalStats) -> list[Decision]:
         value = self.objective_value(stats)
@@ -80,7 +80,7 @@ class OptunaReporter(Hook):
         self.trial.report(value, stats.step)
         metrics = stats.metrics()
         for key in (*EvalStats.SUMMARY, f"val_{self.output_loss}"):
-            if math.isfinite(metrics[key]):  # NaN: not measured (free-running with data.val_infer 0)
+            if math.isfinite(metrics[key]):  # NaN: not measured (free-running with data.free_running_sentences 0)
                 self.trial.set_user_attr(key, metrics[key])
         self.trial.set_user_attr("step", stats.step)
         if self.trial.should_prune():
@@ -233,7 +233,7 @@ class Objective:
             run_dir, resume = self.run_dir_for(trial)
             trial.set_user_attr("run_dir", str(run_dir))
             trial.set_user_attr("config", config.to_dict())
-            reporter = OptunaReporter(trial, self.spec.formula, build_family(config).output_loss,
+            reporter = OptunaReporter(trial, self.spec.score, build_family(config).output_loss,
                                       inherited=inherited_values(trial) if resume else {})
             hooks: list[Hook] = [reporter, ProgressReporter(trial, config.train.max_steps, self.on_progress)]
             if self.tracker is not None and config.tracking.enabled:

@@ -12,8 +12,8 @@ An objective file (``objectives/*.yaml``) describes one objective::
       adapters.lr.patience: {type: int, low: 2, high: 12}
       train.batch_size: {type: categorical, choices: [8, 16, 24]}
       model.prenet_dims: {type: categorical, choices: [[64, 64], [96, 96]]}
-    objective:    # reported value = val_postnet + ga_penalty * (1 - D) + stop_penalty * (1 - free_running_stop_rate)
-      ga_penalty: 1.0
+    score:             # val_postnet + alignment_penalty * (1 - D) + stop_penalty * (1 - free_running_stop_rate)
+      alignment_penalty: 1.0
       alignment: worse  # D: teacher_forced (diagonality) | free_running (free_running_diagonality) | worse (lower)
       stop_penalty: 0.5
     pruning:
@@ -28,7 +28,7 @@ config field: an integer field takes ``int`` or ``categorical``, a float field `
 building a config with it, so a value the trainer would refuse is refused here, naming the key. (Two dimensions
 that are only wrong together, such as ``adapters.ga.low`` above a sampled ``adapters.ga.high``, can only fail when
 a trial builds its config: choose ranges that cannot cross.) An empty search space is allowed: it runs the base
-config. Omitted sections take defaults: ``ga_penalty: 1.0``, ``alignment: worse``, ``stop_penalty: 0.5``
+config. Omitted sections take defaults: ``alignment_penalty: 1.0``, ``alignment: worse``, ``stop_penalty: 0.5``
 (``teacher_forced`` and 0 give the value from before free-running alignment entered it), ``pruner: median``,
 ``warmup_steps: 0`` and ``startup_trials: 5`` (Optuna's defaults).
 
@@ -36,11 +36,14 @@ Optuna parameters are named by their dotted key (``train.lr``). Optuna's categor
 int, float or str, so a list choice (``[64, 64]``) goes through Optuna as its JSON text (``"[64, 64]"``) and is
 decoded back by :func:`suggest` and :func:`params_to_overrides`; stored trials therefore show list choices as
 JSON strings. Report steps are training steps.
+
+Names until 2026-12-08, still read: the section ``score:`` was ``objective:`` (the word now names only the file and
+the function Optuna calls), and ``alignment_penalty`` was ``ga_penalty`` (it multiplies 1 - D; it is not the
+guided-attention loss).
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
 import json
 import types
@@ -52,11 +55,22 @@ from typing import Any
 import optuna
 
 from ..adapters.base import DIAGONALITY_METRICS, worse_diagonality
-from ..config import Config, ConfigError, build_config, config_keys, merge, nest, set_dotted
+from ..config import (
+    Config,
+    ConfigError,
+    build_config,
+    config_keys,
+    current_key,
+    merge,
+    nest,
+    set_dotted,
+    with_current_keys,
+)
 from ..numeric import is_finite_number, is_int
 from ..yaml_reader import read_yaml
 
-OBJECTIVE_SECTIONS = ("config", "search_space", "objective", "pruning")
+OBJECTIVE_SECTIONS = ("config", "search_space", "score", "pruning")
+OLD_SECTIONS = {"objective": "score"}  # until 2026-12-08
 KINDS = ("float", "int", "categorical")
 DIMENSION_FIELDS = {
     "float": ("type", "low", "high", "log", "step"),
@@ -65,22 +79,23 @@ DIMENSION_FIELDS = {
 }
 SAMPLERS = ("tpe", "random", "gp", "cmaes")  # the names --sampler takes; see make_sampler
 PRUNERS = ("median", "hyperband", "sha", "none")  # the names pruning.pruner and --pruner take; see make_pruner
-OBJECTIVE_FIELDS = ("ga_penalty", "alignment", "stop_penalty")
-ALIGNMENTS = DIAGONALITY_METRICS  # objective.alignment: the adapters' words for the same diagonalities
+SCORE_FIELDS = ("alignment_penalty", "alignment", "stop_penalty")
+OLD_SCORE_FIELDS = {"ga_penalty": "alignment_penalty"}  # until 2026-12-08
+ALIGNMENTS = DIAGONALITY_METRICS  # score.alignment: the adapters' words for the same diagonalities
 
 
 @dataclass(frozen=True)
-class ObjectiveFormula:
+class Score:
     """The value a trial reports at each evaluation (lower is better)::
 
-        val_<output loss> + ga_penalty * (1 - D) + stop_penalty * (1 - free_running_stop_rate)
+        val_<output loss> + alignment_penalty * (1 - D) + stop_penalty * (1 - free_running_stop_rate)
 
     where D is the validation diagonality that ``alignment`` names: teacher-forced, free-running (the first
-    ``data.val_infer`` validation sentences decoded from their text alone, as synthesis does), or the worse of the
-    two. A model that aligns teacher-forced but cannot speak free-running (no diagonal attention, no stop) then
-    scores as badly as it synthesizes."""
+    ``data.free_running_sentences`` validation sentences decoded from their text alone, as synthesis does), or the
+    worse of the two. A model that aligns teacher-forced but cannot speak free-running (no diagonal attention, no
+    stop) then scores as badly as it synthesizes."""
 
-    ga_penalty: float = 1.0
+    alignment_penalty: float = 1.0
     alignment: str = "worse"
     stop_penalty: float = 0.5
 
@@ -88,8 +103,8 @@ class ObjectiveFormula:
         return worse_diagonality(*(metrics.get(k) for k in ALIGNMENTS[self.alignment]))
 
     def value(self, output_loss: float, metrics: dict[str, float]) -> float:
-        value = output_loss + self.ga_penalty * (1.0 - self.diagonality(metrics))
-        if self.stop_penalty and is_finite_number(metrics.get("free_running_stop_rate")):  # none with data.val_infer 0
+        value = output_loss + self.alignment_penalty * (1.0 - self.diagonality(metrics))
+        if self.stop_penalty and is_finite_number(metrics.get("free_running_stop_rate")):  # none when not measured
             value += self.stop_penalty * (1.0 - metrics["free_running_stop_rate"])
         return value
 
@@ -97,7 +112,7 @@ class ObjectiveFormula:
         """The formula as optuna-dashboard names the study's metric."""
         d = {"teacher_forced": "diagonality", "free_running": "free_running_diagonality",
              "worse": "min(diagonality, free_running_diagonality)"}[self.alignment]
-        text = f"val_{output_loss} + {self.ga_penalty:g} * (1 - {d})"
+        text = f"val_{output_loss} + {self.alignment_penalty:g} * (1 - {d})"
         return text + (f" + {self.stop_penalty:g} * (1 - free_running_stop_rate)" if self.stop_penalty else "")
 PRUNING_FIELDS = ("pruner", "warmup_steps", "startup_trials")
 
@@ -129,7 +144,7 @@ class ObjectiveSpec:
     path: str
     config: dict[str, Any]  # the base overrides (the file's `config:` part)
     space: list[Dimension] = field(default_factory=list)
-    formula: ObjectiveFormula = field(default_factory=ObjectiveFormula)
+    score: Score = field(default_factory=Score)
     pruning: PruningSpec = field(default_factory=PruningSpec)
 
 
@@ -208,24 +223,34 @@ class _Reader:
         base = self.mapping("config", data)
         try:
             build_config(base)
+            return with_current_keys(base)  # so that a dimension's key (its name now) meets the same key
         except ConfigError as exc:
             raise self.fail("config", str(exc)) from None
-        return copy.deepcopy(base)
 
-    def objective(self, data: Any) -> ObjectiveFormula:
-        spec = self.mapping("objective", data)
-        self.unknown_fields("objective", spec, OBJECTIVE_FIELDS)
-        default = ObjectiveFormula()
+    def current_names(self, where: str, spec: dict[str, Any], old_names: dict[str, str]) -> dict[str, Any]:
+        """``spec`` with old names of its keys replaced by their names now; both names of one key is an error."""
+        current = {}
+        for name, value in spec.items():
+            new = old_names.get(name, name)
+            if new in current or (new != name and new in spec):
+                raise self.fail(where, f"{name!r} is the old name of {new!r}: give only {new!r}")
+            current[new] = value
+        return current
+
+    def score(self, data: Any) -> Score:
+        spec = self.current_names("score", self.mapping("score", data), OLD_SCORE_FIELDS)
+        self.unknown_fields("score", spec, SCORE_FIELDS)
+        default = Score()
         penalties = {}
-        for key in ("ga_penalty", "stop_penalty"):
+        for key in ("alignment_penalty", "stop_penalty"):
             value = spec.get(key, getattr(default, key))
             if not is_finite_number(value) or value < 0:
-                raise self.fail(f"objective.{key}", f"expected a number >= 0, got {value!r}")
+                raise self.fail(f"score.{key}", f"expected a number >= 0, got {value!r}")
             penalties[key] = float(value)
         alignment = spec.get("alignment", default.alignment)
         if alignment not in ALIGNMENTS:
-            raise self.fail("objective.alignment", f"{alignment!r} is not one of {', '.join(ALIGNMENTS)}")
-        return ObjectiveFormula(alignment=alignment, **penalties)
+            raise self.fail("score.alignment", f"{alignment!r} is not one of {', '.join(ALIGNMENTS)}")
+        return Score(alignment=alignment, **penalties)
 
     def pruning(self, data: Any) -> PruningSpec:
         spec = self.mapping("pruning", data)
@@ -247,7 +272,7 @@ class _Reader:
         known = config_keys()
         dims = []
         for key, spec in space.items():
-            where = f"search_space.{key}"
+            where, key = f"search_space.{key}", current_key(str(key))  # an old key is searched as its name now
             if key not in known:
                 close = difflib.get_close_matches(str(key), known, n=3)
                 hint = f"; close matches: {', '.join(close)}" if close else "; see docs/config.md"
@@ -350,6 +375,7 @@ def load_objective(path: str | Path) -> ObjectiveSpec:
         raise reader.fail("", f"empty objective file; expected the sections {', '.join(OBJECTIVE_SECTIONS)}")
     if not isinstance(data, dict):
         raise reader.fail("", f"expected a mapping at the top level, got {type(data).__name__}")
+    data = reader.current_names("", data, OLD_SECTIONS)
     for section in data:
         if section not in OBJECTIVE_SECTIONS:
             close = difflib.get_close_matches(str(section), OBJECTIVE_SECTIONS, n=1)
@@ -357,16 +383,16 @@ def load_objective(path: str | Path) -> ObjectiveSpec:
             raise reader.fail("", f"unknown top-level section {section!r}{hint}; known sections: "
                               f"{', '.join(OBJECTIVE_SECTIONS)} (training keys go under config:)")
     base = reader.base_config(data.get("config"))
-    formula = reader.objective(data.get("objective"))
-    if formula.alignment == "free_running" and build_config(base).data.val_infer == 0:
-        raise reader.fail("objective.alignment", "free_running reads the free-running diagonality, which "
-                          "config data.val_infer: 0 does not measure: decode some validation sentences "
-                          "(data.val_infer >= 1) or choose teacher_forced or worse")
+    score = reader.score(data.get("score"))
+    if score.alignment == "free_running" and build_config(base).data.free_running_sentences == 0:
+        raise reader.fail("score.alignment", "free_running reads the free-running diagonality, which "
+                          "config data.free_running_sentences: 0 does not measure: decode some validation sentences "
+                          "(data.free_running_sentences >= 1) or choose teacher_forced or worse")
     return ObjectiveSpec(
         path=str(path),
         config=base,
         space=reader.space(data.get("search_space"), base),
-        formula=formula,
+        score=score,
         pruning=reader.pruning(data.get("pruning")),
     )
 
@@ -429,6 +455,7 @@ def params_to_overrides(params: dict[str, Any]) -> dict[str, Any]:
     known = set(config_keys())
     overrides: dict[str, Any] = {}
     for key, value in params.items():
+        key = current_key(key)  # a trial of a study searched before a key was renamed
         if key not in known:
             raise SearchSpaceError(f"trial parameter {key!r} is not a config key")
         set_dotted(overrides, key, _decode(key, value))

@@ -1,7 +1,7 @@
 """Running the study: ``optimize``, its worker processes, the progress bar and the study's MLflow run.
 
 ``optimize`` opens (or continues) the study, prepares the corpus once, then runs trials in this process or in
-worker processes (``--n-jobs``, or ``--trials-per-gpu`` per GPU with ``--gpus``), each a
+worker processes (``--workers``, or ``--trials-per-gpu`` per GPU with ``--gpus``), each a
 ``python -m smart_tuner worker`` with the options of this one. ``--trials N`` is Optuna's ``n_trials`` for this
 command, shared by its workers; ``--study-trials M`` stops every worker once the study holds M trials
 (:class:`~smart_tuner.study.storage.BudgetedStudy`); every worker's trials nest under the study's one parent MLflow
@@ -56,7 +56,7 @@ def open_study(options: StudyOptions, spec: ObjectiveSpec) -> BudgetedStudy:
     database is created. A storage that cannot be written (read-only) is one clear error."""
     base = build_config(trial_base(spec, options))
     pruner = make_pruner(spec.pruning, options.pruner, max_steps=base.train.max_steps)
-    sampler = make_sampler(options.sampler, options.seed, options.startup_trials)
+    sampler = make_sampler(options.sampler, options.seed, options.sampler_startup_trials)
     searched = {d.key for d in spec.space}
     clash = sorted(k for k in flatten(parse_set_overrides(options.sets)) if k in searched)
     if clash:
@@ -70,7 +70,7 @@ def open_study(options: StudyOptions, spec: ObjectiveSpec) -> BudgetedStudy:
             # A seeded sampler opened again on a study that holds trials (a second `optimize --seed S`, a script
             # that runs one trial per call) would replay its first suggestions: it goes on from a seed of its own.
             study.sampler = make_sampler(options.sampler, derived_seed(held, options.seed) % 2**32,
-                                         options.startup_trials)
+                                         options.sampler_startup_trials)
         if not study.metric_names:
             with allow_experimental():
                 study.set_metric_names([objective_name(spec, base)])
@@ -96,7 +96,7 @@ def open_study(options: StudyOptions, spec: ObjectiveSpec) -> BudgetedStudy:
 
 def objective_name(spec: ObjectiveSpec, base: Config) -> str:
     """The study's metric name, as optuna-dashboard shows it: what a trial reports."""
-    return spec.formula.describe(build_family(base).output_loss)
+    return spec.score.describe(build_family(base).output_loss)
 
 
 def _run_trials(study: BudgetedStudy, objective: Objective, trials: int | None, deadline: float | None,
@@ -191,7 +191,7 @@ def shares(total: int | None, workers: int) -> list[int | None]:
 
 
 def optimize(options: StudyOptions, progress: bool = True) -> optuna.Study:
-    """Run ``options.trials`` trials of the study in this command (split over ``options.workers`` worker
+    """Run ``options.trials`` trials of the study in this command (split over ``options.worker_count`` worker
     processes, one per GPU), stopping early once the study holds ``options.study_trials``. ``options`` is left as it
     is: what this run decides (threads, the MLflow parent run) goes into a copy."""
     route_optuna_logging()
@@ -217,13 +217,13 @@ def optimize(options: StudyOptions, progress: bool = True) -> optuna.Study:
     start = len(trials.results) - len(trials.running) - len(trials.waiting)  # finished before this command
     deadline = time.time() + options.timeout if options.timeout else None
     log.info("study %s in %s: %d trials so far; running %s with %d worker(s)%s", study.study_name,
-             redact_url(options.storage_url), start, f"{budget} trials" if budget else "trials", options.workers,
+             redact_url(options.storage_url), start, f"{budget} trials" if budget else "trials", options.worker_count,
              f", until the study holds {options.study_trials}" if options.study_trials else "")
     total = budget if budget is not None else max(0, (options.study_trials or 0) - start) or None
     bar = tqdm(total=total, desc=f"study {study.study_name}", disable=not progress, dynamic_ncols=True)
     progress_line = ProgressLine(bar)
     try:
-        if options.workers == 1 and options.gpus_per_trial == 1:
+        if options.worker_count == 1 and options.gpus_per_trial == 1:
             objective = Objective(spec, options, tracker, on_progress=progress_line.show)
             _run_trials(study, objective, budget, deadline, lambda: _update_bar(bar, study, start))
         else:
@@ -308,7 +308,7 @@ def describe_progress(progress: dict[str, Any]) -> str:
 
 def _run_worker_processes(options: StudyOptions, study: optuna.Study, bar: tqdm, start: int,
                           progress_line: ProgressLine) -> None:
-    """One ``worker`` process per slot (``--trials-per-gpu`` per GPU, else ``--n-jobs`` on CPU), sharing
+    """One ``worker`` process per slot (``--trials-per-gpu`` per GPU, else ``--workers`` on CPU), sharing
     ``options.trials``. Each worker
     is in a session of its own, so that a terminal's Ctrl-C reaches this process only; it passes every signal on,
     so the first one stops the workers at their next step boundary and a second one ends them at once."""

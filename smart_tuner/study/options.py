@@ -44,6 +44,7 @@ class Flag:
     required: bool = False
     minimum: int | None = None  # the smallest value allowed
     maximum: int | None = None  # the largest value allowed
+    old_names: tuple[str, ...] = ()  # flags this one was called before, still read (and left out of --help)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # per command: what differs there
 
     def on(self, command: str, field_name: str) -> Flag:
@@ -81,8 +82,9 @@ class StudyOptions:
         "synthesize": {"help": f"the study's storage URL ({DEFAULT_STORAGE})"},
         "dashboard": {"help": "Optuna storage URL (instead of --study)"}})
     sampler: str = option("tpe", *RUN, choices=SAMPLERS)
-    startup_trials: int = option(
-        5, *RUN, help="random trials before TPE/GP/CMA-ES take over (Optuna's default of 10 is long here)")
+    sampler_startup_trials: int = option(
+        5, *RUN, old_names=("--startup-trials",),  # until 2026-12-08; pruning.startup_trials is the pruner's
+        help="random trials before TPE/GP/CMA-ES take over (Optuna's default of 10 is long here)")
     pruner: str | None = option(None, *RUN, choices=PRUNERS, help="default: the objective file's pruning.pruner")
     seed: int | None = option(None, *RUN, minimum=0, maximum=MAX_SEED, help="sampler seed")
     corpus: str | None = option(None, *RUN, help="LJSpeech-format corpus directory (default: the demo corpus)")
@@ -106,7 +108,8 @@ class StudyOptions:
         None, *RUN, minimum=1, help="stop every worker, on any machine, once the study holds this many finished "
                                     "trials (running and waiting ones count as they will finish)")
     timeout: float | None = option(None, "optimize", help="stop starting trials after this many seconds")
-    n_jobs: int = option(1, "optimize", minimum=1, help="worker processes on this machine")
+    workers: int = option(1, "optimize", minimum=1, old_names=("--n-jobs",),  # until 2026-12-08 (Optuna's n_jobs
+                          help="worker processes on this machine")           # is threads; these are processes)
     gpus: str | None = option(None, "optimize",
                               help="comma-separated GPU ids: --trials-per-gpu worker processes per GPU")
     trials_per_gpu: int = option(1, "optimize", minimum=1,
@@ -148,16 +151,17 @@ class StudyOptions:
     @property
     def worker_slots(self) -> list[str | None]:
         """The GPUs of each worker (``CUDA_VISIBLE_DEVICES``): ``trials_per_gpu`` workers per GPU id, or one per
-        group of ``gpus_per_trial`` ids; else ``n_jobs`` workers without one (None)."""
+        group of ``gpus_per_trial`` ids; else ``workers`` workers without one (None)."""
         if self.gpu_ids and self.gpus_per_trial > 1:
             k = self.gpus_per_trial
             return [",".join(self.gpu_ids[i:i + k]) for i in range(0, len(self.gpu_ids), k)]
         if self.gpu_ids:
             return [gpu for gpu in self.gpu_ids for _ in range(max(1, self.trials_per_gpu))]
-        return [None] * max(1, self.n_jobs)
+        return [None] * max(1, self.workers)
 
     @property
-    def workers(self) -> int:
+    def worker_count(self) -> int:
+        """The worker processes this command runs: ``--workers``, or the GPU slots with ``--gpus``."""
         return len(self.worker_slots)
 
     @property
@@ -242,3 +246,6 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
             kind = kind if flag.minimum is None else at_least(flag.minimum, kind, flag.maximum)
             parser.add_argument(flag.name, dest=f.name, type=kind, default=f.default, choices=flag.choices,
                                 metavar=flag.metavar, required=flag.required, help=flag.help)
+            for old in flag.old_names:  # the same option under its old name; SUPPRESS keeps the default above
+                parser.add_argument(old, dest=f.name, type=kind, default=argparse.SUPPRESS, choices=flag.choices,
+                                    help=argparse.SUPPRESS)

@@ -83,7 +83,7 @@ class Trainer:
             self.sampler = BucketBatchSampler(self.data.train.frames, cfg.batch_size, cfg.seed)
             self.collate = self._collate(config.data.length_grid)
             self.validation = Validation(self.family, self.data.val, self.collate, self.device, self.autocast,
-                                         self.group, cfg.batch_size, config.data.val_infer)
+                                         self.group, cfg.batch_size, config.data.free_running_sentences)
             # Gradient norms are reported per top-level module (Tacotron 2: encoder, decoder, postnet).
             self.module_params = {name: list(module.parameters()) for name, module in self.model.named_children()}
             self.faults = FaultPlan(config.faults, self.group.rank, cfg.seed)

@@ -1,6 +1,6 @@
 """Measurements on the validation set: teacher-forced losses and alignment over all of it, free-running
-alignment and stop rate on its first ``data.val_infer`` sentences, and the first sentence's mels and alignment
-for previews. With several ranks each measures its share and the sums are reduced, one all-reduce each."""
+alignment and stop rate on its first ``data.free_running_sentences`` sentences, and the first sentence's mels and
+alignment for previews. With several ranks each measures its share and the sums are reduced, one all-reduce each."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from .distributed import Group
 
 class Validation:
     def __init__(self, family: ModelFamily, val: MelTextDataset, collate: Collate, device: torch.device,
-                 autocast: AbstractContextManager, group: Group, batch_size: int, val_infer: int):
+                 autocast: AbstractContextManager, group: Group, batch_size: int, free_running_sentences: int):
         self.family, self.val, self.collate, self.device, self.autocast = family, val, collate, device, autocast
-        self.group, self.batch_size, self.val_infer = group, batch_size, val_infer
+        self.group, self.batch_size, self.free_running_sentences = group, batch_size, free_running_sentences
 
     def teacher_forced(self, model: torch.nn.Module, loss_weights: dict[str, float]
                        ) -> tuple[dict[str, float], dict[str, float], dict]:
@@ -50,10 +50,10 @@ class Validation:
         return means, teacher_forced, example
 
     def free_running(self, model: torch.nn.Module) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-        """Free-running alignment metrics and stop rate on the first ``data.val_infer`` validation sentences (with
-        several ranks, each decodes its share and the sums are reduced), and the first one's mel (cut at its stop)
-        for previews."""
-        count = min(self.val_infer, len(self.val))
+        """Free-running alignment metrics and stop rate on the first ``data.free_running_sentences`` validation
+        sentences (with several ranks, each decodes its share and the sums are reduced), and the first one's mel (cut
+        at its stop) for previews."""
+        count = min(self.free_running_sentences, len(self.val))
         names = [*METRICS, "stop_rate"]
         if count == 0:  # not measured: NaN, which every reader (adapters, objective, trackers) leaves out
             return dict.fromkeys(names, float("nan")), {}

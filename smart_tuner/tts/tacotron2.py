@@ -478,7 +478,7 @@ class Tacotron2Family(ModelFamily):
 
     def training_forward(self, model: nn.Module, batch: Batch, weights: dict[str, float]) -> TrainingOutput:
         out = model(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths,
-                    fast=self.config.train.execution != "eager")
+                    fast=self.config.train.execution != "stepwise")
         losses = self._criterion(batch.mel.device)(out, batch.mel, batch.mel_lengths, batch.gate,
                                                    batch.text_lengths, weights["ga_weight"])
         total = losses.pop("loss")

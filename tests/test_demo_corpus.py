@@ -185,19 +185,14 @@ def test_a_word_range_makes_longer_utterances_and_the_default_is_unchanged():
             generate_sentences("en", 5, words=bad)
 
 
-def test_data_demo_words_writes_long_utterances_in_their_own_directory(tmp_path, monkeypatch):
-    import subprocess
-    import sys
-
-    monkeypatch.setenv("SMART_TUNER_DATA", str(tmp_path / "data"))
-    result = subprocess.run([sys.executable, "-m", "smart_tuner", "data", "demo", "--size", "3", "--words", "15-30"],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+def test_data_demo_words_writes_long_utterances_in_their_own_directory(tmp_path, cli_main):
+    env = {"SMART_TUNER_DATA": str(tmp_path / "data")}
+    result = cli_main("data", "demo", "--size", 3, "--words", "15-30", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "data" / "demo-en-3-w15-30"
     rows = [line.split("|") for line in (out / "metadata.csv").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 3 and all(15 <= len(text.split()) <= 30 for _, text, _ in rows)
     seconds = [sf.info(out / "wavs" / f"{uid}.wav").duration for uid, _, _ in rows]
     assert min(seconds) > 3.0, seconds  # a default utterance lasts about 1-3 s
-    bad = subprocess.run([sys.executable, "-m", "smart_tuner", "data", "demo", "--size", "3", "--words", "30-15"],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    bad = cli_main("data", "demo", "--size", 3, "--words", "30-15", cwd=tmp_path, env=env)
     assert bad.returncode == 2 and "LOW-HIGH" in bad.stderr.splitlines()[-1]

@@ -8,8 +8,6 @@ import logging
 import os
 import pickle
 import stat
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -233,11 +231,10 @@ def test_checkpoint_errors_are_one_line_and_never_advise_unsafe_loading(tmp_path
            "(3, 2))" in message, message
 
 
-def test_a_multi_line_error_reaches_the_user_as_one_line():
+def test_a_multi_line_error_reaches_the_user_as_one_line(cli_main):
     """Row 16: any library text inside a UserError is collapsed at the command line."""
     from smart_tuner.cli.main import one_line
 
     assert one_line("first\n  second\n\nthird") == "first; second; third"
-    result = subprocess.run([sys.executable, "-m", "smart_tuner", "train", "--set", "train.lr=[1, 2",
-                             "--no-progress"], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent)
+    result = cli_main("train", "--set", "train.lr=[1, 2", "--no-progress", cwd=Path(__file__).parent)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr

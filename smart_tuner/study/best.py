@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial
 
 from ..config import Config, build_config, merge, parse_set_overrides, to_yaml
 from ..files import check_output_file, write_atomic
+from ..run_logs import BEST, CHECKPOINTS, LAST
 from .objective_file import load_objective, params_to_overrides
 from .storage import StudyError, open_study_readonly, study_trials
 
@@ -67,8 +68,8 @@ def best_checkpoint(name: str, storage: str | None) -> Path:
     run_dir = best.user_attrs.get("run_dir")
     if not run_dir:
         raise StudyError(f"study {study.study_name!r}: trial {best.number} recorded no run directory")
-    for name in ("best.pt", "last.pt"):
-        path = Path(run_dir) / "checkpoints" / name
+    for name in (BEST, LAST):
+        path = Path(run_dir) / CHECKPOINTS / name
         if path.is_file():
             return path
     raise StudyError(f"study {study.study_name!r}: trial {best.number} left no checkpoint under {run_dir}/checkpoints")
